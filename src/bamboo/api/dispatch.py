@@ -1,0 +1,210 @@
+"""The request pipeline of every ``/api/v1/<module>/<function>`` call (api-v1.md §1.3-1.5).
+
+Order, as upstream: route lookup (403), credentials (403), ban list (403), body parsing (400),
+then the endpoint's checks in the decorator order (secure, production, method, arguments, types),
+each failing as an HTTP 200 envelope, then the handler inside its transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+import zlib
+from typing import Any
+from urllib.parse import parse_qsl
+
+import orjson
+from starlette.datastructures import UploadFile
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+
+from bamboo.api.auth import AuthenticationFailed, resolve_identity
+from bamboo.api.call import Call
+from bamboo.api.envelope import Reply, envelope_response, failure, plain_error
+from bamboo.api.params import ParameterError, check_type, coerce_query_value
+from bamboo.api.registry import Access, DbUse, Endpoint, Registry
+from bamboo.api.state import ServerState
+from bamboo.auth.identity import Identity, has_production_role
+from bamboo.db.engine import UNAVAILABLE_ERRORS
+from bamboo.logic.errors import BambooError
+
+log = logging.getLogger(__name__)
+
+SECURE_REQUIRED = "SSL secure connection is required"
+PRODUCTION_REQUIRED = "production or pilot role required"
+DATABASE_UNAVAILABLE = "database error in the PanDA server"
+RETRY_AFTER_SECONDS = "5"
+_VERSIONS = ("v1", "latest")  # latest is an alias of v1 (DESIGN §9.6)
+
+
+class BadRequest(Exception):
+    """The body cannot be read as parameters: HTTP 400 (or 413) plain text."""
+
+    def __init__(self, status_code: int, text: str) -> None:
+        super().__init__(text)
+        self.status_code = status_code
+        self.text = text
+
+
+def _route(registry: Registry, path: str) -> tuple[Endpoint | None, str]:
+    segments = path.split("/")
+    if len(segments) != 5 or segments[0] or segments[1] != "api":
+        return None, ""
+    _, _, version, module, function = segments
+    if version not in _VERSIONS:
+        return None, function
+    return registry.lookup(module, function), function
+
+
+async def dispatch(request: Request) -> Response:
+    """Answer one API request; never raises."""
+    state: ServerState = request.app.state.bamboo
+    endpoint, name = _route(request.app.state.registry, request.scope["path"])
+    if endpoint is None:
+        return plain_error(403, f"method {name} is forbidden")
+    try:
+        identity = await resolve_identity(request, state)
+        if identity is not None and identity.user_name in await state.bans.names():
+            return plain_error(403, f"{identity.user_name} is banned")
+        params = await _read_params(request, state.settings.max_body_bytes)
+        rejection = _check_access(endpoint, request.method, identity, state)
+        if rejection is None:
+            call_args = _bind(endpoint, request.method, params)
+            return await _run(endpoint, Call(request, state, identity), call_args)
+        return envelope_response(failure(rejection))
+    except AuthenticationFailed as exc:
+        return plain_error(403, str(exc))
+    except BadRequest as exc:
+        return plain_error(exc.status_code, exc.text)
+    except ParameterError as exc:
+        return envelope_response(failure(str(exc)))
+    except UNAVAILABLE_ERRORS as exc:
+        log.error("database unavailable for %s: %s", endpoint.path, exc)
+        return envelope_response(
+            failure(DATABASE_UNAVAILABLE), status_code=503, headers={"Retry-After": RETRY_AFTER_SECONDS}
+        )
+    except Exception:
+        request_id = uuid.uuid4().hex[:12]
+        log.exception("unexpected error in %s (request %s)", endpoint.path, request_id)
+        return plain_error(500, f"internal server error (request {request_id})")
+
+
+def _check_access(endpoint: Endpoint, method: str, identity: Identity | None, state: ServerState) -> str | None:
+    if endpoint.access is not Access.PUBLIC and (identity is None or identity.is_limited_proxy):
+        return SECURE_REQUIRED
+    if endpoint.access is Access.PRODUCTION and not has_production_role(
+        identity,  # type: ignore[arg-type]
+        state.settings.production_dns,
+    ):
+        return PRODUCTION_REQUIRED
+    if endpoint.method is not None and _effective_method(method) != endpoint.method:
+        return f"expecting {endpoint.method}, received {method}"
+    return None
+
+
+def _effective_method(method: str) -> str:
+    return "GET" if method == "HEAD" else method
+
+
+def _bind(endpoint: Endpoint, method: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Check and convert the parameters; extra ones are passed through only where declared."""
+    declared = {param.name for param in endpoint.params}
+    for param in endpoint.params:
+        if param.required and param.name not in params:
+            raise ParameterError(f"Argument error: missing a required argument: '{param.name}'")
+    extra = {key: value for key, value in params.items() if key not in declared}
+    if extra and (not endpoint.accepts_extra or "call" in extra):
+        unexpected = "call" if endpoint.accepts_extra else next(iter(extra))
+        raise ParameterError(f"Argument error: got an unexpected keyword argument '{unexpected}'")
+    from_query = _effective_method(method) == "GET"
+    bound: dict[str, Any] = dict(extra)
+    for param in endpoint.params:
+        if param.name not in params:
+            continue
+        value = params[param.name]
+        if from_query:
+            value = coerce_query_value(param.name, value, param.type, param.default)
+        bound[param.name] = check_type(param.name, value, param.type, param.default)
+    return bound
+
+
+async def _run(endpoint: Endpoint, call: Call, args: dict[str, Any]) -> Response:
+    try:
+        if endpoint.db is DbUse.NONE:
+            reply: Reply = await endpoint.handler(call, **args)
+        else:
+            async with call.state.db.transaction(write=endpoint.db is DbUse.WRITE) as conn:
+                call.conn = conn
+                reply = await endpoint.handler(call, **args)
+    except BambooError as exc:
+        reply = failure(exc.message, exc.data)
+    return envelope_response(reply)
+
+
+async def _read_params(request: Request, limit: int) -> dict[str, Any]:
+    method = request.method
+    if method in ("GET", "HEAD"):
+        return _query_params(request.scope["query_string"])
+    content_type = request.headers.get("content-type", "")
+    if content_type.split(";", 1)[0].strip().lower() == "application/json":
+        body = await _read_body(request, limit)
+        if request.headers.get("content-encoding", "").lower() == "gzip":
+            body = _gunzip(body, limit)
+        if not body.strip():
+            return {}
+        try:
+            decoded = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise BadRequest(400, f"received invalid JSON : {exc}") from exc
+        if not isinstance(decoded, dict):
+            raise BadRequest(400, f"received invalid JSON : the body must be a JSON object")
+        return decoded
+    declared_length = request.headers.get("content-length")
+    if declared_length and declared_length.isdigit() and int(declared_length) > limit:
+        raise BadRequest(413, f"request body larger than {limit} bytes")
+    form = await request.form()
+    params: dict[str, Any] = {}
+    for key, value in form.multi_items():
+        # Upstream keeps the first of repeated form fields.
+        params.setdefault(key, value if isinstance(value, UploadFile | str) else str(value))
+    return params
+
+
+def _query_params(query_string: bytes) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for key, value in parse_qsl(query_string.decode("latin-1"), keep_blank_values=True):
+        if key in params:
+            existing = params[key]
+            params[key] = [*existing, value] if isinstance(existing, list) else [existing, value]
+        else:
+            params[key] = value
+    return params
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared_length = request.headers.get("content-length")
+    if declared_length and declared_length.isdigit() and int(declared_length) > limit:
+        raise BadRequest(413, f"request body larger than {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise BadRequest(413, f"request body larger than {limit} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect as exc:
+        raise BadRequest(400, f"client disconnected while sending the body") from exc
+    return b"".join(chunks)
+
+
+def _gunzip(body: bytes, limit: int) -> bytes:
+    # Decompress incrementally so a small gzip bomb cannot expand past the body limit.
+    decompressor = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    try:
+        data = decompressor.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise BadRequest(400, f"received invalid JSON : bad gzip body ({exc})") from exc
+    if len(data) > limit:
+        raise BadRequest(413, f"request body larger than {limit} bytes")
+    return data

@@ -1,0 +1,58 @@
+"""The `bamboo` command."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+import typer
+
+from bamboo.cli import credentials, database, queues, users
+from bamboo.cli.options import DatabaseOption, HomeOption, fail, settings_for
+
+app = typer.Typer(
+    name="bamboo",
+    help="Bamboo: a workload management server speaking the PanDA REST API v1.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(database.app, name="db")
+app.add_typer(queues.app, name="queue")
+app.add_typer(users.app, name="user")
+app.add_typer(credentials.token_app, name="token")
+app.add_typer(credentials.cert_app, name="cert")
+
+
+@app.command()
+def serve(
+    home: HomeOption = None,
+    database_url: DatabaseOption = None,
+    host: Annotated[str | None, typer.Option(help="Address to bind (default 127.0.0.1).")] = None,
+    http_port: Annotated[int | None, typer.Option(help="Plain-HTTP port (default 25080).")] = None,
+    https_port: Annotated[int | None, typer.Option(help="HTTPS port (default 25443).")] = None,
+    workers: Annotated[int | None, typer.Option(help="Server processes (default 1).")] = None,
+    no_agents: Annotated[bool, typer.Option("--no-agents", help="Do not run background agents here.")] = False,
+    ca_dir: Annotated[
+        list[str] | None, typer.Option("--ca-dir", help="Extra trusted CA directory or file (repeatable).")
+    ] = None,
+) -> None:
+    """Run the server: HTTP and HTTPS listeners on the embedded SQLite or the given database."""
+    from bamboo.server import ServerStartError
+    from bamboo.server import serve as run
+
+    overrides = {
+        "host": host,
+        "http_port": http_port,
+        "https_port": https_port,
+        "workers": workers,
+        "agents": False if no_agents else None,
+        "ca_dirs": ca_dir or None,
+    }
+    settings = settings_for(home, database_url, **overrides)
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        run(settings)
+    except ServerStartError as exc:
+        raise fail(str(exc)) from exc

@@ -1,0 +1,122 @@
+"""Server settings: one documented field per knob, read from ``BAMBOO_*`` environment variables.
+
+The command line (`bamboo serve --home ... --database-url ...`) only overrides these fields, so a
+setting has one name everywhere: the field below, the environment variable ``BAMBOO_<FIELD>``
+and the generated settings page in the docs.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from ipaddress import IPv4Network, IPv6Network, ip_network
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_HOME = Path(".bamboo")
+
+
+class Settings(BaseSettings):
+    """Every setting of a Bamboo server or admin command."""
+
+    model_config = SettingsConfigDict(env_prefix="BAMBOO_", extra="ignore", frozen=True)
+
+    home: Path = Field(
+        DEFAULT_HOME,
+        description="Data directory: SQLite database, local CA, server certificate, token signing key, "
+        "file cache.",
+    )
+    database_url: str | None = Field(
+        None,
+        description="SQLAlchemy async URL, e.g. postgresql+asyncpg://user@host/db. Default: the SQLite "
+        "file bamboo.db inside the home.",
+    )
+    host: str = Field("127.0.0.1", description="Address both listeners bind to.")
+    http_port: int = Field(25080, ge=0, le=65535, description="Plain-HTTP port (public endpoints, tokens).")
+    https_port: int = Field(25443, ge=0, le=65535, description="HTTPS port with optional client certificates.")
+    workers: int = Field(1, ge=1, le=64, description="Server processes sharing the ports (SO_REUSEPORT).")
+    agents: bool = Field(True, description="Run the background agents inside the server process.")
+    server_hostnames: list[str] = Field(
+        default_factory=lambda: ["localhost"],
+        description="DNS names put into the generated server certificate.",
+    )
+    ca_dirs: list[Path] = Field(
+        default_factory=list,
+        description="Extra trusted CA certificates for client certificates: IGTF-style directories or "
+        "PEM files. The local CA in the home is always trusted.",
+    )
+    voms_dirs: list[Path] = Field(
+        default_factory=list,
+        description="Certificates of trusted VOMS servers (directories or PEM files); the local CA always "
+        "counts as one. VOMS attributes signed by anyone else are ignored.",
+    )
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="Addresses or networks of TLS-terminating proxies whose client-certificate headers "
+        "are believed. Empty: the headers are ignored.",
+    )
+    proxy_cert_header: str = Field(
+        "X-SSL-Client-Cert",
+        description="Header carrying the client certificate as URL-encoded PEM (nginx "
+        "$ssl_client_escaped_cert), read only from trusted proxies.",
+    )
+    proxy_fqans_header: str = Field(
+        "X-SSL-Client-FQANs",
+        description="Header with comma-separated VOMS FQANs, read only from trusted proxies, used when "
+        "the forwarded certificate carries none.",
+    )
+    production_dns: list[str] = Field(
+        default_factory=list,
+        description="DN fragments that grant the production role to any certificate DN containing them.",
+    )
+    token_issuer_url: str | None = Field(
+        None,
+        description="Issuer (iss) of tokens minted by `bamboo token issue`. Default: "
+        "https://localhost:<https_port>/.",
+    )
+    local_token_vos: list[str] = Field(
+        default_factory=lambda: ["bamboo"],
+        description="VOs for which tokens of the embedded issuer (`bamboo token issue`) are accepted; the "
+        "first is the default VO of `bamboo token issue`.",
+        min_length=1,
+    )
+    auth_config_dir: Path | None = Field(
+        None,
+        description="Directory of PanDA-style <vo>[.<role>]_auth_config.json files for external OIDC "
+        "issuers; served under /auth/ together with the local issuer's.",
+    )
+    token_over_http: bool = Field(
+        False,
+        description="Accept a bearer token as a secure identity on the plain-HTTP port. Off by default: "
+        "tokens travel only over TLS.",
+    )
+    ban_refresh_seconds: float = Field(
+        30.0, ge=0, description="How long the ban list is cached before it is read again."
+    )
+    max_body_bytes: int = Field(
+        16 * 1024 * 1024, ge=1024, description="Largest accepted request body (after gzip decoding)."
+    )
+    db_pool_size: int = Field(10, ge=1, description="Connections per server process (PostgreSQL).")
+    log_level: str = Field("info", description="Python logging level name.")
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _valid_networks(cls, value: list[str]) -> list[str]:
+        for item in value:
+            ip_network(item, strict=False)
+        return value
+
+    @cached_property
+    def trusted_proxy_networks(self) -> tuple[IPv4Network | IPv6Network, ...]:
+        return tuple(ip_network(item, strict=False) for item in self.trusted_proxies)
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.home / 'bamboo.db').resolve()}"
+
+    @property
+    def effective_token_issuer_url(self) -> str:
+        return self.token_issuer_url or f"https://localhost:{self.https_port}/"

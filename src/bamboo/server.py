@@ -1,0 +1,194 @@
+"""Running `bamboo serve`: the two listeners, worker processes and a clean shutdown.
+
+One process serves plain HTTP and HTTPS from one event loop. With ``--workers N`` the parent binds
+both ports once and forks N children that share the listening sockets; the parent only supervises
+(restarting a child that dies) and forwards SIGTERM. SIGTERM makes every listener stop accepting,
+lets in-flight requests finish, and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import ssl
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import uvicorn
+
+from bamboo import __version__
+from bamboo.api.app import create_app
+from bamboo.api.state import build_state
+from bamboo.api.tls import ClientCertificateProtocol
+from bamboo.auth.x509 import TrustStore
+from bamboo.config import Settings
+from bamboo.db import migrate
+from bamboo.db.engine import Database
+from bamboo.home import Home, prepare_home
+from bamboo.logic.clock import SystemClock
+
+log = logging.getLogger("bamboo.server")
+
+GRACEFUL_SHUTDOWN_SECONDS = 30
+_RESTART_BACKOFF_SECONDS = 1.0
+
+
+class ServerStartError(Exception):
+    """The server cannot start; the message says why and what to do."""
+
+
+def bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ServerStartError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def client_auth_context(home: Home, settings: Settings) -> ssl.SSLContext:
+    """TLS for the HTTPS port: optional client certificates, grid proxies allowed."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(home.server_cert, home.server_key)
+    context.verify_mode = ssl.CERT_OPTIONAL
+    context.verify_flags |= ssl.VERIFY_ALLOW_PROXY_CERTS
+    trust = TrustStore.from_paths([home.ca_file, *settings.ca_dirs])
+    context.load_verify_locations(cadata=trust.pem_bundle())
+    return context
+
+
+async def prepare_database(settings: Settings, db: Database) -> None:
+    """Migrate the embedded SQLite database; require an up-to-date schema anywhere else."""
+    if db.is_sqlite:
+        await migrate.upgrade(db)
+    elif not await migrate.is_up_to_date(db):
+        raise ServerStartError("the database schema is not up to date: run `bamboo db upgrade` first")
+
+
+def serve(settings: Settings) -> None:
+    """Run the server until SIGTERM or SIGINT."""
+    home = prepare_home(settings)
+    asyncio.run(_check_database(settings))
+    listeners = [bind(settings.host, settings.http_port), bind(settings.host, settings.https_port)]
+    http_port, https_port = (sock.getsockname()[1] for sock in listeners)
+    print(
+        f"Bamboo {__version__} listening on http://{settings.host}:{http_port} and "
+        f"https://{settings.host}:{https_port} (CA {home.ca_file}; database {_redacted(settings)}; "
+        f"{settings.workers} worker{'s' if settings.workers > 1 else ''})",
+        flush=True,
+    )
+    if settings.workers == 1:
+        asyncio.run(_serve_process(settings, home, listeners))
+    else:
+        _supervise(settings.workers, lambda: asyncio.run(_serve_process(settings, home, listeners)))
+
+
+async def _check_database(settings: Settings) -> None:
+    db = Database(settings.effective_database_url, pool_size=settings.db_pool_size)
+    try:
+        await prepare_database(settings, db)
+    finally:
+        await db.dispose()
+
+
+def _redacted(settings: Settings) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(settings.effective_database_url).render_as_string(hide_password=True)
+
+
+async def _serve_process(settings: Settings, home: Home, listeners: list[socket.socket]) -> None:
+    db = Database(settings.effective_database_url, pool_size=settings.db_pool_size)
+    state = build_state(settings, home, db, SystemClock())
+    app = create_app(state)
+    http_config = uvicorn.Config(app, lifespan="off", log_config=None, http="httptools")
+    https_config = uvicorn.Config(
+        app,
+        lifespan="off",
+        log_config=None,
+        http=ClientCertificateProtocol,
+        ssl_context_factory=lambda _config, _default: client_auth_context(home, settings),
+    )
+    servers = []
+    for config, sock in zip((http_config, https_config), listeners, strict=True):
+        config.timeout_graceful_shutdown = GRACEFUL_SHUTDOWN_SECONDS
+        config.load()
+        server = uvicorn.Server(config)
+        server.lifespan = config.lifespan_class(config)
+        servers.append((server, sock))
+    loop = asyncio.get_running_loop()
+
+    def stop() -> None:
+        log.info("shutting down: no new connections, finishing requests in flight")
+        for server, _ in servers:
+            server.should_exit = True
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop)
+    try:
+        for server, sock in servers:
+            await server.startup(sockets=[sock])
+        await asyncio.gather(*(server.main_loop() for server, _ in servers))
+        await asyncio.gather(*(server.shutdown() for server, _ in servers))
+    finally:
+        await db.dispose()
+    log.info("stopped")
+
+
+def _supervise(workers: int, run_child: Callable[[], Any]) -> None:
+    children: dict[int, int] = {}
+    stopping = False
+
+    def spawn(slot: int) -> None:
+        pid = os.fork()
+        if pid == 0:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            code = 0
+            try:
+                run_child()
+            except BaseException:
+                log.exception("worker %d crashed", slot)
+                code = 1
+            finally:
+                os._exit(code)
+        children[pid] = slot
+
+    def forward(signum: int, _frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in list(children):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for slot in range(workers):
+        spawn(slot)
+    failed = False
+    while children:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            break
+        slot = children.pop(pid)
+        if stopping:
+            failed |= os.waitstatus_to_exitcode(status) != 0
+            continue
+        log.error("worker %d (pid %d) exited with %s; restarting", slot, pid, os.waitstatus_to_exitcode(status))
+        time.sleep(_RESTART_BACKOFF_SECONDS)
+        spawn(slot)
+    sys.exit(1 if failed else 0)
