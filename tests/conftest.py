@@ -35,7 +35,7 @@ class FixedClock:
     """A clock that moves only when told to."""
 
     def __init__(self, start: datetime | None = None) -> None:
-        self._now = start or datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+        self._now = start or datetime.now(UTC).replace(microsecond=0)
 
     def now(self) -> datetime:
         return self._now
@@ -82,7 +82,9 @@ async def drop_postgres_database(url: str) -> None:
 def postgres_url() -> Iterator[str]:
     url = asyncio.run(create_postgres_database())
     if url is None:
-        pytest.skip(f"PostgreSQL not reachable at {POSTGRES_ADMIN_URL} (set BAMBOO_REQUIRE_POSTGRES=1 to fail)")
+        pytest.skip(
+            f"PostgreSQL not reachable at {POSTGRES_ADMIN_URL} (set BAMBOO_REQUIRE_POSTGRES=1 to fail)"
+        )
     yield url
     asyncio.run(drop_postgres_database(url))
 

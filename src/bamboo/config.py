@@ -24,8 +24,7 @@ class Settings(BaseSettings):
 
     home: Path = Field(
         DEFAULT_HOME,
-        description="Data directory: SQLite database, local CA, server certificate, token signing key, "
-        "file cache.",
+        description="Data directory: SQLite database, local CA, server certificate, token signing key.",
     )
     database_url: str | None = Field(
         None,
@@ -34,7 +33,9 @@ class Settings(BaseSettings):
     )
     host: str = Field("127.0.0.1", description="Address both listeners bind to.")
     http_port: int = Field(25080, ge=0, le=65535, description="Plain-HTTP port (public endpoints, tokens).")
-    https_port: int = Field(25443, ge=0, le=65535, description="HTTPS port with optional client certificates.")
+    https_port: int = Field(
+        25443, ge=0, le=65535, description="HTTPS port with optional client certificates."
+    )
     workers: int = Field(1, ge=1, le=64, description="Server processes sharing the ports (SO_REUSEPORT).")
     agents: bool = Field(True, description="Run the background agents inside the server process.")
     server_hostnames: list[str] = Field(
@@ -73,7 +74,7 @@ class Settings(BaseSettings):
     token_issuer_url: str | None = Field(
         None,
         description="Issuer (iss) of tokens minted by `bamboo token issue`. Default: "
-        "https://localhost:<https_port>/.",
+        "https://<first server hostname>:<https port>/ as recorded in the home when it was created.",
     )
     local_token_vos: list[str] = Field(
         default_factory=lambda: ["bamboo"],
@@ -117,6 +118,25 @@ class Settings(BaseSettings):
             return self.database_url
         return f"sqlite+aiosqlite:///{(self.home / 'bamboo.db').resolve()}"
 
-    @property
-    def effective_token_issuer_url(self) -> str:
-        return self.token_issuer_url or f"https://localhost:{self.https_port}/"
+
+def settings_markdown() -> str:
+    """The settings reference page (docs/settings.md), generated from the fields above."""
+    lines = [
+        "# Settings",
+        "",
+        "Every setting is read from the environment variable `BAMBOO_<NAME>` (lists as JSON, e.g.",
+        "`BAMBOO_PRODUCTION_DNS='[\"/CN=prodsys\"]'`); `bamboo serve` options override them.",
+        "This page is generated from `src/bamboo/config.py` by `python -m bamboo.config > docs/settings.md`.",
+        "",
+        "| variable | default | meaning |",
+        "|---|---|---|",
+    ]
+    for name, field in Settings.model_fields.items():
+        default = field.get_default(call_default_factory=True)
+        shown = str(default) if not isinstance(default, list) else ("[" + ", ".join(map(str, default)) + "]")
+        lines.append(f"| `BAMBOO_{name.upper()}` | `{shown}` | {field.description} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(settings_markdown(), end="")

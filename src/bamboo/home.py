@@ -27,11 +27,28 @@ class Home:
         return self.path / "ca.pem"
 
 
+ISSUER_FILE = "token-issuer.txt"
+
+
+def _issuer_url(settings: Settings, path: Path) -> str:
+    """The embedded issuer's ``iss``: the configured one, else the one recorded when the home was
+    made, so tokens stay valid whichever ports a later run (or an admin command) uses."""
+    if settings.token_issuer_url:
+        return settings.token_issuer_url
+    recorded = path / ISSUER_FILE
+    if recorded.exists():
+        return recorded.read_text().strip()
+    port = settings.https_port or 25443
+    url = f"https://{settings.server_hostnames[0]}:{port}/"
+    recorded.write_text(url + "\n")
+    return url
+
+
 def prepare_home(settings: Settings) -> Home:
     """Create whatever is missing in the home and load the credentials in it."""
     path = settings.home.resolve()
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     ca = LocalCA.load_or_create(path)
     server_cert, server_key = ensure_server_certificate(ca, path, hostnames=tuple(settings.server_hostnames))
-    issuer = LocalIssuer.load_or_create(path, settings.effective_token_issuer_url)
+    issuer = LocalIssuer.load_or_create(path, _issuer_url(settings, path))
     return Home(path=path, ca=ca, issuer=issuer, server_cert=server_cert, server_key=server_key)

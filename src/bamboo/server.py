@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 import uvicorn
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from bamboo import __version__
 from bamboo.api.app import create_app
@@ -64,7 +65,7 @@ def client_auth_context(home: Home, settings: Settings) -> ssl.SSLContext:
     context.verify_mode = ssl.CERT_OPTIONAL
     context.verify_flags |= ssl.VERIFY_ALLOW_PROXY_CERTS
     trust = TrustStore.from_paths([home.ca_file, *settings.ca_dirs])
-    context.load_verify_locations(cadata=trust.pem_bundle())
+    context.load_verify_locations(cadata="".join(cert.public_bytes(Encoding.PEM).decode() for cert in trust))
     return context
 
 
@@ -188,7 +189,9 @@ def _supervise(workers: int, run_child: Callable[[], Any]) -> None:
         if stopping:
             failed |= os.waitstatus_to_exitcode(status) != 0
             continue
-        log.error("worker %d (pid %d) exited with %s; restarting", slot, pid, os.waitstatus_to_exitcode(status))
+        log.error(
+            "worker %d (pid %d) exited with %s; restarting", slot, pid, os.waitstatus_to_exitcode(status)
+        )
         time.sleep(_RESTART_BACKOFF_SECONDS)
         spawn(slot)
     sys.exit(1 if failed else 0)

@@ -14,10 +14,14 @@ from bamboo.db.schema import users
 async def test_commit_on_success_and_rollback_on_error(db: Database, clock) -> None:
     now = clock.now()
     async with db.transaction() as conn:
-        await conn.execute(sa.insert(users).values(name="kept", status="active", created_at=now, updated_at=now))
+        await conn.execute(
+            sa.insert(users).values(name="kept", status="active", created_at=now, updated_at=now)
+        )
     with pytest.raises(RuntimeError):
         async with db.transaction() as conn:
-            await conn.execute(sa.insert(users).values(name="lost", status="active", created_at=now, updated_at=now))
+            await conn.execute(
+                sa.insert(users).values(name="lost", status="active", created_at=now, updated_at=now)
+            )
             raise RuntimeError("boom")
     async with db.transaction(write=False) as conn:
         names = set((await conn.execute(sa.select(users.c.name))).scalars())
@@ -36,7 +40,11 @@ async def test_timestamps_come_back_as_utc(db: Database, clock) -> None:
 async def test_concurrent_writers_do_not_lose_updates(db: Database, clock) -> None:
     now = clock.now()
     async with db.transaction() as conn:
-        await conn.execute(sa.insert(users).values(name="counter", email="0", status="active", created_at=now, updated_at=now))
+        await conn.execute(
+            sa.insert(users).values(
+                name="counter", email="0", status="active", created_at=now, updated_at=now
+            )
+        )
 
     async def increment() -> None:
         async with db.transaction() as conn:

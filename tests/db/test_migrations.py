@@ -40,7 +40,9 @@ async def test_downgrade_and_upgrade_round_trip(database_url: str) -> None:
         await migrate.upgrade(db)
         assert await migrate.is_up_to_date(db)
         async with db.transaction(write=False) as conn:
-            names = (await conn.execute(sa.text("SELECT name FROM resource_types ORDER BY position"))).scalars()
+            names = (
+                await conn.execute(sa.text("SELECT name FROM resource_types ORDER BY position"))
+            ).scalars()
             assert list(names) == ["SCORE", "SCORE_HIMEM", "MCORE", "MCORE_HIMEM", "Undefined"]
     finally:
         await db.dispose()

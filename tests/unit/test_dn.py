@@ -53,7 +53,10 @@ def test_limited_proxy_detection() -> None:
 
 
 _components = st.lists(
-    st.tuples(st.sampled_from(["DC", "O", "OU", "C", "L", "CN"]), st.text("abcXYZ 0123_-.'()@", min_size=1, max_size=12)),
+    st.tuples(
+        st.sampled_from(["DC", "O", "OU", "C", "L", "CN"]),
+        st.text("abcXYZ 0123_-.'()@", min_size=1, max_size=12),
+    ),
     max_size=6,
 )
 

@@ -49,9 +49,17 @@ def test_query_coercion(value: Any, annotation: Any, default: Any, expected: Any
     [
         ("abc", int, "Type error: 'p' with value 'abc' could not be casted to type int from str."),
         ("x", float, "Type error: 'p' with value 'x' could not be casted to type float from str."),
-        (["1", "x"], list[int], "Type error: 'p' with value '['1', 'x']' could not be casted to type List from list."),
+        (
+            ["1", "x"],
+            list[int],
+            "Type error: 'p' with value '['1', 'x']' could not be casted to type List from list.",
+        ),
         ("{'a': ", dict, "Type error: 'p' with value '{'a': ' could not be casted to type dict from str."),
-        ("{'a': true}", dict, "Type error: 'p' with value '{'a': true}' could not be casted to type dict from str."),
+        (
+            "{'a': true}",
+            dict,
+            "Type error: 'p' with value '{'a': true}' could not be casted to type dict from str.",
+        ),
         ("[1]", dict, "Type error: 'p' must be of type dict, got list."),
         (["1", "2"], int, "Type error: 'p' must be of type int, got list."),
     ],

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from starlette.requests import Request
 from sqlalchemy.ext.asyncio import AsyncConnection
+from starlette.requests import Request
 
 from bamboo.auth.identity import Identity
 

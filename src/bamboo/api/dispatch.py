@@ -89,7 +89,9 @@ async def dispatch(request: Request) -> Response:
         return plain_error(500, f"internal server error (request {request_id})")
 
 
-def _check_access(endpoint: Endpoint, method: str, identity: Identity | None, state: ServerState) -> str | None:
+def _check_access(
+    endpoint: Endpoint, method: str, identity: Identity | None, state: ServerState
+) -> str | None:
     if endpoint.access is not Access.PUBLIC and (identity is None or identity.is_limited_proxy):
         return SECURE_REQUIRED
     if endpoint.access is Access.PRODUCTION and not has_production_role(
@@ -157,7 +159,7 @@ async def _read_params(request: Request, limit: int) -> dict[str, Any]:
         except orjson.JSONDecodeError as exc:
             raise BadRequest(400, f"received invalid JSON : {exc}") from exc
         if not isinstance(decoded, dict):
-            raise BadRequest(400, f"received invalid JSON : the body must be a JSON object")
+            raise BadRequest(400, "received invalid JSON : the body must be a JSON object")
         return decoded
     declared_length = request.headers.get("content-length")
     if declared_length and declared_length.isdigit() and int(declared_length) > limit:
@@ -194,7 +196,7 @@ async def _read_body(request: Request, limit: int) -> bytes:
                 raise BadRequest(413, f"request body larger than {limit} bytes")
             chunks.append(chunk)
     except ClientDisconnect as exc:
-        raise BadRequest(400, f"client disconnected while sending the body") from exc
+        raise BadRequest(400, "client disconnected while sending the body") from exc
     return b"".join(chunks)
 
 

@@ -41,7 +41,9 @@ def encode_json(payload: Any) -> bytes:
     )
 
 
-def envelope_response(reply: Reply, *, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
+def envelope_response(
+    reply: Reply, *, status_code: int = 200, headers: dict[str, str] | None = None
+) -> Response:
     body = encode_json({"success": reply.success, "message": reply.message, "data": reply.data})
     return Response(body, status_code=status_code, media_type=JSON_MEDIA_TYPE, headers=headers)
 

@@ -13,7 +13,9 @@ from bamboo.auth.identity import AuthMethod, Identity
 _SECRET_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization"})
 
 
-def request_environment(request: Request, identity: Identity | None, hidden_headers: tuple[str, ...]) -> dict[str, str]:
+def request_environment(
+    request: Request, identity: Identity | None, hidden_headers: tuple[str, ...]
+) -> dict[str, str]:
     hidden = _SECRET_HEADERS | {name.lower() for name in hidden_headers}
     env: dict[str, str] = {
         "REQUEST_METHOD": request.method,

@@ -32,7 +32,7 @@ _ENVELOPE = {
 _ACCESS_TEXT = {
     Access.PUBLIC: "Public: no credentials needed.",
     Access.SECURE: "Secure: needs a client certificate or a bearer token (with the Origin header).",
-    Access.PRODUCTION: "Production: needs a production or pilot role (VOMS FQAN, token group or configured DN).",
+    Access.PRODUCTION: "Production: needs the production role (VOMS FQAN, token group or configured DN).",
 }
 
 
@@ -120,7 +120,8 @@ def docs_page(registry: Registry) -> str:
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>Bamboo API v1</title>",
         "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto}code{background:#eee}"
-        "td,th{border:1px solid #ccc;padding:.2em .5em;vertical-align:top}table{border-collapse:collapse}</style>",
+        "td,th{border:1px solid #ccc;padding:.2em .5em;vertical-align:top}"
+        "table{border-collapse:collapse}</style>",
         "</head><body><h1>Bamboo: PanDA API v1</h1>",
         "<p>Machine-readable: <a href='/openapi.json'>/openapi.json</a>.</p>",
     ]
@@ -134,7 +135,9 @@ def docs_page(registry: Registry) -> str:
             f"<p>{html.escape(endpoint.summary)}</p><p><em>{html.escape(_ACCESS_TEXT[endpoint.access])}</em></p>"
         )
         if endpoint.params:
-            parts.append("<table><tr><th>parameter</th><th>type</th><th>default</th><th>description</th></tr>")
+            parts.append(
+                "<table><tr><th>parameter</th><th>type</th><th>default</th><th>description</th></tr>"
+            )
             for param in endpoint.params:
                 default = "required" if param.required else repr(param.default)
                 parts.append(

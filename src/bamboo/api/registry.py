@@ -146,7 +146,9 @@ def _params_of(handler: Callable[..., Any]) -> tuple[tuple[Param, ...], bool]:
             continue
         hint = hints.get(parameter.name)
         if typing.get_origin(hint) is not typing.Annotated:
-            raise ValueError(f"{handler.__name__}: parameter {parameter.name} needs Annotated[type, description]")
+            raise ValueError(
+                f"{handler.__name__}: parameter {parameter.name} needs Annotated[type, description]"
+            )
         base, description = typing.get_args(hint)[:2]
         default = REQUIRED if parameter.default is inspect.Parameter.empty else parameter.default
         params.append(Param(parameter.name, ParamType(base), default, description))

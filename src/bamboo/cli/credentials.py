@@ -51,11 +51,16 @@ def issue_token(
 def issue_certificate(
     dn: Annotated[str, typer.Option(help="Subject in slash form, e.g. '/DC=org/DC=example/CN=Jane Doe'.")],
     out: Annotated[Path, typer.Option(help="Writes OUT.pem (certificate chain) and OUT.key (private key).")],
-    proxy: Annotated[bool, typer.Option("--proxy", help="Also make an RFC 3820 proxy and use it as leaf.")] = False,
-    legacy: Annotated[bool, typer.Option("--legacy", help="With --proxy: a legacy (GT2) proxy instead.")] = False,
+    proxy: Annotated[
+        bool, typer.Option("--proxy", help="Also make an RFC 3820 proxy and use it as leaf.")
+    ] = False,
+    legacy: Annotated[
+        bool, typer.Option("--legacy", help="With --proxy: a legacy (GT2) proxy instead.")
+    ] = False,
     limited: Annotated[bool, typer.Option("--limited", help="With --proxy: a limited proxy.")] = False,
     fqan: Annotated[
-        list[str] | None, typer.Option("--fqan", help="VOMS FQAN to embed, e.g. /atlas/Role=production (repeatable).")
+        list[str] | None,
+        typer.Option("--fqan", help="VOMS FQAN to embed, e.g. /atlas/Role=production (repeatable)."),
     ] = None,
     lifetime: Annotated[int, typer.Option(help="Validity of the certificate in seconds.")] = 7 * 86400,
     home: HomeOption = None,

@@ -31,7 +31,9 @@ def serve(
     http_port: Annotated[int | None, typer.Option(help="Plain-HTTP port (default 25080).")] = None,
     https_port: Annotated[int | None, typer.Option(help="HTTPS port (default 25443).")] = None,
     workers: Annotated[int | None, typer.Option(help="Server processes (default 1).")] = None,
-    no_agents: Annotated[bool, typer.Option("--no-agents", help="Do not run background agents here.")] = False,
+    no_agents: Annotated[
+        bool, typer.Option("--no-agents", help="Do not run background agents here.")
+    ] = False,
     ca_dir: Annotated[
         list[str] | None, typer.Option("--ca-dir", help="Extra trusted CA directory or file (repeatable).")
     ] = None,

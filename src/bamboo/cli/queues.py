@@ -32,7 +32,9 @@ MaxWdir = Annotated[int | None, typer.Option(help="Scratch space per slot, MB.")
 JobSeed = Annotated[str | None, typer.Option(help=f"Event service mode: {', '.join(queues.JOBSEEDS)}.")]
 Attributes = Annotated[
     list[str] | None,
-    typer.Option("--attr", help="Any other attribute as KEY=JSON (e.g. --attr 'capability=\"ucore\"'); repeatable."),
+    typer.Option(
+        "--attr", help="Any other attribute as KEY=JSON (e.g. --attr 'capability=\"ucore\"'); repeatable."
+    ),
 ]
 
 
@@ -82,8 +84,18 @@ def add(
     spec = {
         **_attributes(attr),
         **_given(
-            name=name, status=status, type=queue_type, cloud=cloud, site=site, corecount=corecount, maxrss=maxrss,
-            minrss=minrss, maxtime=maxtime, mintime=mintime, maxwdir=maxwdir, jobseed=jobseed,
+            name=name,
+            status=status,
+            type=queue_type,
+            cloud=cloud,
+            site=site,
+            corecount=corecount,
+            maxrss=maxrss,
+            minrss=minrss,
+            maxtime=maxtime,
+            mintime=mintime,
+            maxwdir=maxwdir,
+            jobseed=jobseed,
         ),
     }
 
@@ -117,8 +129,17 @@ def set_attributes(
     changes = {
         **_attributes(attr),
         **_given(
-            status=status, type=queue_type, cloud=cloud, site=site, corecount=corecount, maxrss=maxrss,
-            minrss=minrss, maxtime=maxtime, mintime=mintime, maxwdir=maxwdir, jobseed=jobseed,
+            status=status,
+            type=queue_type,
+            cloud=cloud,
+            site=site,
+            corecount=corecount,
+            maxrss=maxrss,
+            minrss=minrss,
+            maxtime=maxtime,
+            mintime=mintime,
+            maxwdir=maxwdir,
+            jobseed=jobseed,
         ),
     }
     if not changes:
@@ -150,8 +171,12 @@ def list_queues(
         return
     table = Table("name", "status", "type", "cloud", "site", "corecount", "maxrss", "maxtime")
     for spec in specs:
-        table.add_row(*(str(spec.get(key, "")) if spec.get(key) is not None else "" for key in
-                        ("name", "status", "type", "cloud", "site", "corecount", "maxrss", "maxtime")))
+        table.add_row(
+            *(
+                str(spec.get(key, "")) if spec.get(key) is not None else ""
+                for key in ("name", "status", "type", "cloud", "site", "corecount", "maxrss", "maxtime")
+            )
+        )
     console.print(table)
 
 
@@ -193,4 +218,6 @@ def load(
             return [await queues.put(conn, SystemClock(), spec) for spec in specs]
 
     results = _run(home, database_url, work)
-    console.print(f"{len(results)} queues loaded ({sum(results)} new, {len(results) - sum(results)} replaced)")
+    console.print(
+        f"{len(results)} queues loaded ({sum(results)} new, {len(results) - sum(results)} replaced)"
+    )

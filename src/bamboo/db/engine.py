@@ -40,7 +40,9 @@ class Database:
         self.url = make_url(url)
         self.dialect = self.url.get_backend_name()
         if self.dialect not in ("sqlite", "postgresql"):
-            raise ValueError(f"unsupported database {self.dialect!r}: use sqlite+aiosqlite or postgresql+asyncpg")
+            raise ValueError(
+                f"unsupported database {self.dialect!r}: use sqlite+aiosqlite or postgresql+asyncpg"
+            )
         self._write_lock = asyncio.Lock()
         self.engine: AsyncEngine
         if self.is_sqlite:

@@ -11,7 +11,9 @@ from bamboo.db.schema import users
 
 
 async def names_with_status(conn: AsyncConnection, status: str) -> list[str]:
-    result = await conn.execute(sa.select(users.c.name).where(users.c.status == status).order_by(users.c.name))
+    result = await conn.execute(
+        sa.select(users.c.name).where(users.c.status == status).order_by(users.c.name)
+    )
     return list(result.scalars())
 
 
@@ -20,6 +22,4 @@ async def upsert_status(conn: AsyncConnection, name: str, status: str, now: date
         sa.update(users).where(users.c.name == name).values(status=status, updated_at=now)
     )
     if updated.rowcount == 0:
-        await conn.execute(
-            sa.insert(users).values(name=name, status=status, created_at=now, updated_at=now)
-        )
+        await conn.execute(sa.insert(users).values(name=name, status=status, created_at=now, updated_at=now))

@@ -21,11 +21,27 @@ TYPES = ("production", "analysis", "unified")
 JOBSEEDS = ("std", "es", "eshigh", "all")
 MAX_SPEC_BYTES = 256 * 1024
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+\-]{0,127}$")
-_INT_FIELDS = ("corecount", "maxrss", "minrss", "maxtime", "mintime", "maxwdir", "maxinputsize", "transferringlimit")
+_INT_FIELDS = (
+    "corecount",
+    "maxrss",
+    "minrss",
+    "maxtime",
+    "mintime",
+    "maxwdir",
+    "maxinputsize",
+    "transferringlimit",
+)
 _STR_FIELDS = ("cloud", "site", "workflow", "pilot_manager", "harvester", "capability", "wnconnectivity")
 # Attributes get_site_specs leaves out, as upstream does (storage endpoint maps and slot maps).
 _HIDDEN_FROM_SITE_SPECS = frozenset(
-    {"ddm_endpoints_input", "ddm_endpoints_output", "ddm_input", "ddm_output", "setokens_input", "num_slots_map"}
+    {
+        "ddm_endpoints_input",
+        "ddm_endpoints_output",
+        "ddm_input",
+        "ddm_output",
+        "setokens_input",
+        "num_slots_map",
+    }
 )
 DEFAULTS: dict[str, Any] = {"status": "online", "type": "unified", "jobseed": "std", "corecount": 1}
 
@@ -39,7 +55,9 @@ def normalise_spec(raw: dict[str, Any]) -> dict[str, Any]:
     spec = {**DEFAULTS, **raw}
     name = spec.get("name")
     if not isinstance(name, str) or not _NAME.match(name):
-        raise InvalidInput(f"queue name {name!r} is invalid: 1-128 of letters, digits, _ . + -, starting alphanumeric")
+        raise InvalidInput(
+            f"queue name {name!r} is invalid: 1-128 of letters, digits, _ . + -, starting alphanumeric"
+        )
     _require_choice(spec, "status", STATUSES)
     _require_choice(spec, "type", TYPES)
     _require_choice(spec, "jobseed", JOBSEEDS)
@@ -63,7 +81,9 @@ def normalise_spec(raw: dict[str, Any]) -> dict[str, Any]:
 
 def _require_choice(spec: dict[str, Any], key: str, choices: tuple[str, ...]) -> None:
     if spec.get(key) not in choices:
-        raise InvalidInput(f"queue {spec.get('name')}: '{key}' must be one of {', '.join(choices)}; got {spec.get(key)!r}")
+        raise InvalidInput(
+            f"queue {spec.get('name')}: '{key}' must be one of {', '.join(choices)}; got {spec.get(key)!r}"
+        )
 
 
 def specs_from_document(document: Any) -> list[dict[str, Any]]:

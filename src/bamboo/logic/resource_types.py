@@ -9,7 +9,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from bamboo.db import resource_types as resource_types_db
 
 
-
 async def resource_type_list(conn: AsyncConnection) -> list[dict[str, Any]]:
     """metaconfig/get_resource_types rows, in matching order."""
     return [

@@ -22,7 +22,9 @@ async def get_banned_users(call: Call) -> Reply:
 @metaconfig.endpoint(method="GET", access=Access.PUBLIC)
 async def get_site_specs(
     call: Call,
-    type: Annotated[str, "Queue type to list: analysis, production, unified, or all for every queue."] = "analysis",
+    type: Annotated[
+        str, "Queue type to list: analysis, production, unified, or all for every queue."
+    ] = "analysis",
 ) -> Reply:
     """The site specs of the PanDA queues of one type, keyed by queue name."""
     return Reply(data=await queues.site_specs(call.db, type))

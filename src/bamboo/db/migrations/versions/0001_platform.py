@@ -20,11 +20,46 @@ depends_on = None
 # The conventional rows (HIMEM above 2000 MB per core) and the catch-all, which matches anything
 # and therefore comes last.
 _RESOURCE_TYPES = [
-    {"name": "SCORE", "position": 1, "mincore": 1, "maxcore": 1, "minrampercore": None, "maxrampercore": 2000},
-    {"name": "SCORE_HIMEM", "position": 2, "mincore": 1, "maxcore": 1, "minrampercore": 2001, "maxrampercore": None},
-    {"name": "MCORE", "position": 3, "mincore": 2, "maxcore": None, "minrampercore": None, "maxrampercore": 2000},
-    {"name": "MCORE_HIMEM", "position": 4, "mincore": 2, "maxcore": None, "minrampercore": 2001, "maxrampercore": None},
-    {"name": "Undefined", "position": 99, "mincore": None, "maxcore": None, "minrampercore": None, "maxrampercore": None},
+    {
+        "name": "SCORE",
+        "position": 1,
+        "mincore": 1,
+        "maxcore": 1,
+        "minrampercore": None,
+        "maxrampercore": 2000,
+    },
+    {
+        "name": "SCORE_HIMEM",
+        "position": 2,
+        "mincore": 1,
+        "maxcore": 1,
+        "minrampercore": 2001,
+        "maxrampercore": None,
+    },
+    {
+        "name": "MCORE",
+        "position": 3,
+        "mincore": 2,
+        "maxcore": None,
+        "minrampercore": None,
+        "maxrampercore": 2000,
+    },
+    {
+        "name": "MCORE_HIMEM",
+        "position": 4,
+        "mincore": 2,
+        "maxcore": None,
+        "minrampercore": 2001,
+        "maxrampercore": None,
+    },
+    {
+        "name": "Undefined",
+        "position": 99,
+        "mincore": None,
+        "maxcore": None,
+        "minrampercore": None,
+        "maxrampercore": None,
+    },
 ]
 
 
