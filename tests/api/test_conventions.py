@@ -387,3 +387,11 @@ async def test_database_unavailable_is_503_with_retry_after(api_factory, tmp_pat
         "message": "database error in the PanDA server",
         "data": None,
     }
+
+
+async def test_multipart_form_is_parsed(api: ApiServer) -> None:
+    async with api.client(https=False) as client:
+        response = await client.post(
+            "/api/v1/system/is_alive", files={"file": ("a.txt", b"hello")}, data={"k": "v"}
+        )
+    assert envelope(response)["message"] == "expecting GET, received POST"

@@ -10,25 +10,21 @@ import pytest
 from typer.testing import CliRunner
 
 from bamboo.cli.main import app
+from bamboo.db.engine import Database
 
 runner = CliRunner()
 
 
 @pytest.fixture
-def cli(database_url: str, tmp_path: Path) -> Iterator:
+def cli(db: Database, database_url: str, tmp_path: Path) -> Iterator:
+    """Run a bamboo command on the test database (emptied after the test by the db fixture)."""
+
     def run(*args: str, ok: bool = True) -> str:
         result = runner.invoke(app, [*args, "--home", str(tmp_path / "home"), "--database-url", database_url])
         assert (result.exit_code == 0) is ok, result.output
         return result.output
 
     yield run
-    # The session database is shared between tests: remove what this one added.
-    for spec in json.loads(run("queue", "list", "--json")):
-        run("queue", "remove", spec["name"])
-    for name in ("Jane Doe",):
-        runner.invoke(
-            app, ["user", "unban", name, "--home", str(tmp_path / "home"), "--database-url", database_url]
-        )
 
 
 def specs(cli) -> dict[str, dict]:

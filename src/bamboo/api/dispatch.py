@@ -66,10 +66,10 @@ async def dispatch(request: Request) -> Response:
         identity = await resolve_identity(request, state)
         if identity is not None and identity.user_name in await state.bans.names():
             return plain_error(403, f"{identity.user_name} is banned")
-        params = await _read_params(request, state.settings.max_body_bytes)
+        params, textual = await _read_params(request, state.settings.max_body_bytes)
         rejection = _check_access(endpoint, request.method, identity, state)
         if rejection is None:
-            call_args = _bind(endpoint, request.method, params)
+            call_args = _bind(endpoint, params, textual=textual)
             return await _run(endpoint, Call(request, state, identity), call_args)
         return envelope_response(failure(rejection))
     except AuthenticationFailed as exc:
@@ -108,8 +108,13 @@ def _effective_method(method: str) -> str:
     return "GET" if method == "HEAD" else method
 
 
-def _bind(endpoint: Endpoint, method: str, params: dict[str, Any]) -> dict[str, Any]:
-    """Check and convert the parameters; extra ones are passed through only where declared."""
+def _bind(endpoint: Endpoint, params: dict[str, Any], *, textual: bool) -> dict[str, Any]:
+    """Check and convert the parameters; extra ones are passed through only where declared.
+
+    ``textual`` parameters (query string, form fields) are strings and get PanDA's GET coercion.
+    Upstream coerces only GET; we coerce form values too, so form-encoded POSTs of typed
+    parameters work instead of failing every type check.
+    """
     declared = {param.name for param in endpoint.params}
     for param in endpoint.params:
         if param.required and param.name not in params:
@@ -118,13 +123,12 @@ def _bind(endpoint: Endpoint, method: str, params: dict[str, Any]) -> dict[str, 
     if extra and (not endpoint.accepts_extra or "call" in extra):
         unexpected = "call" if endpoint.accepts_extra else next(iter(extra))
         raise ParameterError(f"Argument error: got an unexpected keyword argument '{unexpected}'")
-    from_query = _effective_method(method) == "GET"
     bound: dict[str, Any] = dict(extra)
     for param in endpoint.params:
         if param.name not in params:
             continue
         value = params[param.name]
-        if from_query:
+        if textual and not isinstance(value, UploadFile):
             value = coerce_query_value(param.name, value, param.type, param.default)
         bound[param.name] = check_type(param.name, value, param.type, param.default)
     return bound
@@ -143,24 +147,25 @@ async def _run(endpoint: Endpoint, call: Call, args: dict[str, Any]) -> Response
     return envelope_response(reply)
 
 
-async def _read_params(request: Request, limit: int) -> dict[str, Any]:
+async def _read_params(request: Request, limit: int) -> tuple[dict[str, Any], bool]:
+    """The request's parameters, and whether they arrived as text (query or form) to be coerced."""
     method = request.method
     if method in ("GET", "HEAD"):
-        return _query_params(request.scope["query_string"])
+        return _query_params(request.scope["query_string"]), True
     content_type = request.headers.get("content-type", "")
     if content_type.split(";", 1)[0].strip().lower() == "application/json":
         body = await _read_body(request, limit)
         if request.headers.get("content-encoding", "").lower() == "gzip":
             body = _gunzip(body, limit)
         if not body.strip():
-            return {}
+            return {}, False
         try:
             decoded = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
             raise BadRequest(400, f"received invalid JSON : {exc}") from exc
         if not isinstance(decoded, dict):
             raise BadRequest(400, "received invalid JSON : the body must be a JSON object")
-        return decoded
+        return decoded, False
     declared_length = request.headers.get("content-length")
     if declared_length and declared_length.isdigit() and int(declared_length) > limit:
         raise BadRequest(413, f"request body larger than {limit} bytes")
@@ -169,7 +174,7 @@ async def _read_params(request: Request, limit: int) -> dict[str, Any]:
     for key, value in form.multi_items():
         # Upstream keeps the first of repeated form fields.
         params.setdefault(key, value if isinstance(value, UploadFile | str) else str(value))
-    return params
+    return params, True
 
 
 def _query_params(query_string: bytes) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The access checks of the validation decorator, in their order (api-v1.md §1.5 checks 1-3)."""
+"""The checks of the validation decorator, in their order (api-v1.md §1.5 checks 1-5)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from bamboo.api.dispatch import _check_access
-from bamboo.api.registry import Access, DbUse, Endpoint
+from bamboo.api.dispatch import _bind, _check_access
+from bamboo.api.params import REQUIRED, ParameterError, ParamType
+from bamboo.api.registry import Access, DbUse, Endpoint, Param
 from bamboo.auth.identity import AuthMethod, Identity
 
 
@@ -50,3 +51,35 @@ def test_check_order_and_messages(
 def test_any_method_endpoint_and_head_as_get() -> None:
     assert _check_access(endpoint(Access.PUBLIC, None), "PUT", None, STATE) is None
     assert _check_access(endpoint(Access.PUBLIC, "GET"), "HEAD", None, STATE) is None
+
+
+def _typed_endpoint() -> Endpoint:
+    params = (
+        Param("task_id", ParamType(int), REQUIRED, "a task"),
+        Param("flags", ParamType(list[int]), None, "numbers"),
+        Param("verbose", ParamType(bool), False, "chatty"),
+    )
+    return Endpoint("m", "f", "POST", Access.SECURE, DbUse.NONE, params, False, "s", "", _handler)
+
+
+def test_textual_parameters_are_coerced_json_ones_only_checked() -> None:
+    endpoint = _typed_endpoint()
+    textual = {"task_id": "12", "flags": ["1", "2"], "verbose": "true"}
+    assert _bind(endpoint, textual, textual=True) == {"task_id": 12, "flags": [1, 2], "verbose": True}
+    assert _bind(endpoint, {"task_id": 12}, textual=False) == {"task_id": 12}
+    with pytest.raises(ParameterError, match=r"Type error: 'task_id' must be of type int, got str\."):
+        _bind(endpoint, {"task_id": "12"}, textual=False)
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({}, "Argument error: missing a required argument: 'task_id'"),
+        ({"task_id": 1, "zz": 1, "aa": 2}, "Argument error: got an unexpected keyword argument 'zz'"),
+        ({"zz": 1}, "Argument error: missing a required argument: 'task_id'"),
+    ],
+)
+def test_argument_errors(params: dict, message: str) -> None:
+    with pytest.raises(ParameterError) as caught:
+        _bind(_typed_endpoint(), params, textual=False)
+    assert str(caught.value) == message
