@@ -28,7 +28,7 @@ POSTGRES_ADMIN_URL = os.environ.get(
 )
 REQUIRE_POSTGRES = os.environ.get("BAMBOO_REQUIRE_POSTGRES") == "1"
 # Tables whose rows come from migrations and stay between tests.
-SEEDED_TABLES = {"resource_types", "alembic_version"}
+SEEDED_TABLES = {"resource_types", "alembic_version", "id_sequences"}
 
 
 class FixedClock:

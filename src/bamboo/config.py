@@ -38,6 +38,13 @@ class Settings(BaseSettings):
     )
     workers: int = Field(1, ge=1, le=64, description="Server processes sharing the ports (SO_REUSEPORT).")
     agents: bool = Field(True, description="Run the background agents inside the server process.")
+    agent_period_seconds: float = Field(
+        1.0,
+        gt=0,
+        le=3600,
+        description="How often an idle agent looks for work that arrived without waking it (from other "
+        "processes).",
+    )
     server_hostnames: list[str] = Field(
         default_factory=lambda: ["localhost"],
         description="DNS names put into the generated server certificate.",

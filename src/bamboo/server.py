@@ -23,6 +23,7 @@ import uvicorn
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from bamboo import __version__
+from bamboo.agents.runner import AgentContext, AgentRunner
 from bamboo.api.app import create_app
 from bamboo.api.state import build_state
 from bamboo.api.tls import ClientCertificateProtocol
@@ -31,6 +32,7 @@ from bamboo.config import Settings
 from bamboo.db import migrate
 from bamboo.db.engine import Database
 from bamboo.home import Home, prepare_home
+from bamboo.logic.catalog import LocalCatalog
 from bamboo.logic.clock import SystemClock
 
 log = logging.getLogger("bamboo.server")
@@ -90,9 +92,14 @@ def serve(settings: Settings) -> None:
         flush=True,
     )
     if settings.workers == 1:
-        asyncio.run(_serve_process(settings, home, listeners))
-    else:
-        _supervise(settings.workers, lambda: asyncio.run(_serve_process(settings, home, listeners)))
+        asyncio.run(_serve_process(settings, home, listeners, with_agents=settings.agents))
+        return
+    children = [
+        lambda: asyncio.run(_serve_process(settings, home, listeners, with_agents=False))
+    ] * settings.workers
+    if settings.agents:
+        children.append(lambda: asyncio.run(run_agents(settings)))
+    _supervise(children)
 
 
 async def _check_database(settings: Settings) -> None:
@@ -109,9 +116,35 @@ def _redacted(settings: Settings) -> str:
     return make_url(settings.effective_database_url).render_as_string(hide_password=True)
 
 
-async def _serve_process(settings: Settings, home: Home, listeners: list[socket.socket]) -> None:
+def _agent_runner(settings: Settings, db: Database) -> AgentRunner:
+    return AgentRunner(AgentContext(db, SystemClock(), LocalCatalog()), period=settings.agent_period_seconds)
+
+
+async def run_agents(settings: Settings) -> None:
+    """Run only the agents until SIGTERM/SIGINT (``bamboo agents`` and multi-worker servers)."""
+    db = Database(settings.effective_database_url, pool_size=settings.db_pool_size)
+    runner = _agent_runner(settings, db)
+    stopped = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopped.set)
+    runner.start()
+    try:
+        await stopped.wait()
+    finally:
+        await runner.stop()
+        await db.dispose()
+    log.info("agents stopped")
+
+
+async def _serve_process(
+    settings: Settings, home: Home, listeners: list[socket.socket], *, with_agents: bool
+) -> None:
     db = Database(settings.effective_database_url, pool_size=settings.db_pool_size)
     state = build_state(settings, home, db, SystemClock())
+    runner = _agent_runner(settings, db) if with_agents else None
+    if runner is not None:
+        state.wake = runner.wake
     app = create_app(state)
     http_config = uvicorn.Config(app, lifespan="off", log_config=None, http="httptools")
     https_config = uvicorn.Config(
@@ -140,18 +173,24 @@ async def _serve_process(settings: Settings, home: Home, listeners: list[socket.
     try:
         for server, sock in servers:
             await server.startup(sockets=[sock])
+        if runner is not None:
+            runner.start()
         await asyncio.gather(*(server.main_loop() for server, _ in servers))
         await asyncio.gather(*(server.shutdown() for server, _ in servers))
     finally:
+        if runner is not None:
+            await runner.stop()
         await db.dispose()
     log.info("stopped")
 
 
-def _supervise(workers: int, run_child: Callable[[], Any]) -> None:
+def _supervise(jobs: list[Callable[[], Any]]) -> None:
+    """Fork one child per job and keep them running until SIGTERM/SIGINT, then stop them all."""
     children: dict[int, int] = {}
     stopping = False
 
     def spawn(slot: int) -> None:
+        run_child = jobs[slot]
         pid = os.fork()
         if pid == 0:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -177,7 +216,7 @@ def _supervise(workers: int, run_child: Callable[[], Any]) -> None:
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
-    for slot in range(workers):
+    for slot in range(len(jobs)):
         spawn(slot)
     failed = False
     while children:

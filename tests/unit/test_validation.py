@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from bamboo.api.dispatch import _bind, _check_access
+from bamboo.api.dispatch import _check_access, bind_parameters
 from bamboo.api.params import REQUIRED, ParameterError, ParamType
 from bamboo.api.registry import Access, DbUse, Endpoint, Param
 from bamboo.auth.identity import AuthMethod, Identity
@@ -65,10 +65,14 @@ def _typed_endpoint() -> Endpoint:
 def test_textual_parameters_are_coerced_json_ones_only_checked() -> None:
     endpoint = _typed_endpoint()
     textual = {"task_id": "12", "flags": ["1", "2"], "verbose": "true"}
-    assert _bind(endpoint, textual, textual=True) == {"task_id": 12, "flags": [1, 2], "verbose": True}
-    assert _bind(endpoint, {"task_id": 12}, textual=False) == {"task_id": 12}
+    assert bind_parameters(endpoint, textual, textual=True) == {
+        "task_id": 12,
+        "flags": [1, 2],
+        "verbose": True,
+    }
+    assert bind_parameters(endpoint, {"task_id": 12}, textual=False) == {"task_id": 12}
     with pytest.raises(ParameterError, match=r"Type error: 'task_id' must be of type int, got str\."):
-        _bind(endpoint, {"task_id": "12"}, textual=False)
+        bind_parameters(endpoint, {"task_id": "12"}, textual=False)
 
 
 @pytest.mark.parametrize(
@@ -81,5 +85,5 @@ def test_textual_parameters_are_coerced_json_ones_only_checked() -> None:
 )
 def test_argument_errors(params: dict, message: str) -> None:
     with pytest.raises(ParameterError) as caught:
-        _bind(_typed_endpoint(), params, textual=False)
+        bind_parameters(_typed_endpoint(), params, textual=False)
     assert str(caught.value) == message

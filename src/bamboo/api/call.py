@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -23,12 +24,14 @@ class Call:
         state: the server's long-lived services and settings.
         identity: the verified caller, or None for anonymous calls to public endpoints.
         conn: the open transaction, when the endpoint declared one.
+        on_commit: actions to run once the transaction has committed (waking agents).
     """
 
     request: Request
     state: ServerState
     identity: Identity | None
     conn: AsyncConnection | None = None
+    on_commit: list[Callable[[], None]] = field(default_factory=list)
 
     @property
     def db(self) -> AsyncConnection:

@@ -69,7 +69,7 @@ async def dispatch(request: Request) -> Response:
         params, textual = await _read_params(request, state.settings.max_body_bytes)
         rejection = _check_access(endpoint, request.method, identity, state)
         if rejection is None:
-            call_args = _bind(endpoint, params, textual=textual)
+            call_args = bind_parameters(endpoint, params, textual=textual)
             return await _run(endpoint, Call(request, state, identity), call_args)
         return envelope_response(failure(rejection))
     except AuthenticationFailed as exc:
@@ -108,7 +108,7 @@ def _effective_method(method: str) -> str:
     return "GET" if method == "HEAD" else method
 
 
-def _bind(endpoint: Endpoint, params: dict[str, Any], *, textual: bool) -> dict[str, Any]:
+def bind_parameters(endpoint: Endpoint, params: dict[str, Any], *, textual: bool) -> dict[str, Any]:
     """Check and convert the parameters; extra ones are passed through only where declared.
 
     ``textual`` parameters (query string, form fields) are strings and get PanDA's GET coercion.
@@ -143,7 +143,9 @@ async def _run(endpoint: Endpoint, call: Call, args: dict[str, Any]) -> Response
                 call.conn = conn
                 reply = await endpoint.handler(call, **args)
     except BambooError as exc:
-        reply = failure(exc.message, exc.data)
+        return envelope_response(failure(exc.message, exc.data))
+    for action in call.on_commit:
+        action()
     return envelope_response(reply)
 
 

@@ -37,6 +37,8 @@ _ACCESS_TEXT = {
 
 
 def schema_of(param_type: ParamType) -> dict[str, Any]:
+    if param_type.annotation is Any:
+        return {}
     if param_type.is_union:
         return {"anyOf": [schema_of(ParamType(member)) for member in param_type.members]}
     if param_type.element is not None:

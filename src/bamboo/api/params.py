@@ -55,6 +55,8 @@ class ParamType:
     @property
     def name(self) -> str:
         """The name PanDA's messages print: ``int``, ``list``, ``List`` and so on."""
+        if self.annotation is Any:
+            return "Any"
         if self.origin is list:
             return "List"
         if self.is_union:
@@ -84,6 +86,8 @@ def coerce_query_value(name: str, value: Any, param_type: ParamType, default: An
     if value == "None" and default is None:
         return None
     annotation = param_type.annotation
+    if annotation is Any:
+        return value
     try:
         if annotation is str:
             return value
@@ -125,7 +129,7 @@ def check_type(name: str, value: Any, param_type: ParamType, default: Any) -> An
     Unlike upstream, a JSON integer is accepted where a float is declared and converted to float:
     rejecting ``1`` for a float parameter helps nobody.
     """
-    if value is None and default is None:
+    if (value is None and default is None) or param_type.annotation is Any:
         return value
     if param_type.is_list:
         if not isinstance(value, list):
@@ -137,7 +141,8 @@ def check_type(name: str, value: Any, param_type: ParamType, default: Any) -> An
             if not all(isinstance(item, element) for item in value):
                 raise ParameterError(f"Type error: All elements in '{name}' must be {_type_name(element)}.")
         return value
-    if float in param_type.members and isinstance(value, int) and not isinstance(value, bool):
+    members = param_type.members
+    if float in members and int not in members and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if not _is_instance(value, param_type):
         raise ParameterError(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +18,7 @@ from bamboo.config import Settings
 from bamboo.db.engine import Database
 from bamboo.home import Home
 from bamboo.logic import users
+from bamboo.logic.catalog import DataManagement, LocalCatalog
 from bamboo.logic.clock import Clock
 
 
@@ -61,7 +63,10 @@ class ServerState:
     token_verifier: TokenVerifier
     auth_configs: dict[str, dict[str, Any]]
     bans: BanList
+    dm: DataManagement
     certificates: CertificateCache = field(default_factory=CertificateCache)
+    # Wakes an agent of this process by name; a no-op where agents run elsewhere.
+    wake: Callable[[str], None] = field(default=lambda _name: None)
 
 
 def build_state(settings: Settings, home: Home, db: Database, clock: Clock) -> ServerState:
@@ -86,6 +91,7 @@ def build_state(settings: Settings, home: Home, db: Database, clock: Clock) -> S
         token_verifier=verifier,
         auth_configs=auth_configs,
         bans=BanList(db, settings.ban_refresh_seconds),
+        dm=LocalCatalog(),
     )
 
 

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from bamboo.cli import credentials, database, queues, users
+from bamboo.cli import credentials, data, database, queues, tasks, users
 from bamboo.cli.options import DatabaseOption, HomeOption, fail, settings_for
 
 app = typer.Typer(
@@ -21,6 +21,8 @@ app.add_typer(queues.app, name="queue")
 app.add_typer(users.app, name="user")
 app.add_typer(credentials.token_app, name="token")
 app.add_typer(credentials.cert_app, name="cert")
+app.add_typer(tasks.app, name="task")
+app.add_typer(data.app, name="data")
 
 
 @app.command()
@@ -58,3 +60,31 @@ def serve(
         run(settings)
     except ServerStartError as exc:
         raise fail(str(exc)) from exc
+
+
+@app.command()
+def agents(home: HomeOption = None, database_url: DatabaseOption = None) -> None:
+    """Run only the background agents (next to servers started with --no-agents)."""
+    import asyncio
+
+    from bamboo.server import ServerStartError, prepare_database, run_agents
+
+    settings = settings_for(home, database_url)
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+    async def check() -> None:
+        from bamboo.db.engine import Database
+
+        db = Database(settings.effective_database_url)
+        try:
+            await prepare_database(settings, db)
+        finally:
+            await db.dispose()
+
+    try:
+        asyncio.run(check())
+    except ServerStartError as exc:
+        raise fail(str(exc)) from exc
+    asyncio.run(run_agents(settings))

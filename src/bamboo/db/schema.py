@@ -46,3 +46,232 @@ users = sa.Table(
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
 )
+
+
+# PanDA record attributes, in upstream order (api-v1.md §3.10): name and column type code
+# (B bigint, i int, f float, t UTC timestamp, T text, sN string of N). The tables below use these
+# names as column names so records go out exactly as clients expect them.
+_TYPES = {"B": sa.BigInteger, "i": sa.Integer, "f": sa.Float, "T": sa.Text}
+
+
+def _parse_attributes(spec: str) -> tuple[tuple[str, str], ...]:
+    return tuple((item.split(":")[0], item.split(":")[1]) for item in spec.split())
+
+
+def _column_type(code: str) -> sa.types.TypeEngine[object]:
+    if code == "t":
+        return UTCDateTime()
+    if code.startswith("s"):
+        return sa.String(int(code[1:]))
+    return _TYPES[code]()
+
+
+JOB_ATTRIBUTES = _parse_attributes(
+    """
+    PandaID:B jobDefinitionID:B schedulerID:s128 pilotID:s200 creationTime:t creationHost:s128
+    modificationTime:t modificationHost:s128 AtlasRelease:s64 transformation:s250 homepackage:s80
+    prodSeriesLabel:s20 prodSourceLabel:s20 prodUserID:s250 assignedPriority:i currentPriority:i
+    attemptNr:i maxAttempt:i jobStatus:s15 jobName:s256 maxCpuCount:B maxCpuUnit:s32 maxDiskCount:B
+    maxDiskUnit:s10 ipConnectivity:s5 minRamCount:B minRamUnit:s2 startTime:t endTime:t
+    cpuConsumptionTime:B cpuConsumptionUnit:s128 commandToPilot:s250 transExitCode:s128 pilotErrorCode:i
+    pilotErrorDiag:s500 exeErrorCode:i exeErrorDiag:s500 supErrorCode:i supErrorDiag:s250 ddmErrorCode:i
+    ddmErrorDiag:s500 brokerageErrorCode:i brokerageErrorDiag:s250 jobDispatcherErrorCode:i
+    jobDispatcherErrorDiag:s250 taskBufferErrorCode:i taskBufferErrorDiag:s300 computingSite:s128
+    computingElement:s128 jobParameters:T metadata:T prodDBlock:s255 dispatchDBlock:s255
+    destinationDBlock:s255 destinationSE:s250 nEvents:B grid:s50 cloud:s50 cpuConversion:f
+    sourceSite:s36 destinationSite:s36 transferType:s10 taskID:B cmtConfig:s250 stateChangeTime:t
+    prodDBUpdateTime:t lockedby:s128 relocationFlag:i jobExecutionID:B VO:s16 pilotTiming:s100
+    workingGroup:s20 processingType:s64 prodUserName:s60 nInputFiles:i countryGroup:s20 batchID:s80
+    parentID:B specialHandling:s80 jobsetID:B coreCount:i nInputDataFiles:i inputFileType:s32
+    inputFileProject:s64 inputFileBytes:B nOutputDataFiles:i outputFileBytes:B jobMetrics:s500
+    workQueue_ID:i jediTaskID:B jobSubStatus:s80 actualCoreCount:i reqID:B maxRSS:B maxVMEM:B maxSWAP:B
+    maxPSS:B avgRSS:B avgVMEM:B avgSWAP:B avgPSS:B maxWalltime:B nucleus:s52 eventService:i
+    failedAttempt:i hs06sec:B gshare:s32 hs06:B totRCHAR:B totWCHAR:B totRBYTES:B totWBYTES:B
+    rateRCHAR:B rateWCHAR:B rateRBYTES:B rateWBYTES:B resource_type:s56 diskIO:B memory_leak:B
+    memory_leak_x2:f container_name:s200 job_label:s20 gco2_regional:f gco2_global:f
+    cpu_architecture_level:s20 outputFileType:s32
+"""
+)
+FILE_ATTRIBUTES = _parse_attributes(
+    """
+    row_ID:P PandaID:B GUID:s64 lfn:s256 type:s20 dataset:s255 status:s64 prodDBlock:s255
+    prodDBlockToken:s250 dispatchDBlock:s255 dispatchDBlockToken:s250 destinationDBlock:s255
+    destinationDBlockToken:s250 destinationSE:s250 fsize:B md5sum:s40 checksum:s40 scope:s30
+    jediTaskID:B datasetID:B fileID:B attemptNr:i
+"""
+)
+TASK_ATTRIBUTES = _parse_attributes(
+    """
+    jediTaskID:B taskName:s256 status:s64 userName:s128 creationDate:t modificationTime:t startTime:t
+    endTime:t frozenTime:t prodSourceLabel:s20 workingGroup:s32 vo:s16 coreCount:i taskType:s64
+    processingType:s64 taskPriority:i currentPriority:i architecture:s256 transUses:s64 transHome:s128
+    transPath:s128 lockedBy:s40 lockedTime:t termCondition:s100 splitRule:s2000 walltime:i
+    walltimeUnit:s32 outDiskCount:i outDiskUnit:s32 workDiskCount:i workDiskUnit:s32 ramCount:i
+    ramUnit:s32 ioIntensity:i ioIntensityUnit:s32 workQueue_ID:i progress:i failureRate:i
+    errorDialog:s510 reqID:B oldStatus:s64 cloud:s10 site:s256 countryGroup:s20 parent_tid:B
+    eventService:i ticketID:s50 ticketSystemType:s16 stateChangeTime:t superStatus:s64 campaign:s72
+    mergeRamCount:i mergeRamUnit:s32 mergeWalltime:i mergeWalltimeUnit:s32 throttledTime:t
+    numThrottled:i mergeCoreCount:i goal:i assessmentTime:t cpuTime:i cpuTimeUnit:s32 cpuEfficiency:i
+    baseWalltime:i nucleus:s52 baseRamCount:i ttcRequested:t ttcPredicted:t ttcPredictionDate:t
+    rescueTime:t requestType:s32 gshare:s32 resource_type:s56 useJumbo:s1 diskIO:i diskIOUnit:s32
+    memory_leak_core:B memory_leak_x2:B attemptNr:i container_name:s200 framework:s50 activatedTime:t
+    queuedTime:t actionTime:t
+"""
+)
+JOB_FIELDS = tuple(name for name, _ in JOB_ATTRIBUTES)
+FILE_FIELDS = tuple(name for name, _ in FILE_ATTRIBUTES)
+TASK_FIELDS = tuple(name for name, _ in TASK_ATTRIBUTES)
+
+# Identifier sequences in a table, the same on both backends: jediTaskID starts at 10,000,000
+# (pbook reads smaller numbers as request ids); PandaIDs at 1.
+id_sequences = sa.Table(
+    "id_sequences",
+    metadata,
+    sa.Column("name", sa.String(32), primary_key=True),
+    sa.Column("next_value", sa.BigInteger, nullable=False),
+)
+
+tasks = sa.Table(
+    "tasks",
+    metadata,
+    *(
+        sa.Column(name, _column_type(code), primary_key=name == "jediTaskID", autoincrement=False)
+        for name, code in TASK_ATTRIBUTES
+    ),
+    # Not part of the PanDA record: the submitted parameters, the refined job parameter template
+    # and the submitter's DN (becomes prodUserID of the jobs).
+    sa.Column("task_params", sa.Text, nullable=False),
+    sa.Column("job_params_template", sa.Text, nullable=True),
+    sa.Column("submitter_dn", sa.String(1024), nullable=True),
+    sa.Index("ix_tasks_status", "status"),
+    sa.Index("ix_tasks_user", "userName", "modificationTime"),
+)
+
+# JEDI datasets of a task (inputs, pseudo inputs, outputs, logs); outputs carry their filename
+# template and the next serial number, which is never reused.
+task_datasets = sa.Table(
+    "task_datasets",
+    metadata,
+    sa.Column(
+        "datasetID", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
+    sa.Column("jediTaskID", sa.BigInteger, nullable=False),
+    sa.Column("datasetName", sa.String(255), nullable=False),
+    sa.Column("containerName", sa.String(255), nullable=True),
+    sa.Column("type", sa.String(20), nullable=False),
+    sa.Column("creationTime", UTCDateTime, nullable=False),
+    sa.Column("modificationTime", UTCDateTime, nullable=False),
+    sa.Column("vo", sa.String(16), nullable=True),
+    sa.Column("cloud", sa.String(10), nullable=True),
+    sa.Column("site", sa.String(128), nullable=True),
+    sa.Column("masterID", sa.BigInteger, nullable=True),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("nFiles", sa.Integer, nullable=False, default=0),
+    sa.Column("nFilesToBeUsed", sa.Integer, nullable=False, default=0),
+    sa.Column("nFilesUsed", sa.Integer, nullable=False, default=0),
+    sa.Column("nFilesFinished", sa.Integer, nullable=False, default=0),
+    sa.Column("nFilesFailed", sa.Integer, nullable=False, default=0),
+    sa.Column("nFilesOnHold", sa.Integer, nullable=False, default=0),
+    sa.Column("nFilesMissing", sa.Integer, nullable=False, default=0),
+    sa.Column("nEvents", sa.BigInteger, nullable=False, default=0),
+    sa.Column("nEventsToBeUsed", sa.BigInteger, nullable=False, default=0),
+    sa.Column("nEventsUsed", sa.BigInteger, nullable=False, default=0),
+    sa.Column("attributes", sa.String(100), nullable=True),
+    sa.Column("streamName", sa.String(20), nullable=True),
+    sa.Column("storageToken", sa.String(60), nullable=True),
+    sa.Column("destination", sa.String(60), nullable=True),
+    sa.Column("filename_template", sa.String(256), nullable=True),
+    sa.Column("serial_nr", sa.BigInteger, nullable=False, default=1),
+    sa.Index("ix_task_datasets_task", "jediTaskID"),
+)
+
+# JEDI dataset contents: one row per input file or event chunk, and per planned output file.
+task_files = sa.Table(
+    "task_files",
+    metadata,
+    sa.Column(
+        "fileID", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
+    sa.Column("jediTaskID", sa.BigInteger, nullable=False),
+    sa.Column("datasetID", sa.BigInteger, nullable=False),
+    sa.Column("creationDate", UTCDateTime, nullable=False),
+    sa.Column("lastAttemptTime", UTCDateTime, nullable=True),
+    sa.Column("lfn", sa.String(256), nullable=False),
+    sa.Column("GUID", sa.String(64), nullable=True),
+    sa.Column("type", sa.String(20), nullable=False),
+    sa.Column("status", sa.String(64), nullable=False),
+    sa.Column("fsize", sa.BigInteger, nullable=True),
+    sa.Column("checksum", sa.String(40), nullable=True),
+    sa.Column("scope", sa.String(30), nullable=True),
+    sa.Column("attemptNr", sa.Integer, nullable=False, default=0),
+    sa.Column("maxAttempt", sa.Integer, nullable=True),
+    sa.Column("failedAttempt", sa.Integer, nullable=False, default=0),
+    sa.Column("maxFailure", sa.Integer, nullable=True),
+    sa.Column("nEvents", sa.BigInteger, nullable=True),
+    sa.Column("keepTrack", sa.Integer, nullable=True),
+    sa.Column("startEvent", sa.BigInteger, nullable=True),
+    sa.Column("endEvent", sa.BigInteger, nullable=True),
+    sa.Column("firstEvent", sa.BigInteger, nullable=True),
+    sa.Column("PandaID", sa.BigInteger, nullable=True),
+    sa.Column("outPandaID", sa.BigInteger, nullable=True),
+    sa.Column("proc_status", sa.String(64), nullable=True),
+    sa.Index("ix_task_files_dataset", "jediTaskID", "datasetID", "status"),
+    sa.Index("ix_task_files_panda", "PandaID"),
+)
+
+jobs = sa.Table(
+    "jobs",
+    metadata,
+    *(
+        sa.Column(name, _column_type(code), primary_key=name == "PandaID", autoincrement=False)
+        for name, code in JOB_ATTRIBUTES
+    ),
+    # Not part of the PanDA record: the pilot's final report, kept until the finaliser decides the
+    # job's final status, and the first job of a retry chain (names the job).
+    sa.Column("reported_status", sa.String(16), nullable=True),
+    sa.Column("output_report", sa.Text, nullable=True),
+    sa.Column("pilot_log", sa.Text, nullable=True),
+    sa.Column("stdout", sa.Text, nullable=True),
+    sa.Column("origin_panda_id", sa.BigInteger, nullable=True),
+    sa.Index("ix_jobs_dispatch", "jobStatus", "computingSite", "currentPriority", "PandaID"),
+    sa.Index("ix_jobs_task", "jediTaskID"),
+    sa.Index("ix_jobs_status_time", "jobStatus", "modificationTime"),
+)
+
+job_files = sa.Table(
+    "job_files",
+    metadata,
+    *(
+        sa.Column(
+            name,
+            sa.BigInteger().with_variant(sa.Integer, "sqlite") if code == "P" else _column_type(code),
+            primary_key=code == "P",
+            autoincrement=code == "P",
+        )
+        for name, code in FILE_ATTRIBUTES
+    ),
+    sa.Index("ix_job_files_panda", "PandaID"),
+)
+
+# The local dataset catalog (data-management backend of the embedded server).
+catalog_datasets = sa.Table(
+    "catalog_datasets",
+    metadata,
+    sa.Column("name", sa.String(255), primary_key=True),
+    sa.Column("scope", sa.String(64), nullable=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+)
+
+catalog_files = sa.Table(
+    "catalog_files",
+    metadata,
+    sa.Column("dataset", sa.String(255), primary_key=True),
+    sa.Column("lfn", sa.String(256), primary_key=True),
+    sa.Column("scope", sa.String(64), nullable=True),
+    sa.Column("guid", sa.String(64), nullable=True),
+    sa.Column("fsize", sa.BigInteger, nullable=True),
+    sa.Column("checksum", sa.String(64), nullable=True),
+    sa.Column("n_events", sa.BigInteger, nullable=True),
+    sa.Column("position", sa.Integer, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+)

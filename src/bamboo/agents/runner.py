@@ -1,0 +1,151 @@
+"""Runs the background agents: each a loop of "do a batch of work in one transaction".
+
+An agent that did work runs again at once; an idle one sleeps for its period or until woken. The
+API wakes agents in the same process when it creates work (a submission wakes the refiner, a final
+pilot report the finaliser), and agents wake the ones downstream of them, so a new task has
+activated jobs well within a second. Agents in another process (``bamboo agents``, or the agents
+process of a multi-worker server) notice new work within their period. Everything they do is in
+database rows, so several agent processes on PostgreSQL share the work through row locks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+from bamboo.db.engine import UNAVAILABLE_ERRORS, Database
+from bamboo.logic import finaliser, finisher, generator, refiner
+from bamboo.logic.catalog import DataManagement
+from bamboo.logic.clock import Clock
+
+log = logging.getLogger(__name__)
+
+ERROR_BACKOFF_SECONDS = 5.0
+
+
+@dataclass
+class AgentContext:
+    db: Database
+    clock: Clock
+    dm: DataManagement
+    rng: random.Random = field(default_factory=random.Random)
+
+
+@dataclass(frozen=True)
+class Agent:
+    """One background loop.
+
+    Attributes:
+        name: how logs and wake-ups refer to it.
+        step: one batch of work in one transaction; returns how much it did.
+        wakes: agents that may have work once this one did some.
+    """
+
+    name: str
+    step: Callable[[AgentContext], Awaitable[int]]
+    wakes: tuple[str, ...] = ()
+
+
+async def _refine(ctx: AgentContext) -> int:
+    async with ctx.db.transaction() as conn:
+        return await refiner.refine_registered(conn, ctx.clock, ctx.dm)
+
+
+async def _generate(ctx: AgentContext) -> int:
+    async with ctx.db.transaction() as conn:
+        return await generator.generate(conn, ctx.clock, ctx.rng)
+
+
+async def _finalise(ctx: AgentContext) -> int:
+    async with ctx.db.transaction() as conn:
+        return await finaliser.finalise(conn, ctx.clock, ctx.dm)
+
+
+async def _finish(ctx: AgentContext) -> int:
+    async with ctx.db.transaction() as conn:
+        return await finisher.finish_tasks(conn, ctx.clock)
+
+
+AGENTS: tuple[Agent, ...] = (
+    Agent("refiner", _refine, wakes=("generator",)),
+    Agent("generator", _generate),
+    Agent("finaliser", _finalise, wakes=("generator", "finisher")),
+    Agent("finisher", _finish, wakes=("refiner",)),
+)
+
+
+class AgentRunner:
+    """Schedules the agents of one process."""
+
+    def __init__(self, context: AgentContext, agents: Sequence[Agent] = AGENTS, period: float = 1.0) -> None:
+        self.context = context
+        self.agents = {agent.name: agent for agent in agents}
+        self.period = period
+        self._events = {name: asyncio.Event() for name in self.agents}
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def wake(self, name: str) -> None:
+        event = self._events.get(name)
+        if event is not None:
+            event.set()
+
+    async def run_once(self, name: str) -> int:
+        """One step of one agent, waking its downstream agents if it did work."""
+        agent = self.agents[name]
+        done = await agent.step(self.context)
+        if done:
+            for downstream in agent.wakes:
+                self.wake(downstream)
+        return done
+
+    async def drain(self, max_rounds: int = 1000) -> None:
+        """Run every agent until none has work left (for tests and the admin command)."""
+        for _ in range(max_rounds):
+            progress = 0
+            for name in self.agents:
+                progress += await self.run_once(name)
+            if not progress:
+                return
+        raise RuntimeError("agents still busy after the round limit")
+
+    def start(self) -> None:
+        for name in self.agents:
+            self._tasks.append(asyncio.create_task(self._loop(name), name=f"agent-{name}"))
+        log.info("agents started: %s", ", ".join(self.agents))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+
+    async def _loop(self, name: str) -> None:
+        event = self._events[name]
+        while True:
+            event.clear()
+            try:
+                done = await self.run_once(name)
+            except asyncio.CancelledError:
+                raise
+            except UNAVAILABLE_ERRORS as exc:
+                log.warning(
+                    "agent %s: database unavailable (%s); retrying in %.0f s",
+                    name,
+                    exc,
+                    ERROR_BACKOFF_SECONDS,
+                )
+                await asyncio.sleep(ERROR_BACKOFF_SECONDS)
+                continue
+            except Exception:
+                log.exception("agent %s failed; retrying in %.0f s", name, ERROR_BACKOFF_SECONDS)
+                await asyncio.sleep(ERROR_BACKOFF_SECONDS)
+                continue
+            if done:
+                continue
+            try:
+                await asyncio.wait_for(event.wait(), timeout=self.period)
+            except TimeoutError:
+                pass

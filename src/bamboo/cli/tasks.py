@@ -1,0 +1,129 @@
+"""`bamboo task`: submit, show and watch tasks from the command line."""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import time
+from pathlib import Path
+from typing import Annotated
+
+import orjson
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from bamboo.auth.identity import AuthMethod, Identity
+from bamboo.cli.options import DatabaseOption, HomeOption, console, fail, settings_for, with_database
+from bamboo.db.engine import Database
+from bamboo.logic import tasks
+from bamboo.logic.clock import SystemClock
+from bamboo.logic.errors import BambooError
+from bamboo.logic.progress import TaskProgress, progress
+
+app = typer.Typer(help="Tasks.", no_args_is_help=True)
+
+_MAX_FILE_BYTES = 1024 * 1024
+TaskId = Annotated[int, typer.Argument(help="The task's jediTaskID.")]
+
+
+@app.command()
+def submit(
+    file: Annotated[Path, typer.Argument(help="Task parameters as a JSON object.")],
+    user: Annotated[
+        str | None, typer.Option(help="Owner when the file names none (default: your login).")
+    ] = None,
+    home: HomeOption = None,
+    database_url: DatabaseOption = None,
+) -> None:
+    """Submit a task as the operator (the server's agents pick it up)."""
+    try:
+        if file.stat().st_size > _MAX_FILE_BYTES:
+            raise fail(f"{file} is larger than {_MAX_FILE_BYTES} bytes")
+        params = orjson.loads(file.read_bytes())
+    except OSError as exc:
+        raise fail(f"cannot read {file}: {exc.strerror}") from exc
+    except orjson.JSONDecodeError as exc:
+        raise fail(f"{file} is not valid JSON: {exc}") from exc
+    if not isinstance(params, dict):
+        raise fail("the task parameters must be a JSON object")
+    owner = params.get("userName") or user or getpass.getuser()
+    params["userName"] = owner
+    operator = Identity(dn=f"/CN={owner}", method=AuthMethod.X509)
+
+    async def work(db: Database) -> int:
+        async with db.transaction() as conn:
+            return await tasks.submit(conn, SystemClock(), operator, params, None, is_production=True)
+
+    try:
+        task_id = with_database(settings_for(home, database_url), work)
+    except BambooError as exc:
+        raise fail(exc.message) from exc
+    console.print(tasks.submission_message(task_id))
+
+
+def _load(home: Path | None, database_url: str | None, task_id: int) -> TaskProgress:
+    async def work(db: Database) -> TaskProgress | None:
+        async with db.transaction(write=False) as conn:
+            return await progress(conn, task_id)
+
+    found = with_database(settings_for(home, database_url), work)
+    if found is None:
+        raise fail(f"task {task_id} not found")
+    return found
+
+
+@app.command()
+def show(task_id: TaskId, home: HomeOption = None, database_url: DatabaseOption = None) -> None:
+    """A task's status, input progress and jobs by status."""
+    found = _load(home, database_url, task_id)
+    table = Table(title=f"task {found.task_id}: {found.name}", show_header=False)
+    table.add_row("status", found.status)
+    table.add_row("owner", found.user_name)
+    table.add_row(
+        "inputs", f"{found.n_files_finished} finished, {found.n_files_failed} failed of {found.n_files}"
+    )
+    if found.error_dialog:
+        table.add_row("message", found.error_dialog)
+    jobs = Table("job status", "jobs")
+    for status, count in sorted(found.jobs_by_status.items()):
+        jobs.add_row(status, str(count))
+    console.print(table)
+    console.print(jobs)
+
+
+@app.command()
+def watch(
+    task_id: TaskId,
+    interval: Annotated[float, typer.Option(help="Seconds between looks.")] = 1.0,
+    timeout: Annotated[float, typer.Option(help="Give up after this many seconds (0: never).")] = 0,
+    home: HomeOption = None,
+    database_url: DatabaseOption = None,
+) -> None:
+    """Follow a task with a progress bar until it reaches a final status."""
+    started = time.monotonic()
+    found = _load(home, database_url, task_id)
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    ) as bar:
+        line = bar.add_task(found.status, total=found.n_files or None)
+        while True:
+            bar.update(
+                line,
+                description=f"{task_id} {found.status}",
+                total=found.n_files or None,
+                completed=found.n_files_finished + found.n_files_failed,
+            )
+            if found.is_final:
+                break
+            if timeout and time.monotonic() - started > timeout:
+                raise fail(f"task {task_id} still {found.status} after {timeout:g} s", code=2)
+            asyncio.run(asyncio.sleep(interval))
+            found = _load(home, database_url, task_id)
+    console.print(f"task {task_id} {found.status}")
+    if found.status != "done":
+        raise typer.Exit(1)

@@ -1,0 +1,54 @@
+"""Queries on the local dataset catalog."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from bamboo.db.schema import catalog_datasets, catalog_files
+
+
+async def dataset_exists(conn: AsyncConnection, name: str) -> bool:
+    query = sa.select(catalog_datasets.c.name).where(catalog_datasets.c.name == name)
+    return (await conn.execute(query)).first() is not None
+
+
+async def ensure_dataset(conn: AsyncConnection, name: str, scope: str | None, now: datetime) -> None:
+    if not await dataset_exists(conn, name):
+        await conn.execute(sa.insert(catalog_datasets).values(name=name, scope=scope, created_at=now))
+
+
+async def files(conn: AsyncConnection, dataset: str) -> list[dict[str, Any]]:
+    query = (
+        sa.select(catalog_files).where(catalog_files.c.dataset == dataset).order_by(catalog_files.c.position)
+    )
+    return [dict(row) for row in (await conn.execute(query)).mappings()]
+
+
+async def add_files(conn: AsyncConnection, dataset: str, rows: list[dict[str, Any]], now: datetime) -> int:
+    """Add files not yet in the dataset (by LFN); returns how many were new."""
+    existing = set(
+        (
+            await conn.execute(sa.select(catalog_files.c.lfn).where(catalog_files.c.dataset == dataset))
+        ).scalars()
+    )
+    position = (
+        await conn.execute(
+            sa.select(sa.func.coalesce(sa.func.max(catalog_files.c.position), 0)).where(
+                catalog_files.c.dataset == dataset
+            )
+        )
+    ).scalar_one()
+    new = []
+    for row in rows:
+        if row["lfn"] in existing:
+            continue
+        existing.add(row["lfn"])
+        position += 1
+        new.append({**row, "dataset": dataset, "position": position, "created_at": now})
+    if new:
+        await conn.execute(sa.insert(catalog_files), new)
+    return len(new)

@@ -1,0 +1,165 @@
+"""Queries on jobs and job files."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from bamboo.db.schema import job_files, jobs
+from bamboo.db.tasks import skips_locked
+
+
+def uniform(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Give every row the same keys (missing ones None): one executemany needs one column list."""
+    keys = {key for row in rows for key in row}
+    return [{key: row.get(key) for key in keys} for row in rows]
+
+
+async def insert(conn: AsyncConnection, rows: list[dict[str, Any]], files: list[dict[str, Any]]) -> None:
+    if rows:
+        await conn.execute(sa.insert(jobs), uniform(rows))
+    if files:
+        await conn.execute(sa.insert(job_files), uniform(files))
+
+
+async def get(conn: AsyncConnection, panda_id: int, *, for_update: bool = False) -> dict[str, Any] | None:
+    query = sa.select(jobs).where(jobs.c.PandaID == panda_id)
+    if for_update:
+        query = query.with_for_update()
+    row = (await conn.execute(query)).mappings().first()
+    return dict(row) if row else None
+
+
+async def get_many(conn: AsyncConnection, panda_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+    if not panda_ids:
+        return {}
+    query = sa.select(jobs).where(jobs.c.PandaID.in_(list(panda_ids)))
+    return {row["PandaID"]: dict(row) for row in (await conn.execute(query)).mappings()}
+
+
+async def statuses(conn: AsyncConnection, panda_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+    if not panda_ids:
+        return {}
+    query = sa.select(jobs.c.PandaID, jobs.c.jobStatus, jobs.c.commandToPilot, jobs.c.attemptNr).where(
+        jobs.c.PandaID.in_(list(panda_ids))
+    )
+    return {row["PandaID"]: dict(row) for row in (await conn.execute(query)).mappings()}
+
+
+async def files_of(conn: AsyncConnection, panda_ids: Sequence[int]) -> dict[int, list[dict[str, Any]]]:
+    grouped: dict[int, list[dict[str, Any]]] = {panda_id: [] for panda_id in panda_ids}
+    if not panda_ids:
+        return grouped
+    query = sa.select(job_files).where(job_files.c.PandaID.in_(list(panda_ids))).order_by(job_files.c.row_ID)
+    for row in (await conn.execute(query)).mappings():
+        grouped[row["PandaID"]].append(dict(row))
+    return grouped
+
+
+async def update(conn: AsyncConnection, panda_id: int, **values: Any) -> None:
+    await conn.execute(sa.update(jobs).where(jobs.c.PandaID == panda_id).values(**values))
+
+
+async def update_file(conn: AsyncConnection, row_id: int, **values: Any) -> None:
+    await conn.execute(sa.update(job_files).where(job_files.c.row_ID == row_id).values(**values))
+
+
+async def update_files_of_job(
+    conn: AsyncConnection, panda_id: int, types: Sequence[str], **values: Any
+) -> None:
+    await conn.execute(
+        sa.update(job_files)
+        .where(job_files.c.PandaID == panda_id, job_files.c.type.in_(list(types)))
+        .values(**values)
+    )
+
+
+async def ids_of_task(conn: AsyncConnection, task_id: int) -> list[int]:
+    query = sa.select(jobs.c.PandaID).where(jobs.c.jediTaskID == task_id).order_by(jobs.c.PandaID)
+    return list((await conn.execute(query)).scalars())
+
+
+async def status_counts_of_task(conn: AsyncConnection, task_id: int) -> dict[str, int]:
+    query = (
+        sa.select(jobs.c.jobStatus, sa.func.count())
+        .where(jobs.c.jediTaskID == task_id)
+        .group_by(jobs.c.jobStatus)
+    )
+    return {row[0]: row[1] for row in await conn.execute(query)}
+
+
+async def status_counts_by_site(conn: AsyncConnection, statuses: Sequence[str]) -> dict[tuple[str, str], int]:
+    query = (
+        sa.select(jobs.c.computingSite, jobs.c.jobStatus, sa.func.count())
+        .where(jobs.c.jobStatus.in_(list(statuses)))
+        .group_by(jobs.c.computingSite, jobs.c.jobStatus)
+    )
+    return {(row[0], row[1]): row[2] for row in await conn.execute(query)}
+
+
+async def with_status(
+    conn: AsyncConnection, status: str, limit: int, *, condition: Any = None
+) -> list[dict[str, Any]]:
+    query = sa.select(jobs).where(jobs.c.jobStatus == status)
+    if condition is not None:
+        query = query.where(condition)
+    query = query.order_by(jobs.c.PandaID).limit(limit)
+    if skips_locked(conn):
+        query = query.with_for_update(skip_locked=True)
+    return [dict(row) for row in (await conn.execute(query)).mappings()]
+
+
+@dataclass(frozen=True, slots=True)
+class DispatchFilter:
+    """What acquire_jobs selects on (api-v1.md §2.3)."""
+
+    site: str
+    labels: tuple[str, ...]
+    memory: int = 0
+    disk_space: int = 0
+    remaining_time: int = 0
+    resource_type: str | None = None
+    task_id: int | None = None
+    user_name: str | None = None
+
+
+async def claim_activated(
+    conn: AsyncConnection, selection: DispatchFilter, limit: int, values: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """Move up to ``limit`` matching activated jobs to the given values (``jobStatus='sent'``...)
+    and return them, highest priority first.
+
+    One statement: the SELECT picks and (on PostgreSQL) locks the rows, skipping rows another
+    transaction is claiming, so two pilots never receive the same job. On SQLite the whole write
+    transaction holds the database lock, which gives the same guarantee.
+    """
+    pick = sa.select(jobs.c.PandaID).where(
+        jobs.c.jobStatus == "activated", jobs.c.computingSite == selection.site
+    )
+    pick = pick.where(jobs.c.prodSourceLabel.in_(selection.labels))
+    if selection.memory > 0:
+        pick = pick.where(sa.func.coalesce(jobs.c.minRamCount, 0) <= selection.memory)
+    if selection.disk_space > 0:
+        pick = pick.where(sa.func.coalesce(jobs.c.maxDiskCount, 0) <= selection.disk_space)
+    if selection.remaining_time > 0:
+        pick = pick.where(sa.func.coalesce(jobs.c.maxWalltime, 0) <= selection.remaining_time)
+    if selection.resource_type is not None:
+        pick = pick.where(jobs.c.resource_type == selection.resource_type)
+    if selection.task_id is not None:
+        pick = pick.where(jobs.c.jediTaskID == selection.task_id)
+    if selection.user_name is not None:
+        pick = pick.where(jobs.c.prodUserName == selection.user_name)
+    pick = pick.order_by(jobs.c.currentPriority.desc(), jobs.c.PandaID).limit(limit)
+    if skips_locked(conn):
+        pick = pick.with_for_update(skip_locked=True)
+    # The selection is a CTE joined by the UPDATE so PostgreSQL evaluates it exactly once: as an
+    # IN (subquery) it may be rescanned per row and then claim more rows than the LIMIT.
+    picked = pick.cte("picked")
+    statement = sa.update(jobs).where(jobs.c.PandaID == picked.c.PandaID).values(**values).returning(*jobs.c)
+    claimed = [dict(row) for row in (await conn.execute(statement)).mappings()]
+    claimed.sort(key=lambda job: (-(job["currentPriority"] or 0), job["PandaID"]))
+    return claimed

@@ -1,0 +1,254 @@
+"""Queries on tasks, their datasets and their file rows."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from bamboo.db.schema import task_datasets, task_files, tasks
+
+
+async def insert(conn: AsyncConnection, values: dict[str, Any]) -> None:
+    await conn.execute(sa.insert(tasks).values(**values))
+
+
+async def get(conn: AsyncConnection, task_id: int) -> dict[str, Any] | None:
+    row = (await conn.execute(sa.select(tasks).where(tasks.c.jediTaskID == task_id))).mappings().first()
+    return dict(row) if row else None
+
+
+async def status_of(conn: AsyncConnection, task_id: int) -> str | None:
+    query = sa.select(tasks.c.status).where(tasks.c.jediTaskID == task_id)
+    return (await conn.execute(query)).scalar_one_or_none()
+
+
+async def owner_of(conn: AsyncConnection, task_id: int) -> str | None:
+    query = sa.select(tasks.c.userName).where(tasks.c.jediTaskID == task_id)
+    return (await conn.execute(query)).scalar_one_or_none()
+
+
+async def newest_by_name(conn: AsyncConnection, user_name: str, task_name: str) -> dict[str, Any] | None:
+    query = (
+        sa.select(tasks.c.jediTaskID, tasks.c.status)
+        .where(tasks.c.userName == user_name, tasks.c.taskName == task_name)
+        .order_by(tasks.c.jediTaskID.desc())
+        .limit(1)
+    )
+    row = (await conn.execute(query)).mappings().first()
+    return dict(row) if row else None
+
+
+async def update(conn: AsyncConnection, task_id: int, **values: Any) -> None:
+    await conn.execute(sa.update(tasks).where(tasks.c.jediTaskID == task_id).values(**values))
+
+
+def skips_locked(conn: AsyncConnection) -> bool:
+    """Whether row claims can skip rows other transactions hold: PostgreSQL yes; SQLite has one
+    writer at a time, so there is nothing to skip."""
+    return conn.dialect.name == "postgresql"
+
+
+async def claim(
+    conn: AsyncConnection, statuses: Iterable[str], limit: int, *, old_statuses: Iterable[str] = ()
+) -> list[dict[str, Any]]:
+    """Tasks in the given statuses (or pending with one of ``old_statuses``), oldest first,
+    locked for this transaction; rows other agents hold are skipped on PostgreSQL."""
+    condition = tasks.c.status.in_(list(statuses))
+    old = list(old_statuses)
+    if old:
+        condition = sa.or_(condition, sa.and_(tasks.c.status == "pending", tasks.c.oldStatus.in_(old)))
+    query = sa.select(tasks).where(condition).order_by(tasks.c.jediTaskID).limit(limit)
+    if skips_locked(conn):
+        query = query.with_for_update(skip_locked=True)
+    return [dict(row) for row in (await conn.execute(query)).mappings()]
+
+
+async def ids_for_user(
+    conn: AsyncConnection, user_name: str | None, since: datetime, equal_filters: dict[str, Any], limit: int
+) -> list[int]:
+    query = sa.select(tasks.c.jediTaskID).where(tasks.c.modificationTime >= since)
+    if user_name is not None:
+        query = query.where(tasks.c.userName == user_name)
+    for field, value in equal_filters.items():
+        query = query.where(tasks.c[field] == value)
+    query = query.order_by(tasks.c.jediTaskID).limit(limit)
+    return list((await conn.execute(query)).scalars())
+
+
+async def get_many(conn: AsyncConnection, task_ids: Sequence[int]) -> list[dict[str, Any]]:
+    if not task_ids:
+        return []
+    query = sa.select(tasks).where(tasks.c.jediTaskID.in_(list(task_ids))).order_by(tasks.c.jediTaskID)
+    return [dict(row) for row in (await conn.execute(query)).mappings()]
+
+
+# --- datasets -------------------------------------------------------------------------------------
+async def insert_dataset(conn: AsyncConnection, values: dict[str, Any]) -> int:
+    result = await conn.execute(
+        sa.insert(task_datasets).values(**values).returning(task_datasets.c.datasetID)
+    )
+    return result.scalar_one()
+
+
+async def datasets(conn: AsyncConnection, task_id: int) -> list[dict[str, Any]]:
+    query = (
+        sa.select(task_datasets)
+        .where(task_datasets.c.jediTaskID == task_id)
+        .order_by(task_datasets.c.datasetID)
+    )
+    return [dict(row) for row in (await conn.execute(query)).mappings()]
+
+
+async def datasets_of_tasks(conn: AsyncConnection, task_ids: Sequence[int]) -> list[dict[str, Any]]:
+    if not task_ids:
+        return []
+    query = (
+        sa.select(task_datasets)
+        .where(task_datasets.c.jediTaskID.in_(list(task_ids)))
+        .order_by(task_datasets.c.datasetID)
+    )
+    return [dict(row) for row in (await conn.execute(query)).mappings()]
+
+
+async def bump_dataset(conn: AsyncConnection, dataset_id: int, now: datetime, **increments: int) -> None:
+    """Add to dataset counters (``nFilesUsed=+3``...) in one statement, safe under concurrency."""
+    values: dict[str, Any] = {
+        name: task_datasets.c[name] + delta for name, delta in increments.items() if delta
+    }
+    if values:
+        values["modificationTime"] = now
+        await conn.execute(
+            sa.update(task_datasets).where(task_datasets.c.datasetID == dataset_id).values(**values)
+        )
+
+
+async def update_dataset(conn: AsyncConnection, dataset_id: int, **values: Any) -> None:
+    await conn.execute(
+        sa.update(task_datasets).where(task_datasets.c.datasetID == dataset_id).values(**values)
+    )
+
+
+async def reserve_serials(conn: AsyncConnection, dataset_id: int, count: int) -> int:
+    """Reserve ``count`` serial numbers of an output dataset; returns the first. Never reused."""
+    result = await conn.execute(
+        sa.update(task_datasets)
+        .where(task_datasets.c.datasetID == dataset_id)
+        .values(serial_nr=task_datasets.c.serial_nr + count)
+        .returning(task_datasets.c.serial_nr)
+    )
+    return result.scalar_one() - count
+
+
+# --- file rows ------------------------------------------------------------------------------------
+async def insert_files(conn: AsyncConnection, rows: list[dict[str, Any]]) -> list[int]:
+    """Insert file rows; returns their fileIDs in the order given."""
+    if not rows:
+        return []
+    result = await conn.execute(
+        sa.insert(task_files).returning(task_files.c.fileID, sort_by_parameter_order=True), rows
+    )
+    return list(result.scalars())
+
+
+async def eligible_rows(conn: AsyncConnection, dataset_id: int, limit: int) -> list[dict[str, Any]]:
+    """Master rows a new job may take: ready, tracked and with attempts left, in file order."""
+    query = (
+        sa.select(task_files)
+        .where(
+            task_files.c.datasetID == dataset_id,
+            task_files.c.status == "ready",
+            task_files.c.keepTrack == 1,
+            sa.or_(task_files.c.maxAttempt.is_(None), task_files.c.attemptNr < task_files.c.maxAttempt),
+            sa.or_(task_files.c.maxFailure.is_(None), task_files.c.failedAttempt < task_files.c.maxFailure),
+        )
+        .order_by(task_files.c.fileID)
+        .limit(limit)
+    )
+    return [dict(row) for row in (await conn.execute(query)).mappings()]
+
+
+async def rows_of_jobs(conn: AsyncConnection, panda_ids: Sequence[int]) -> list[dict[str, Any]]:
+    """Input rows held by the given jobs and output rows they produce."""
+    if not panda_ids:
+        return []
+    ids = list(panda_ids)
+    query = sa.select(task_files).where(
+        sa.or_(task_files.c.PandaID.in_(ids), task_files.c.outPandaID.in_(ids))
+    )
+    return [dict(row) for row in (await conn.execute(query)).mappings()]
+
+
+async def update_files(conn: AsyncConnection, file_ids: Sequence[int], **values: Any) -> None:
+    if file_ids:
+        await conn.execute(
+            sa.update(task_files).where(task_files.c.fileID.in_(list(file_ids))).values(**values)
+        )
+
+
+async def update_file(conn: AsyncConnection, file_id: int, **values: Any) -> None:
+    await conn.execute(sa.update(task_files).where(task_files.c.fileID == file_id).values(**values))
+
+
+async def file_status_counts(conn: AsyncConnection, dataset_ids: Sequence[int]) -> dict[tuple[int, str], int]:
+    if not dataset_ids:
+        return {}
+    query = (
+        sa.select(task_files.c.datasetID, task_files.c.status, sa.func.count())
+        .where(task_files.c.datasetID.in_(list(dataset_ids)))
+        .group_by(task_files.c.datasetID, task_files.c.status)
+    )
+    return {(row[0], row[1]): row[2] for row in await conn.execute(query)}
+
+
+async def claim_generating(
+    conn: AsyncConnection, statuses: Sequence[str], limit: int
+) -> list[dict[str, Any]]:
+    """Tasks the job generator should look at: in a generating status (or pending after one) and
+    with at least one master row that a new job may take."""
+    master = sa.select(task_datasets.c.datasetID).where(
+        task_datasets.c.jediTaskID == tasks.c.jediTaskID,
+        task_datasets.c.masterID.is_(None),
+        task_datasets.c.type.in_(["input", "pseudo_input"]),
+    )
+    has_work = sa.exists(
+        sa.select(task_files.c.fileID).where(
+            task_files.c.datasetID.in_(master.scalar_subquery()),
+            task_files.c.status == "ready",
+            task_files.c.keepTrack == 1,
+            sa.or_(task_files.c.maxAttempt.is_(None), task_files.c.attemptNr < task_files.c.maxAttempt),
+            sa.or_(task_files.c.maxFailure.is_(None), task_files.c.failedAttempt < task_files.c.maxFailure),
+        )
+    )
+    status_ok = sa.or_(
+        tasks.c.status.in_(list(statuses)),
+        sa.and_(tasks.c.status == "pending", tasks.c.oldStatus.in_(list(statuses))),
+    )
+    query = sa.select(tasks).where(status_ok, has_work).order_by(tasks.c.jediTaskID).limit(limit)
+    if skips_locked(conn):
+        query = query.with_for_update(skip_locked=True, of=tasks)
+    return [dict(row) for row in (await conn.execute(query)).mappings()]
+
+
+async def claim_completed(conn: AsyncConnection, statuses: Sequence[str], limit: int) -> list[dict[str, Any]]:
+    """Tasks whose master input has nothing left to do (every row finished or out of attempts)."""
+    done = sa.exists(
+        sa.select(task_datasets.c.datasetID).where(
+            task_datasets.c.jediTaskID == tasks.c.jediTaskID,
+            task_datasets.c.masterID.is_(None),
+            task_datasets.c.type.in_(["input", "pseudo_input"]),
+            task_datasets.c.nFilesFinished + task_datasets.c.nFilesFailed >= task_datasets.c.nFiles,
+        )
+    )
+    query = (
+        sa.select(tasks)
+        .where(tasks.c.status.in_(list(statuses)), done)
+        .order_by(tasks.c.jediTaskID)
+        .limit(limit)
+    )
+    if skips_locked(conn):
+        query = query.with_for_update(skip_locked=True, of=tasks)
+    return [dict(row) for row in (await conn.execute(query)).mappings()]

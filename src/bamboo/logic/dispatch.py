@@ -1,0 +1,180 @@
+"""pilot/acquire_jobs: handing activated jobs to pilots and Harvester (api-v1.md §2.3, domain.md §5.3).
+
+A job goes to at most one caller: the claim is a single UPDATE over a locked selection
+(see :func:`bamboo.db.jobs.claim_activated`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from bamboo.db import jobs as jobs_db
+from bamboo.db import queues as queues_db
+from bamboo.db.jobs import DispatchFilter
+from bamboo.logic.clock import Clock
+
+MAX_JOBS_PER_CALL = 1000
+NO_JOBS = "No jobs in PanDA"
+USER_LABELS = ("user", "panda", "install")
+PRODUCTION_LABELS = ("managed", "test", "prod_test", "install")
+TEST_LABELS = ("prod_test", "install", "test")
+
+
+@dataclass(frozen=True, slots=True)
+class AcquireRequest:
+    site_name: str
+    prod_source_label: str | None = None
+    n_jobs: int = 1
+    memory: int | None = None
+    disk_space: int | None = None
+    remaining_time: int | None = None
+    resource_type: str | None = None
+    task_id: int | None = None
+    node: str | None = None
+    computing_element: str | None = None
+    scheduler_id: str | None = None
+    harvester_id: str | None = None
+    worker_id: int | None = None
+    user_name: str | None = None
+
+
+def labels_for(label: str | None, computing_element: str | None) -> tuple[str, ...]:
+    """The prodSourceLabels a request with this label may receive (api-v1.md §2.3)."""
+    if label == "user":
+        return USER_LABELS
+    if label in (None, "managed"):
+        return PRODUCTION_LABELS
+    if label == "unified":
+        return (*PRODUCTION_LABELS, "user", "panda")
+    if label == "test" and computing_element:
+        return TEST_LABELS
+    return (label,)
+
+
+def _positive(value: int | None) -> int:
+    return value if value and value > 0 else 0
+
+
+async def acquire(conn: AsyncConnection, clock: Clock, request: AcquireRequest) -> list[dict[str, Any]]:
+    """Claim up to ``n_jobs`` matching activated jobs for the caller; return their job dicts."""
+    label = request.prod_source_label
+    queue = await queues_db.get(conn, request.site_name)
+    if queue is not None and queue["status"] == "test" and label in ("user", "managed", "unified"):
+        label = "test"
+    labels = labels_for(label, request.computing_element)
+    selection = DispatchFilter(
+        site=request.site_name,
+        labels=labels,
+        memory=_positive(request.memory),
+        disk_space=_positive(request.disk_space),
+        remaining_time=_positive(request.remaining_time),
+        resource_type=request.resource_type,
+        task_id=request.task_id,
+        user_name=request.user_name,
+    )
+    now = clock.now()
+    values: dict[str, Any] = {
+        "jobStatus": "sent",
+        "modificationTime": now,
+        "stateChangeTime": now,
+        "startTime": now,
+    }
+    if request.node:
+        values["modificationHost"] = request.node[:128]
+    if request.computing_element:
+        values["computingElement"] = request.computing_element[:128]
+    if request.scheduler_id:
+        values["schedulerID"] = request.scheduler_id[:128]
+    limit = max(1, min(request.n_jobs, MAX_JOBS_PER_CALL))
+    claimed = await jobs_db.claim_activated(conn, selection, limit, values)
+    if not claimed:
+        return []
+    files = await jobs_db.files_of(conn, [job["PandaID"] for job in claimed])
+    return [job_dict(job, files[job["PandaID"]]) for job in claimed]
+
+
+def _joined(files: Sequence[dict[str, Any]], key: str) -> str:
+    return ",".join("" if f[key] is None else str(f[key]) for f in files)
+
+
+def _text(value: Any) -> Any:
+    # Unset attributes travel as the string NULL, as PanDA's job specs have them.
+    return "NULL" if value is None else value
+
+
+def job_dict(job: dict[str, Any], files: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The job description a pilot runs from (clients.md §3.4; comma-joined file fields)."""
+    seen: set[str] = set()
+    inputs = []
+    for f in files:
+        if f["type"] in ("input", "pseudo_input") and f["lfn"] not in seen:
+            seen.add(f["lfn"])
+            inputs.append(f)
+    outputs = [f for f in files if f["type"] in ("output", "log")]
+    data_outputs = [f for f in outputs if f["type"] == "output"]
+    log = next((f for f in outputs if f["type"] == "log"), None)
+    description: dict[str, Any] = {
+        "StatusCode": 0,
+        "PandaID": job["PandaID"],
+        "prodSourceLabel": job["prodSourceLabel"],
+        "swRelease": _text(job["AtlasRelease"]),
+        "homepackage": _text(job["homepackage"]),
+        "transformation": _text(job["transformation"]),
+        "jobName": job["jobName"],
+        "jobDefinitionID": job["jobDefinitionID"] or 0,
+        "cloud": _text(job["cloud"]),
+        "inFiles": _joined(inputs, "lfn"),
+        "dispatchDblock": _joined(inputs, "dispatchDBlock"),
+        "dispatchDBlockToken": _joined(inputs, "dispatchDBlockToken"),
+        "dispatchDBlockTokenForOut": _joined(outputs, "dispatchDBlockToken"),
+        "outFiles": _joined(outputs, "lfn"),
+        "destinationDblock": _joined(outputs, "destinationDBlock"),
+        "destinationDBlockToken": _joined(outputs, "destinationDBlockToken"),
+        "prodDBlocks": _joined(inputs, "prodDBlock"),
+        "prodDBlockToken": _joined(inputs, "prodDBlockToken"),
+        "prodDBlockTokenForOutput": _joined(outputs, "prodDBlockToken"),
+        "realDatasets": _joined(outputs, "dataset"),
+        "realDatasetsIn": _joined(inputs, "dataset"),
+        "fileDestinationSE": _joined(outputs, "destinationSE"),
+        "logFile": log["lfn"] if log else "NULL",
+        "logGUID": log["GUID"] if log else "NULL",
+        "jobPars": job["jobParameters"] or "",
+        "attemptNr": job["attemptNr"],
+        "GUID": _joined(inputs, "GUID"),
+        "checksum": _joined(inputs, "checksum"),
+        "fsize": _joined(inputs, "fsize"),
+        "scopeIn": _joined(inputs, "scope"),
+        "scopeOut": _joined(data_outputs, "scope"),
+        "scopeLog": log["scope"] if log and log["scope"] else "",
+        "ddmEndPointIn": ",".join("" for _ in inputs),
+        "ddmEndPointOut": ",".join("" for _ in outputs),
+        "destinationSE": _text(job["destinationSE"]),
+        "prodUserID": _text(job["prodUserID"]),
+        "maxCpuCount": job["maxCpuCount"] or 0,
+        "minRamCount": job["minRamCount"] or 0,
+        "maxDiskCount": job["maxDiskCount"] or 0,
+        "cmtConfig": _text(job["cmtConfig"]),
+        "processingType": _text(job["processingType"]),
+        "transferType": _text(job["transferType"]),
+        "sourceSite": _text(job["sourceSite"]),
+        "currentPriority": job["currentPriority"],
+        "taskID": job["jediTaskID"] if job["jediTaskID"] is not None else "NULL",
+        "coreCount": job["coreCount"] or 1,
+        "jobsetID": job["jobsetID"] if job["jobsetID"] is not None else "NULL",
+        "reqID": job["reqID"],
+        "nucleus": _text(job["nucleus"]),
+        "maxWalltime": job["maxWalltime"] or 0,
+        "resource_type": _text(job["resource_type"]),
+        "ioIntensity": job["diskIO"] or 0,
+        "ioIntensityUnit": "kBPerS",
+        "nSent": 0,
+    }
+    if job["container_name"]:
+        description["container_name"] = job["container_name"]
+    if job["specialHandling"] and "debug" in job["specialHandling"].split(","):
+        description["debug"] = "True"
+    return description

@@ -1,0 +1,222 @@
+"""The finaliser agent: jobs a pilot reported finished or failed -> their final status.
+
+A finished job's outputs are checked against the pilot's output report and registered in the data
+catalog before the job becomes ``finished``; a report that lacks an output's size or checksum fails
+the job (ddmErrorCode 200), as upstream. Then the result goes back to the task's file rows
+(domain.md §3.3): inputs of a finished job are done; inputs of a failed job return to ``ready``
+with one more attempt, and a row out of attempts counts as failed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from datetime import datetime
+from typing import Any
+
+import orjson
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from bamboo.db import jobs as jobs_db
+from bamboo.db import tasks as tasks_db
+from bamboo.db.schema import jobs as jobs_table
+from bamboo.logic.catalog import CatalogFile, DataManagement
+from bamboo.logic.clock import Clock
+
+log = logging.getLogger(__name__)
+
+BATCH = 200
+DDM_OUTPUT_ERROR = 200
+_DDM_OUTPUT_DIAG = "Could not get GUID/LFN/MD5/FSIZE/SURL"
+
+
+class OutputProblem(Exception):
+    """The pilot's output report cannot be used; the job fails with the message."""
+
+
+def parse_output_report(text: str | None) -> dict[str, dict[str, Any]] | None:
+    """The pilot's ``job_output_report`` as ``{lfn: {guid, fsize, adler32|md5sum, ...}}``.
+
+    Returns None when the pilot sent none (outputs are then registered with what the server
+    knows); raises OutputProblem when it is malformed.
+    """
+    if not text:
+        return None
+    try:
+        decoded = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise OutputProblem(f"job_output_report is not valid JSON: {exc}") from exc
+    if not isinstance(decoded, dict) or not all(isinstance(v, dict) for v in decoded.values()):
+        raise OutputProblem("job_output_report must map each output file name to its attributes")
+    return decoded
+
+
+def _checksum(entry: dict[str, Any]) -> str | None:
+    if entry.get("adler32"):
+        return f"ad:{entry['adler32']}"
+    if entry.get("md5sum"):
+        return f"md5:{entry['md5sum']}"
+    return None
+
+
+def output_metadata(
+    outputs: list[dict[str, Any]], report: dict[str, dict[str, Any]] | None
+) -> dict[int, dict[str, Any]]:
+    """GUID, size and checksum of every output file (by job-file row id) from the report."""
+    metadata: dict[int, dict[str, Any]] = {}
+    for output in outputs:
+        entry = report.get(output["lfn"]) if report is not None else None
+        if report is not None:
+            if entry is None:
+                raise OutputProblem(f"{_DDM_OUTPUT_DIAG}: {output['lfn']} missing from the output report")
+            if entry.get("fsize") in (None, "") or _checksum(entry) is None:
+                raise OutputProblem(f"{_DDM_OUTPUT_DIAG}: {output['lfn']}")
+            try:
+                size = int(entry["fsize"])
+            except (TypeError, ValueError) as exc:
+                raise OutputProblem(f"{_DDM_OUTPUT_DIAG}: bad fsize for {output['lfn']}") from exc
+            metadata[output["row_ID"]] = {
+                "GUID": str(entry.get("guid") or output["GUID"])[:64],
+                "fsize": size,
+                "checksum": _checksum(entry),
+            }
+        else:
+            metadata[output["row_ID"]] = {
+                "GUID": output["GUID"],
+                "fsize": output["fsize"],
+                "checksum": output["checksum"],
+            }
+    return metadata
+
+
+async def finalise(conn: AsyncConnection, clock: Clock, dm: DataManagement) -> int:
+    """Finalise a batch of jobs waiting in holding with a final pilot report. Returns how many."""
+    waiting = await jobs_db.with_status(
+        conn, "holding", BATCH, condition=jobs_table.c.reported_status.isnot(None)
+    )
+    if not waiting:
+        return 0
+    panda_ids = [job["PandaID"] for job in waiting]
+    files = await jobs_db.files_of(conn, panda_ids)
+    rows = await tasks_db.rows_of_jobs(conn, panda_ids)
+    now = clock.now()
+    for job in waiting:
+        job_rows = [r for r in rows if r["PandaID"] == job["PandaID"] or r["outPandaID"] == job["PandaID"]]
+        await _finalise_job(conn, clock, dm, job, files[job["PandaID"]], job_rows, now)
+    return len(waiting)
+
+
+async def _finalise_job(
+    conn: AsyncConnection,
+    clock: Clock,
+    dm: DataManagement,
+    job: dict[str, Any],
+    files: list[dict[str, Any]],
+    rows: list[dict[str, Any]],
+    now: datetime,
+) -> None:
+    outputs = [f for f in files if f["type"] in ("output", "log")]
+    succeeded = job["reported_status"] == "finished"
+    error: dict[str, Any] = {}
+    if succeeded:
+        try:
+            metadata = output_metadata(outputs, parse_output_report(job["output_report"]))
+        except OutputProblem as exc:
+            succeeded = False
+            error = {"ddmErrorCode": DDM_OUTPUT_ERROR, "ddmErrorDiag": str(exc)[:500]}
+    final = "finished" if succeeded else "failed"
+    if succeeded:
+        await _register_outputs(conn, clock, dm, outputs, metadata)
+    else:
+        await jobs_db.update_files_of_job(conn, job["PandaID"], ["output", "log"], status="failed")
+    await jobs_db.update(
+        conn,
+        job["PandaID"],
+        jobStatus=final,
+        modificationTime=now,
+        stateChangeTime=now,
+        reported_status=None,
+        **error,
+    )
+    await _propagate(conn, job, rows, outputs, metadata if succeeded else {}, succeeded, now)
+    log.info("job %s %s", job["PandaID"], final)
+
+
+async def _register_outputs(
+    conn: AsyncConnection,
+    clock: Clock,
+    dm: DataManagement,
+    outputs: list[dict[str, Any]],
+    metadata: dict[int, dict[str, Any]],
+) -> None:
+    by_dataset: dict[str, list[CatalogFile]] = {}
+    for output in outputs:
+        meta = metadata[output["row_ID"]]
+        await jobs_db.update_file(conn, output["row_ID"], status="ready", **meta)
+        by_dataset.setdefault(output["destinationDBlock"], []).append(
+            CatalogFile(
+                lfn=output["lfn"],
+                scope=output["scope"],
+                guid=meta["GUID"],
+                fsize=meta["fsize"],
+                checksum=meta["checksum"],
+            )
+        )
+    for dataset, catalog_files in by_dataset.items():
+        await dm.register_files(conn, clock, dataset, catalog_files)
+
+
+async def _propagate(
+    conn: AsyncConnection,
+    job: dict[str, Any],
+    rows: list[dict[str, Any]],
+    outputs: list[dict[str, Any]],
+    metadata: dict[int, dict[str, Any]],
+    succeeded: bool,
+    now: datetime,
+) -> None:
+    """Carry the job's result to the task's file rows and dataset counters (domain.md §3.3)."""
+    inputs = [r for r in rows if r["PandaID"] == job["PandaID"] and r["status"] == "running"]
+    produced = [r for r in rows if r["outPandaID"] == job["PandaID"]]
+    counters: dict[int, Counter[str]] = {}
+    if succeeded:
+        for row in inputs:
+            await tasks_db.update_file(conn, row["fileID"], status="finished", proc_status="finished")
+            counters.setdefault(row["datasetID"], Counter()).update(
+                nFilesFinished=1, nEventsUsed=row["nEvents"] or 0
+            )
+        meta_by_file = {f["fileID"]: metadata[f["row_ID"]] for f in outputs if f["row_ID"] in metadata}
+        for row in produced:
+            meta = meta_by_file.get(row["fileID"], {})
+            await tasks_db.update_file(
+                conn,
+                row["fileID"],
+                status="finished",
+                GUID=meta.get("GUID"),
+                fsize=meta.get("fsize"),
+                checksum=meta.get("checksum"),
+            )
+            counters.setdefault(row["datasetID"], Counter()).update(nFilesFinished=1, nFiles=1)
+    else:
+        for row in inputs:
+            attempts = row["attemptNr"] + 1
+            failures = row["failedAttempt"] + 1
+            await tasks_db.update_file(
+                conn,
+                row["fileID"],
+                status="ready",
+                attemptNr=attempts,
+                failedAttempt=failures,
+                proc_status="failed",
+            )
+            retry = (row["maxAttempt"] is None or attempts < row["maxAttempt"]) and (
+                row["maxFailure"] is None or failures < row["maxFailure"]
+            )
+            counters.setdefault(row["datasetID"], Counter()).update(
+                {"nFilesUsed": -1} if retry else {"nFilesFailed": 1}
+            )
+        for row in produced:
+            await tasks_db.update_file(conn, row["fileID"], status="failed")
+            counters.setdefault(row["datasetID"], Counter()).update(nFilesFailed=1, nFiles=1)
+    for dataset_id, deltas in counters.items():
+        await tasks_db.bump_dataset(conn, dataset_id, now, **dict(deltas))

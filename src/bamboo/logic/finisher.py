@@ -1,0 +1,75 @@
+"""The task finisher agent: tasks whose master input is fully processed -> final status.
+
+The final status follows domain.md §2.5 (:func:`bamboo.logic.states.final_task_status`); the
+task's datasets get their end statuses too. Tasks marked ``tobroken``/``toabort`` end as
+``broken``/``aborted``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from bamboo.db import tasks as tasks_db
+from bamboo.logic.clock import Clock
+from bamboo.logic.states import TASK_FINAL_OF, TASK_GENERATING, final_task_status
+
+log = logging.getLogger(__name__)
+
+BATCH = 50
+
+
+async def finish_tasks(conn: AsyncConnection, clock: Clock) -> int:
+    """Give final statuses to a batch of tasks. Returns how many changed."""
+    changed = 0
+    for task in await tasks_db.claim(conn, sorted(TASK_FINAL_OF), BATCH):
+        await _end(conn, clock, task, TASK_FINAL_OF[task["status"]])
+        changed += 1
+    for task in await tasks_db.claim_completed(conn, sorted(TASK_GENERATING), BATCH):
+        datasets = await tasks_db.datasets(conn, task["jediTaskID"])
+        master = next(d for d in datasets if d["masterID"] is None and d["type"] in ("input", "pseudo_input"))
+        parent_status = (
+            await tasks_db.status_of(conn, task["parent_tid"])
+            if task["parent_tid"] not in (None, task["jediTaskID"])
+            else None
+        )
+        status = final_task_status(
+            n_files=master["nFiles"], n_files_finished=master["nFilesFinished"], parent_status=parent_status
+        )
+        await _end(conn, clock, task, status, datasets)
+        changed += 1
+    return changed
+
+
+def _dataset_status(task_status: str, dataset: dict[str, Any]) -> str:
+    if task_status in ("failed", "broken", "aborted"):
+        return "failed"
+    if dataset["nFilesFinished"] < dataset["nFiles"]:
+        return "finished"
+    return "done"
+
+
+async def _end(
+    conn: AsyncConnection,
+    clock: Clock,
+    task: dict[str, Any],
+    status: str,
+    datasets: list[dict[str, Any]] | None = None,
+) -> None:
+    now = clock.now()
+    for dataset in datasets if datasets is not None else await tasks_db.datasets(conn, task["jediTaskID"]):
+        await tasks_db.update_dataset(
+            conn, dataset["datasetID"], status=_dataset_status(status, dataset), modificationTime=now
+        )
+    await tasks_db.update(
+        conn,
+        task["jediTaskID"],
+        status=status,
+        superStatus=status,
+        endTime=now,
+        modificationTime=now,
+        stateChangeTime=now,
+    )
+    log.info("task %s: %s -> %s", task["jediTaskID"], task["status"], status)

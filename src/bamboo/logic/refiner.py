@@ -1,0 +1,276 @@
+"""The refiner agent: submitted task parameters -> task record, datasets and file rows.
+
+A task arrives ``registered``. Refining parses its parameters, checks its parent, creates its
+datasets (input, pseudo input, outputs, log), looks its input up in the data catalog and inserts one
+row per input file or event chunk; the task is then ``ready`` for the job generator
+(domain.md §2.2, registered -> defined -> ready in one transaction). A task whose parent is still
+running waits in ``pending`` and is looked at again every cycle.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+import orjson
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from bamboo.db import tasks as tasks_db
+from bamboo.logic.catalog import CatalogFile, DataManagement, scope_of
+from bamboo.logic.clock import Clock
+from bamboo.logic.errors import InvalidInput
+from bamboo.logic.splitting import FileInfo, cut_events
+from bamboo.logic.states import TASK_FINAL
+from bamboo.logic.taskparams import DatasetPlan, RefinedTask, refine
+
+log = logging.getLogger(__name__)
+
+BATCH = 20
+PSEUDO_LFN = "pseudo_dataset"
+_BAD_PARENT_END = frozenset({"failed", "broken", "aborted"})
+
+
+async def refine_registered(conn: AsyncConnection, clock: Clock, dm: DataManagement) -> int:
+    """Refine a batch of registered tasks (and re-check those waiting for their parent).
+
+    Returns:
+        How many tasks changed status.
+    """
+    changed = 0
+    for task in await tasks_db.claim(conn, ["registered"], BATCH, old_statuses=["registered"]):
+        if await _refine_one(conn, clock, dm, task):
+            changed += 1
+    return changed
+
+
+async def _set_status(
+    conn: AsyncConnection, clock: Clock, task: dict[str, Any], status: str, **values: Any
+) -> None:
+    now = clock.now()
+    await tasks_db.update(
+        conn,
+        task["jediTaskID"],
+        status=status,
+        superStatus=status,
+        modificationTime=now,
+        stateChangeTime=now,
+        **values,
+    )
+    log.info(
+        "task %s: %s -> %s%s",
+        task["jediTaskID"],
+        task["status"],
+        status,
+        f" ({values['errorDialog']})" if values.get("errorDialog") else "",
+    )
+
+
+async def _refine_one(conn: AsyncConnection, clock: Clock, dm: DataManagement, task: dict[str, Any]) -> bool:
+    task_id = task["jediTaskID"]
+    params = orjson.loads(task["task_params"])
+    try:
+        refined = refine(params)
+    except InvalidInput as exc:
+        await _set_status(conn, clock, task, "tobroken", errorDialog=exc.message[:500])
+        return True
+    parent_id = task["parent_tid"]
+    if parent_id is not None and parent_id != task_id and not params.get("noWaitParent"):
+        parent_status = await tasks_db.status_of(conn, parent_id)
+        if parent_status in _BAD_PARENT_END:
+            await _set_status(
+                conn, clock, task, "tobroken", errorDialog=f"parent task {parent_id} ended {parent_status}"
+            )
+            return True
+        if parent_status not in TASK_FINAL:
+            dialog = f"pending until parent task {parent_id} is done"
+            if task["status"] == "pending" and task["errorDialog"] == dialog:
+                return False
+            await _set_status(conn, clock, task, "pending", oldStatus="registered", errorDialog=dialog)
+            return True
+    try:
+        await _create_datasets(conn, clock, dm, task, refined)
+    except InvalidInput as exc:
+        await _set_status(conn, clock, task, "tobroken", errorDialog=exc.message[:500])
+        return True
+    await _set_status(
+        conn,
+        clock,
+        task,
+        "ready",
+        oldStatus=None,
+        errorDialog=None,
+        job_params_template=refined.job_params_template,
+        splitRule=_split_rule_text(refined),
+    )
+    return True
+
+
+def _split_rule_text(refined: RefinedTask) -> str | None:
+    rule = refined.split
+    tokens = [
+        ("NE", rule.n_events_per_job),
+        ("NF", rule.n_files_per_job),
+        ("NG", rule.n_gb_per_job),
+        ("MF", rule.n_max_files_per_job),
+    ]
+    return (
+        ",".join(
+            f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}"
+            for key, value in tokens
+            if value is not None
+        )
+        or None
+    )
+
+
+async def _create_datasets(
+    conn: AsyncConnection, clock: Clock, dm: DataManagement, task: dict[str, Any], refined: RefinedTask
+) -> None:
+    """Insert the task's datasets and the rows of its master input, all or nothing."""
+    now = clock.now()
+    task_id = task["jediTaskID"]
+    master_id: int | None = None
+    master_rows: list[dict[str, Any]] = []
+    for plan in refined.datasets:
+        is_input = plan.type in ("input", "pseudo_input")
+        if is_input and not plan.is_master:
+            # Secondary inputs are recorded but not attached to jobs yet.
+            log.warning("task %s: secondary input %s is not used by jobs", task_id, plan.name)
+        dataset_id = await tasks_db.insert_dataset(
+            conn,
+            {
+                "jediTaskID": task_id,
+                "datasetName": plan.name,
+                "containerName": plan.container,
+                "type": plan.type,
+                "creationTime": now,
+                "modificationTime": now,
+                "vo": task["vo"],
+                "masterID": None if plan.is_master or not is_input else master_id,
+                "status": "defined",
+                "streamName": plan.stream,
+                "storageToken": plan.token,
+                "destination": plan.destination,
+                "attributes": ",".join(plan.attributes) or None,
+                "filename_template": plan.filename_template,
+                "serial_nr": plan.offset + 1,
+                "nFiles": 0,
+                "nFilesToBeUsed": 0,
+                "nFilesUsed": 0,
+                "nFilesFinished": 0,
+                "nFilesFailed": 0,
+                "nFilesOnHold": 0,
+                "nFilesMissing": 0,
+                "nEvents": 0,
+                "nEventsToBeUsed": 0,
+                "nEventsUsed": 0,
+            },
+        )
+        if is_input and plan.is_master:
+            master_id = dataset_id
+            master_rows = await _master_rows(conn, dm, task, refined, plan, dataset_id, now)
+    if master_id is None:
+        raise InvalidInput("the task has no master input")
+    await tasks_db.insert_files(conn, master_rows)
+    n_events = sum(row["nEvents"] or 0 for row in master_rows)
+    for dataset in await tasks_db.datasets(conn, task_id):
+        values: dict[str, Any] = {"status": "ready", "modificationTime": now}
+        if dataset["datasetID"] == master_id:
+            values.update(
+                nFiles=len(master_rows),
+                nFilesToBeUsed=len(master_rows),
+                nEvents=n_events,
+                nEventsToBeUsed=n_events,
+            )
+        await tasks_db.update_dataset(conn, dataset["datasetID"], **values)
+
+
+async def _master_rows(
+    conn: AsyncConnection,
+    dm: DataManagement,
+    task: dict[str, Any],
+    refined: RefinedTask,
+    plan: DatasetPlan,
+    dataset_id: int,
+    now: Any,
+) -> list[dict[str, Any]]:
+    if refined.no_input:
+        files = [CatalogFile(lfn=PSEUDO_LFN, n_events=refined.n_events)]
+        row_type = "pseudo_input"
+    else:
+        listing = await dm.list_files(conn, plan.name)
+        if listing is None:
+            raise InvalidInput(f"input dataset {plan.name} is not known to the data catalog")
+        files = _select_files(listing, plan, refined.n_files)
+        if not files:
+            raise InvalidInput(f"input dataset {plan.name} has no usable files")
+        row_type = plan.type
+    base = {
+        "jediTaskID": task["jediTaskID"],
+        "datasetID": dataset_id,
+        "creationDate": now,
+        "type": row_type,
+        "status": "ready",
+        "attemptNr": 0,
+        "maxAttempt": refined.max_attempt,
+        "failedAttempt": 0,
+        "maxFailure": refined.max_failure,
+        "keepTrack": 1,
+    }
+    events_per_job = refined.split.n_events_per_job or (refined.n_events if refined.no_input else None)
+    if events_per_job:
+        infos = [FileInfo(lfn=f.lfn, size=f.fsize or 0, n_events=_events_of(f, refined)) for f in files]
+        rows = []
+        for segment in cut_events(infos, events_per_job, first_event=refined.first_event):
+            source = files[segment.file_index]
+            rows.append(
+                {
+                    **base,
+                    **_file_columns(source, plan),
+                    "nEvents": segment.n_events,
+                    "startEvent": segment.start_event,
+                    "endEvent": segment.end_event,
+                    "firstEvent": segment.first_event,
+                }
+            )
+        return rows
+    return [{**base, **_file_columns(f, plan), "nEvents": _events_of(f, refined)} for f in files]
+
+
+def _events_of(item: CatalogFile, refined: RefinedTask) -> int | None:
+    return item.n_events if item.n_events is not None else refined.n_events_per_file
+
+
+def _file_columns(item: CatalogFile, plan: DatasetPlan) -> dict[str, Any]:
+    return {
+        "lfn": item.lfn,
+        "GUID": item.guid,
+        "fsize": item.fsize,
+        "checksum": item.checksum,
+        "scope": item.scope or (scope_of(plan.name) if plan.type != "pseudo_input" else None),
+    }
+
+
+def _select_files(listing: list[CatalogFile], plan: DatasetPlan, n_files: int | None) -> list[CatalogFile]:
+    """Apply the input item's ``files``, ``include``/``exclude`` regexes and ``offset``, then the
+    task's ``nFiles`` cap, keeping catalog order."""
+    selected = listing
+    if plan.files:
+        wanted = set(plan.files)
+        selected = [f for f in selected if f.lfn in wanted]
+    if plan.include:
+        patterns = [_compile(p) for p in plan.include.split(",") if p]
+        selected = [f for f in selected if any(p.search(f.lfn) for p in patterns)]
+    if plan.exclude:
+        patterns = [_compile(p) for p in plan.exclude.split(",") if p]
+        selected = [f for f in selected if not any(p.search(f.lfn) for p in patterns)]
+    selected = selected[plan.offset :]
+    return selected[:n_files] if n_files else selected
+
+
+def _compile(pattern: str) -> re.Pattern[str]:
+    try:
+        return re.compile(pattern)
+    except re.error as exc:
+        raise InvalidInput(f"invalid include/exclude pattern {pattern!r}: {exc}") from exc
