@@ -357,3 +357,15 @@ async def test_update_job_answers(world) -> None:
         {"job_id": job["PandaID"], "status": "sent", "attempt_number": job["attemptNr"]},
         {"job_id": 999999999, "status": "not found", "attempt_number": 0},
     ]
+
+
+async def test_a_task_too_large_to_refine_breaks_with_the_reason(world) -> None:
+    api, runner = world
+    task_id = await submit(api, {**NO_INPUT_TASK, "nEvents": 10**9, "nEventsPerJob": 1})
+    await runner.drain()
+    async with api.client(headers=api.token_headers("test user")) as client:
+        info = envelope(await client.get("/api/v1/task/get_detailed_info", params={"task_id": task_id}))[
+            "data"
+        ]
+    assert info["status"] == "broken"
+    assert "more than 100000 input rows" in info["errorDialog"]

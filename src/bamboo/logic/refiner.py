@@ -27,6 +27,9 @@ from bamboo.logic.taskparams import DatasetPlan, RefinedTask, refine
 log = logging.getLogger(__name__)
 
 BATCH = 20
+# A task is cut into at most this many input rows (files or event chunks): beyond it one refinement
+# would take minutes and millions of rows; such work belongs in several tasks.
+MAX_ROWS_PER_TASK = 100_000
 PSEUDO_LFN = "pseudo_dataset"
 _BAD_PARENT_END = frozenset({"failed", "broken", "aborted"})
 
@@ -205,6 +208,10 @@ async def _master_rows(
         files = _select_files(listing, plan, refined.n_files)
         if not files:
             raise InvalidInput(f"input dataset {plan.name} has no usable files")
+        if len(files) > MAX_ROWS_PER_TASK:
+            raise InvalidInput(
+                f"input dataset {plan.name} has more than {MAX_ROWS_PER_TASK} files; use nFiles"
+            )
         row_type = plan.type
     base = {
         "jediTaskID": task["jediTaskID"],
@@ -221,6 +228,12 @@ async def _master_rows(
     events_per_job = refined.split.n_events_per_job or (refined.n_events if refined.no_input else None)
     if events_per_job:
         infos = [FileInfo(lfn=f.lfn, size=f.fsize or 0, n_events=_events_of(f, refined)) for f in files]
+        total_events = sum(info.n_events or 0 for info in infos)
+        if -(-total_events // events_per_job) + len(infos) > MAX_ROWS_PER_TASK:
+            raise InvalidInput(
+                f"{total_events} events in chunks of {events_per_job} make more than {MAX_ROWS_PER_TASK} "
+                "input rows; raise nEventsPerJob or split the task"
+            )
         rows = []
         for segment in cut_events(infos, events_per_job, first_event=refined.first_event):
             source = files[segment.file_index]

@@ -1,0 +1,529 @@
+"""Validating a submitted task-parameter dict and refining it into a plan (domain.md §1).
+
+:func:`validate` checks what a client sent before the task is stored; :func:`refine` turns the
+stored dict into a :class:`RefinedTask`: the job-parameter template, the datasets with their
+streams, the split rule and the retry and resource numbers the generator needs. Keys this
+module does not know are allowed, because PanDA clients send many.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from bamboo.logic.errors import InvalidInput
+from bamboo.logic.jobparams import MAX_TEMPLATE_BYTES
+from bamboo.logic.splitting import SplitRule
+
+#: Largest accepted task-parameter document (checked by the caller on the raw body).
+MAX_TASK_PARAMS_BYTES = 1024 * 1024
+
+MAX_TASK_NAME_CHARS = 256
+
+DEFAULT_MAX_ATTEMPT = 3
+
+#: Dataset name of the pseudo master input of noInput and pfnList tasks.
+PSEUDO_DATASET = "pseudo_dataset"
+
+#: Stream of that pseudo master. The contract names ``IN`` for pfnList tasks, whose pseudo
+#: files are the PFNs the job reads; plain noInput tasks use the same name so that every task
+#: has its master on ``IN`` and a template cannot declare a second ``IN``.
+PSEUDO_STREAM = "IN"
+
+#: Dataset and stream name of the random-seed pseudo dataset.
+RANDOM_SEED_STREAM = "RNDMSEED"
+
+_ITEM_TYPES = frozenset({"constant", "template"})
+_PARAM_TYPES = frozenset({"input", "pseudo_input", "output", "log", "number"})
+_INPUT_TYPES = frozenset({"input", "pseudo_input"})
+_NEEDS_DATASET = frozenset({"input", "output", "log"})
+
+# Integer keys and the smallest value each may take (None: any integer).
+_INT_KEYS: dict[str, int | None] = {
+    "nEvents": 0,
+    "nEventsPerJob": 1,
+    "nFilesPerJob": 1,
+    "nMaxFilesPerJob": 1,
+    "nFiles": 0,
+    "nEventsPerFile": 1,
+    "nEventsPerInputFile": 1,
+    "maxAttempt": 1,
+    "maxFailure": 1,
+    "coreCount": 0,
+    "ramCount": 0,
+    "baseRamCount": 0,
+    # Upstream lets a negative walltime switch the looping check off.
+    "walltime": None,
+    "taskPriority": None,
+    "parent_tid": 1,
+}
+_BOOL_KEYS = ("noInput", "disableAutoRetry")
+_OPTIONAL_STR_KEYS = ("site", "cloud", "sourceURL", "ramUnit", "ramCountUnit")
+
+# Item flags that become dataset attribute tokens (domain.md §3.1).
+_ATTRIBUTE_FLAGS = {
+    "reusable": "ru",
+    "random": "rd",
+    "check": "cc",
+    "usedup": "ud",
+    "indexConsistent": "ic",
+    "transient": "tr",
+    "pseudo": "ps",
+    "allowNoOutput": "an",
+    "mergeOnly": "mo",
+}
+
+_STREAM_NAME = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)")
+_RANDOM_SEED = re.compile(r"\$\{RNDMSEED[/}]")
+_FIRST_EVENT = re.compile(r"\$\{FIRSTEVENT[/}]")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DatasetPlan:
+    """One dataset the refined task reads or writes.
+
+    ``type`` is ``input``, ``pseudo_input``, ``output``, ``log`` or ``random_seed``; ``stream``
+    is the placeholder name jobs use for its files (``IN``, ``OUTPUT0``, ``LOG0``,
+    ``RNDMSEED`` ...). ``offset`` skips that many input files, or for outputs and logs makes the
+    first serial number ``offset + 1``. ``filename_template`` is set for outputs and logs.
+    ``files`` lists explicit file names: the item's ``files``, or ``pfnList`` for the pseudo
+    master. ``nfiles_per_job`` and ``ratio`` size a secondary input per job.
+    """
+
+    name: str
+    type: str
+    stream: str
+    is_master: bool = False
+    container: str | None = None
+    offset: int = 0
+    filename_template: str | None = None
+    token: str | None = None
+    destination: str | None = None
+    include: str | None = None
+    exclude: str | None = None
+    files: tuple[str, ...] | None = None
+    nfiles_per_job: int | None = None
+    ratio: float | None = None
+    attributes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RefinedTask:
+    """Everything job generation needs from a task's parameters.
+
+    ``datasets`` holds the master input first, then the secondary inputs, the outputs, the
+    logs and, when the template uses ``${RNDMSEED}``, the random-seed dataset. ``n_events`` is
+    the total of a noInput task or a cap otherwise; ``n_events_per_file`` is the size of each
+    input file (for noInput, of the pseudo file, which holds all ``n_events`` unless the task
+    gave nEventsPerFile). ``n_files`` caps the master files used. ``first_event`` is the
+    global number of the first event, ``random_seed_offset`` is added to each seed.
+    """
+
+    job_params_template: str
+    datasets: tuple[DatasetPlan, ...]
+    split: SplitRule
+    no_input: bool
+    n_events: int | None
+    n_events_per_file: int | None
+    n_files: int | None
+    max_attempt: int
+    max_failure: int | None
+    first_event: int
+    random_seed_offset: int
+    source_url: str | None
+    core_count: int
+    ram_count: int
+    ram_unit: str | None
+    base_ram_count: int
+    walltime: int
+
+    @property
+    def master(self) -> DatasetPlan:
+        """The dataset that drives job generation."""
+        return self.datasets[0]
+
+
+def validate(params: Mapping[str, Any]) -> None:
+    """Check a submitted task-parameter dict.
+
+    Args:
+        params: the decoded ``taskParamMap``.
+
+    Raises:
+        InvalidInput: a required key is missing or a known key has the wrong type or value; the
+            message names the key, and for ``jobParameters`` and ``log`` the item index.
+    """
+    if not isinstance(params, Mapping):
+        raise InvalidInput(f"task parameters must be an object, got {type(params).__name__}")
+    task_name = _required(params, "taskName")
+    if not isinstance(task_name, str) or not task_name:
+        raise InvalidInput(f"task parameter 'taskName' must be a non-empty string, got {_show(task_name)}")
+    if len(task_name) > MAX_TASK_NAME_CHARS:
+        raise InvalidInput(f"task parameter 'taskName' must be at most {MAX_TASK_NAME_CHARS} characters")
+    for key in ("vo", "prodSourceLabel"):
+        if not isinstance(_required(params, key), str):
+            raise InvalidInput(f"task parameter {key!r} must be a string, got {_show(params[key])}")
+    for key in _OPTIONAL_STR_KEYS:
+        if params.get(key) is not None and not isinstance(params[key], str):
+            raise InvalidInput(f"task parameter {key!r} must be a string or null, got {_show(params[key])}")
+    for key in _BOOL_KEYS:
+        if params.get(key) is not None and not isinstance(params[key], bool):
+            raise InvalidInput(f"task parameter {key!r} must be a boolean, got {_show(params[key])}")
+    for key, minimum in _INT_KEYS.items():
+        _check_int(f"task parameter {key!r}", params.get(key), minimum)
+    _check_gb_per_job(params.get("nGBPerJob"))
+    pfn_list = _check_pfn_list(params.get("pfnList"))
+
+    items = _required(params, "jobParameters")
+    if not isinstance(items, list):
+        raise InvalidInput(f"task parameter 'jobParameters' must be a list, got {_show(items)}")
+    for index, item in enumerate(items):
+        _check_item(f"jobParameters[{index}]", item)
+    for label, log in _log_items(params):
+        _check_item(label, log, param_type="log")
+
+    if params.get("noInput"):
+        if params.get("nEvents") is None and pfn_list is None:
+            raise InvalidInput("task parameter 'nEvents' is required with noInput")
+        if params.get("nEvents") == 0:
+            raise InvalidInput("task parameter 'nEvents' must be a positive integer with noInput, got 0")
+    elif pfn_list is None and not any(
+        item["type"] == "template" and item["param_type"] in _INPUT_TYPES for item in items
+    ):
+        raise InvalidInput(
+            "task parameter 'jobParameters' needs an input item (param_type input) "
+            "unless noInput or pfnList is set"
+        )
+
+
+def refine(params: Mapping[str, Any]) -> RefinedTask:
+    """Validate a task-parameter dict and turn it into a :class:`RefinedTask`.
+
+    The template is the items' values joined as domain.md §1.5 describes: each value followed
+    by a space unless ``"padding": false``, ``hidden`` items adding datasets but no text. The
+    filename template of an output or log item is its text after the last ``=`` (quotes
+    removed), replaced in the template by ``${OUTPUT<n>}`` / ``${LOG<n>}``; for a hidden item
+    it is the whole value. Items marked ``es_only`` add no text, since Bamboo makes no
+    event-service jobs.
+
+    Args:
+        params: the decoded ``taskParamMap``.
+
+    Returns:
+        The refined task.
+
+    Raises:
+        InvalidInput: :func:`validate` fails, two datasets claim the same stream, an input item
+            has no ``${STREAM}`` placeholder, or the template exceeds the render limit.
+    """
+    validate(params)
+    builder = _Builder(params)
+    for label, log in _log_items(params):
+        builder.add_top_level_log(label, log)
+    for index, item in enumerate(params["jobParameters"]):
+        builder.add_item(index, item)
+    template = "".join(builder.text).rstrip()
+    if len(template.encode("utf-8", "surrogatepass")) > MAX_TEMPLATE_BYTES:
+        raise InvalidInput(
+            f"task parameter 'jobParameters' makes a template longer than {MAX_TEMPLATE_BYTES} bytes"
+        )
+
+    no_input = bool(params.get("noInput")) or builder.pfn_list is not None
+    n_events = params.get("nEvents") or None
+    n_events_per_file = _events_per_file(params)
+    if n_events_per_file is None and no_input and builder.pfn_list is None:
+        n_events_per_file = n_events
+    max_attempt = 1 if params.get("disableAutoRetry") else params.get("maxAttempt") or DEFAULT_MAX_ATTEMPT
+    core_count = params.get("coreCount")
+    return RefinedTask(
+        job_params_template=template,
+        datasets=builder.datasets(),
+        split=SplitRule.from_params(params, n_events_per_file),
+        no_input=no_input,
+        n_events=n_events,
+        n_events_per_file=n_events_per_file,
+        n_files=params.get("nFiles") or None,
+        max_attempt=max_attempt,
+        max_failure=params.get("maxFailure"),
+        first_event=1 + builder.first_event_offset,
+        random_seed_offset=builder.random_seed_offset,
+        source_url=params.get("sourceURL"),
+        core_count=1 if core_count is None else core_count,
+        ram_count=params.get("ramCount") or 0,
+        ram_unit=params.get("ramUnit") or params.get("ramCountUnit"),
+        base_ram_count=params.get("baseRamCount") or 0,
+        walltime=params.get("walltime") or 0,
+    )
+
+
+class _Builder:
+    """Collects template text and datasets while walking the items in order."""
+
+    def __init__(self, params: Mapping[str, Any]) -> None:
+        self.text: list[str] = []
+        self.pfn_list: list[str] | None = params.get("pfnList")
+        self.inputs: list[DatasetPlan] = []
+        self.outputs: list[DatasetPlan] = []
+        self.logs: list[DatasetPlan] = []
+        self.streams: dict[str, str] = {}
+        self.uses_random_seed = False
+        self.first_event_offset = 0
+        self.random_seed_offset = 0
+        self.pseudo_master: DatasetPlan | None = None
+        if params.get("noInput") or self.pfn_list is not None:
+            self.pseudo_master = DatasetPlan(
+                name=PSEUDO_DATASET,
+                type="pseudo_input",
+                stream=PSEUDO_STREAM,
+                is_master=True,
+                files=None if self.pfn_list is None else tuple(self.pfn_list),
+            )
+            self.streams[PSEUDO_STREAM] = "the pseudo input of noInput/pfnList"
+
+    def add_top_level_log(self, label: str, log: Mapping[str, Any]) -> None:
+        self._add_output(label, log, "log", self.logs, f"LOG{len(self.logs)}")
+
+    def add_item(self, index: int, item: Mapping[str, Any]) -> None:
+        label = f"jobParameters[{index}]"
+        value: str = item["value"]
+        param_type = item.get("param_type") if item["type"] == "template" else None
+        if param_type in _INPUT_TYPES:
+            self._add_input(label, item)
+        elif param_type == "number":
+            self._add_number(label, item)
+        elif param_type == "output":
+            value = self._add_output(label, item, "output", self.outputs, f"OUTPUT{len(self.outputs)}")
+        elif param_type == "log":
+            same = next((plan for plan in self.logs if plan.name == item["dataset"]), None)
+            if same is None:
+                value = self._add_output(label, item, "log", self.logs, f"LOG{len(self.logs)}")
+            else:
+                value = _output_plan(label, "log", item, same.stream)[1]
+        if item.get("hidden") or item.get("es_only"):
+            return
+        self.text.append(value)
+        if item.get("padding", True):
+            self.text.append(" ")
+
+    def datasets(self) -> tuple[DatasetPlan, ...]:
+        inputs = list(self.inputs)
+        if self.pseudo_master is not None:
+            inputs.insert(0, self.pseudo_master)
+        else:
+            # A real input drives the task rather than, say, a sequence-number pseudo input.
+            master = next((plan for plan in inputs if plan.type == "input"), inputs[0])
+            inputs.remove(master)
+            inputs.insert(0, replace(master, is_master=True))
+        tail: list[DatasetPlan] = []
+        if self.uses_random_seed:
+            tail.append(DatasetPlan(name=RANDOM_SEED_STREAM, type="random_seed", stream=RANDOM_SEED_STREAM))
+        return (*inputs, *self.outputs, *self.logs, *tail)
+
+    def _add_input(self, label: str, item: Mapping[str, Any]) -> None:
+        match = _STREAM_NAME.search(item["value"])
+        if match is None:
+            raise InvalidInput(f"{label}: an input item needs a ${{STREAM}} placeholder in 'value'")
+        stream = match.group(1)
+        self._claim(stream, label)
+        files = item.get("files")
+        self.inputs.append(
+            DatasetPlan(
+                name=item.get("dataset") or PSEUDO_DATASET,
+                type=item["param_type"],
+                stream=stream,
+                container=item.get("container"),
+                offset=item.get("offset") or 0,
+                include=item.get("include"),
+                exclude=item.get("exclude"),
+                files=None if files is None else tuple(files),
+                nfiles_per_job=item.get("nFilesPerJob"),
+                ratio=None if item.get("ratio") is None else float(item["ratio"]),
+                attributes=_attributes(item),
+            )
+        )
+
+    def _add_number(self, label: str, item: Mapping[str, Any]) -> None:
+        value: str = item["value"]
+        offset = item.get("offset") or 0
+        if _RANDOM_SEED.search(value):
+            if not self.uses_random_seed:
+                self._claim(RANDOM_SEED_STREAM, label)
+            self.uses_random_seed = True
+            self.random_seed_offset = offset
+        if _FIRST_EVENT.search(value):
+            self.first_event_offset = offset
+
+    def _add_output(
+        self, label: str, item: Mapping[str, Any], kind: str, plans: list[DatasetPlan], stream: str
+    ) -> str:
+        plan, text = _output_plan(label, kind, item, stream)
+        self._claim(stream, label)
+        plans.append(plan)
+        return text
+
+    def _claim(self, stream: str, owner: str) -> None:
+        if stream in self.streams:
+            raise InvalidInput(f"{owner}: stream {stream!r} is already used by {self.streams[stream]}")
+        self.streams[stream] = owner
+
+
+def _output_plan(label: str, kind: str, item: Mapping[str, Any], stream: str) -> tuple[DatasetPlan, str]:
+    """The dataset of an output or log item and the item's text with the file name replaced."""
+    value: str = item["value"]
+    if item.get("hidden"):
+        filename, text = _strip_quotes(value), value
+    else:
+        head, sep, name = value.rpartition("=")
+        filename = _strip_quotes(name)
+        # Keep the quotes around the file name in the command line.
+        quoted = name.replace(filename, f"${{{stream}}}", 1) if filename else name
+        text = head + sep + quoted
+    if not filename:
+        raise InvalidInput(f"{label}: 'value' of a {kind} item needs a file name")
+    plan = DatasetPlan(
+        name=item["dataset"],
+        type=kind,
+        stream=stream,
+        container=item.get("container"),
+        offset=item.get("offset") or 0,
+        filename_template=filename,
+        token=item.get("token"),
+        destination=item.get("destination"),
+        attributes=_attributes(item),
+    )
+    return plan, text
+
+
+def _strip_quotes(text: str) -> str:
+    return text.strip().strip("\"'")
+
+
+def _attributes(item: Mapping[str, Any]) -> tuple[str, ...]:
+    tokens = [token for flag, token in _ATTRIBUTE_FLAGS.items() if item.get(flag) is True]
+    extra = item.get("attributes")
+    if isinstance(extra, str):
+        extra = extra.split(",")
+    for token in extra or ():
+        if token and token not in tokens:
+            tokens.append(token)
+    return tuple(tokens)
+
+
+def _events_per_file(params: Mapping[str, Any]) -> int | None:
+    per_file = params.get("nEventsPerFile")
+    per_input_file = params.get("nEventsPerInputFile")
+    return per_file if per_file is not None else per_input_file
+
+
+def _log_items(params: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """The top-level ``log`` items with the label used in messages."""
+    log = params.get("log")
+    if log is None:
+        return []
+    if isinstance(log, list):
+        return [(f"log[{index}]", item) for index, item in enumerate(log)]
+    if isinstance(log, Mapping):
+        return [("log", log)]
+    raise InvalidInput(f"task parameter 'log' must be an object or a list of objects, got {_show(log)}")
+
+
+def _check_item(label: str, item: Any, *, param_type: str | None = None) -> None:
+    """Check one ``jobParameters`` item, or a top-level log item when ``param_type`` is given."""
+    if not isinstance(item, Mapping):
+        raise InvalidInput(f"{label} must be an object, got {_show(item)}")
+    if param_type is None:
+        item_type = _required_in(label, item, "type")
+        if not isinstance(item_type, str) or item_type not in _ITEM_TYPES:
+            raise InvalidInput(f"{label}: 'type' must be constant or template, got {_show(item_type)}")
+        if item_type == "template":
+            param_type = _required_in(label, item, "param_type")
+            if not isinstance(param_type, str) or param_type not in _PARAM_TYPES:
+                raise InvalidInput(
+                    f"{label}: 'param_type' must be one of {', '.join(sorted(_PARAM_TYPES))}, "
+                    f"got {_show(param_type)}"
+                )
+    elif item.get("param_type", param_type) != param_type:
+        raise InvalidInput(f"{label}: 'param_type' must be {param_type}, got {_show(item['param_type'])}")
+    if not isinstance(_required_in(label, item, "value"), str):
+        raise InvalidInput(f"{label}: 'value' must be a string, got {_show(item['value'])}")
+    for key in ("hidden", "padding", "es_only"):
+        if item.get(key) is not None and not isinstance(item[key], bool):
+            raise InvalidInput(f"{label}: {key!r} must be a boolean, got {_show(item[key])}")
+    if param_type is None:
+        return
+    dataset = item.get("dataset")
+    if param_type in _NEEDS_DATASET and dataset is None:
+        raise InvalidInput(f"{label}: 'dataset' is required for param_type {param_type}")
+    if dataset is not None and (not isinstance(dataset, str) or not dataset):
+        raise InvalidInput(f"{label}: 'dataset' must be a non-empty string, got {_show(dataset)}")
+    for key in ("container", "token", "destination", "include", "exclude"):
+        if item.get(key) is not None and not isinstance(item[key], str):
+            raise InvalidInput(f"{label}: {key!r} must be a string or null, got {_show(item[key])}")
+    _check_int(f"{label}: 'offset'", item.get("offset"), 0)
+    _check_int(f"{label}: 'nFilesPerJob'", item.get("nFilesPerJob"), 1)
+    ratio = item.get("ratio")
+    if ratio is not None and not _is_positive_number(ratio):
+        raise InvalidInput(f"{label}: 'ratio' must be a positive number, got {_show(ratio)}")
+    files = item.get("files")
+    if files is not None and not (isinstance(files, list) and all(isinstance(f, str) and f for f in files)):
+        raise InvalidInput(f"{label}: 'files' must be a list of file names")
+    attributes = item.get("attributes")
+    if attributes is not None and not (
+        isinstance(attributes, str)
+        or (isinstance(attributes, list) and all(isinstance(a, str) for a in attributes))
+    ):
+        raise InvalidInput(f"{label}: 'attributes' must be a string or a list of strings")
+
+
+def _check_int(label: str, value: Any, minimum: int | None) -> None:
+    """Check an optional integer; ``label`` names it in the message (null means absent)."""
+    if value is None:
+        return
+    # bool is an int subclass, but true is not a count.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidInput(f"{label} must be an integer, got {_show(value)}")
+    if minimum == 1 and value < 1:
+        raise InvalidInput(f"{label} must be a positive integer, got {value}")
+    if minimum == 0 and value < 0:
+        raise InvalidInput(f"{label} must be a non-negative integer, got {value}")
+
+
+def _check_gb_per_job(value: Any) -> None:
+    # prun sends "MAX" for "no limit".
+    if value is None or value == "MAX" or _is_positive_number(value):
+        return
+    raise InvalidInput(f"task parameter 'nGBPerJob' must be a positive number or \"MAX\", got {_show(value)}")
+
+
+def _check_pfn_list(value: Any) -> list[str] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not value or not all(isinstance(pfn, str) and pfn for pfn in value):
+        raise InvalidInput("task parameter 'pfnList' must be a non-empty list of file names")
+    return value
+
+
+def _is_positive_number(value: Any) -> bool:
+    return (
+        isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+    )
+
+
+def _required(params: Mapping[str, Any], key: str) -> Any:
+    if key not in params or params[key] is None:
+        raise InvalidInput(f"task parameter {key!r} is required")
+    return params[key]
+
+
+def _required_in(label: str, item: Mapping[str, Any], key: str) -> Any:
+    if key not in item or item[key] is None:
+        raise InvalidInput(f"{label}: {key!r} is required")
+    return item[key]
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
