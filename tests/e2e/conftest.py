@@ -59,7 +59,7 @@ class RunningServer:
         return str(self.home / "ca.pem")
 
     def admin(self, *args: str) -> str:
-        uses_database = args[0] in ("db", "queue", "user")
+        uses_database = args[0] in ("db", "queue", "user", "data", "task")
         extra = ["--database-url", self.database_url] if self.database_url and uses_database else []
         return bamboo(*args, "--home", str(self.home), *extra)
 
