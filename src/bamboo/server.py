@@ -71,7 +71,7 @@ def client_auth_context(home: Home, settings: Settings) -> ssl.SSLContext:
     return context
 
 
-async def prepare_database(settings: Settings, db: Database) -> None:
+async def prepare_database(db: Database) -> None:
     """Migrate the embedded SQLite database; require an up-to-date schema anywhere else."""
     if db.is_sqlite:
         await migrate.upgrade(db)
@@ -105,7 +105,7 @@ def serve(settings: Settings) -> None:
 async def _check_database(settings: Settings) -> None:
     db = Database(settings.effective_database_url, pool_size=settings.db_pool_size)
     try:
-        await prepare_database(settings, db)
+        await prepare_database(db)
     finally:
         await db.dispose()
 

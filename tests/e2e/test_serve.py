@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import signal
 import ssl
+import subprocess
+import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.e2e.conftest import RunningServer, start_server
+from tests.e2e.conftest import BAMBOO, RunningServer, start_server
 
 pytestmark = pytest.mark.e2e
 
@@ -152,4 +155,58 @@ def test_two_workers_share_the_ports(tmp_path: Path) -> None:
         for _ in range(20):
             assert httpx.get(f"{running.http}/api/v1/system/is_alive", timeout=10).status_code == 200
     finally:
+        assert running.stop() == 0
+
+
+def test_agents_in_their_own_process(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    running = start_server(home, None, "--no-agents")
+    agents = None
+    try:
+        running.admin("queue", "add", "AGENT_PQ", "--type", "unified")
+        token = running.admin("token", "issue", "--user", "Test User").strip()
+        headers = {"Authorization": f"Bearer {token}", "Origin": "bamboo"}
+        verify = ssl.create_default_context(cafile=running.ca)
+        params = {
+            "taskName": "user.testuser.agents.v1",
+            "vo": "bamboo",
+            "prodSourceLabel": "user",
+            "transPath": "run",
+            "noInput": True,
+            "nEvents": 2,
+            "nEventsPerJob": 1,
+            "jobParameters": [{"type": "constant", "value": "echo"}],
+            "log": {
+                "type": "template",
+                "param_type": "log",
+                "dataset": "user.testuser.agents.log/",
+                "value": "l.${SN}",
+            },
+        }
+        with httpx.Client(base_url=running.https, headers=headers, verify=verify, timeout=10) as client:
+            task_id = client.post("/api/v1/task/submit", json={"task_parameters": params}).json()["data"]
+            assert (
+                client.get("/api/v1/task/get_status", params={"task_id": task_id}).json()["data"]
+                == "registered"
+            )
+            agents = subprocess.Popen(
+                [*BAMBOO, "agents", "--home", str(home)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            deadline = time.monotonic() + 30
+            status = "registered"
+            while status != "running" and time.monotonic() < deadline:
+                time.sleep(0.2)
+                status = client.get("/api/v1/task/get_status", params={"task_id": task_id}).json()["data"]
+            assert status == "running"
+            assert (
+                len(client.get("/api/v1/task/get_job_ids", params={"task_id": task_id}).json()["data"]) == 2
+            )
+        agents.send_signal(signal.SIGTERM)
+        assert agents.wait(timeout=30) == 0
+    finally:
+        if agents is not None and agents.poll() is None:
+            agents.kill()
         assert running.stop() == 0

@@ -79,7 +79,7 @@ def agents(home: HomeOption = None, database_url: DatabaseOption = None) -> None
 
         db = Database(settings.effective_database_url)
         try:
-            await prepare_database(settings, db)
+            await prepare_database(db)
         finally:
             await db.dispose()
 

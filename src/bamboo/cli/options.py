@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
+import orjson
 import typer
 from rich.console import Console
 
@@ -45,6 +46,18 @@ def settings_for(home: Path | None, database_url: str | None, **overrides: Any) 
 def fail(message: str, code: int = 1) -> typer.Exit:
     errors.print(f"[red]error:[/red] {message}", highlight=False)
     return typer.Exit(code)
+
+
+def read_json_file(path: Path, limit: int) -> Any:
+    """A JSON document from a file of at most ``limit`` bytes; clear errors otherwise."""
+    try:
+        if path.stat().st_size > limit:
+            raise fail(f"{path} is larger than {limit} bytes")
+        return orjson.loads(path.read_bytes())
+    except OSError as exc:
+        raise fail(f"cannot read {path}: {exc.strerror}") from exc
+    except orjson.JSONDecodeError as exc:
+        raise fail(f"{path} is not valid JSON: {exc}") from exc
 
 
 def with_database(settings: Settings, work: Callable[[Database], Awaitable[T]]) -> T:

@@ -9,7 +9,15 @@ import orjson
 import typer
 from rich.table import Table
 
-from bamboo.cli.options import DatabaseOption, HomeOption, console, fail, settings_for, with_database
+from bamboo.cli.options import (
+    DatabaseOption,
+    HomeOption,
+    console,
+    fail,
+    read_json_file,
+    settings_for,
+    with_database,
+)
 from bamboo.db.engine import Database
 from bamboo.logic import queues
 from bamboo.logic.clock import SystemClock
@@ -203,14 +211,7 @@ def load(
     database_url: DatabaseOption = None,
 ) -> None:
     """Add or replace queues from a JSON file, all or none."""
-    try:
-        if file.stat().st_size > _MAX_FILE_BYTES:
-            raise fail(f"{file} is larger than {_MAX_FILE_BYTES} bytes")
-        document = orjson.loads(file.read_bytes())
-    except OSError as exc:
-        raise fail(f"cannot read {file}: {exc.strerror}") from exc
-    except orjson.JSONDecodeError as exc:
-        raise fail(f"{file} is not valid JSON: {exc}") from exc
+    document = read_json_file(file, _MAX_FILE_BYTES)
 
     async def work(db: Database) -> list[bool]:
         specs = queues.specs_from_document(document)

@@ -8,13 +8,20 @@ import time
 from pathlib import Path
 from typing import Annotated
 
-import orjson
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from bamboo.auth.identity import AuthMethod, Identity
-from bamboo.cli.options import DatabaseOption, HomeOption, console, fail, settings_for, with_database
+from bamboo.cli.options import (
+    DatabaseOption,
+    HomeOption,
+    console,
+    fail,
+    read_json_file,
+    settings_for,
+    with_database,
+)
 from bamboo.db.engine import Database
 from bamboo.logic import tasks
 from bamboo.logic.clock import SystemClock
@@ -37,14 +44,7 @@ def submit(
     database_url: DatabaseOption = None,
 ) -> None:
     """Submit a task as the operator (the server's agents pick it up)."""
-    try:
-        if file.stat().st_size > _MAX_FILE_BYTES:
-            raise fail(f"{file} is larger than {_MAX_FILE_BYTES} bytes")
-        params = orjson.loads(file.read_bytes())
-    except OSError as exc:
-        raise fail(f"cannot read {file}: {exc.strerror}") from exc
-    except orjson.JSONDecodeError as exc:
-        raise fail(f"{file} is not valid JSON: {exc}") from exc
+    params = read_json_file(file, _MAX_FILE_BYTES)
     if not isinstance(params, dict):
         raise fail("the task parameters must be a JSON object")
     owner = params.get("userName") or user or getpass.getuser()
