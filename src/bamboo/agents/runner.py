@@ -3,8 +3,9 @@
 An agent that did work runs again at once; an idle one sleeps for its period or until woken. The
 API wakes agents in the same process when it creates work (a submission wakes the refiner, a final
 pilot report the finaliser), and agents wake the ones downstream of them, so a new task has
-activated jobs well within a second. Agents in another process (``bamboo agents``, or the agents
-process of a multi-worker server) notice new work within their period. Everything they do is in
+activated jobs well within a second. On PostgreSQL the same announcements reach agents in other
+processes (``bamboo agents``, the agents process of a multi-worker server) through LISTEN/NOTIFY;
+on SQLite those notice new work within their period. Everything they do is in
 database rows, so several agent processes on PostgreSQL share the work through row locks.
 """
 
@@ -16,6 +17,7 @@ import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
+from bamboo.db import notify
 from bamboo.db.engine import UNAVAILABLE_ERRORS, Database
 from bamboo.logic import finaliser, finisher, generator, refiner
 from bamboo.logic.catalog import DataManagement
@@ -114,6 +116,9 @@ class AgentRunner:
     def start(self) -> None:
         for name in self.agents:
             self._tasks.append(asyncio.create_task(self._loop(name), name=f"agent-{name}"))
+        if not self.context.db.is_sqlite:
+            url = self.context.db.url.render_as_string(hide_password=False)
+            self._tasks.append(asyncio.create_task(notify.listen(url, self.wake), name="agent-wakeups"))
         log.info("agents started: %s", ", ".join(self.agents))
 
     async def stop(self) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bamboo.db import jobs as jobs_db
+from bamboo.db import notify
 from bamboo.logic.clock import Clock
 from bamboo.logic.states import COMMAND_KILL, COMMAND_NONE, PILOT_REPORTABLE, pilot_report
 
@@ -164,6 +165,8 @@ async def update_job(
         values["output_report"] = str(report.get("job_output_report") or "")
         values.setdefault("endTime", now)
     await jobs_db.update(conn, job_id, **values)
+    if decision.final_report:
+        await notify.announce(conn, "finaliser")
     return {"StatusCode": 0, "command": _command(job, decision.reply)}, decision.final_report
 
 

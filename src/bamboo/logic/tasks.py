@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bamboo.auth.identity import Identity
 from bamboo.db import jobs as jobs_db
-from bamboo.db import sequences
+from bamboo.db import notify, sequences
 from bamboo.db import tasks as tasks_db
 from bamboo.db.schema import TASK_FIELDS
 from bamboo.logic import taskparams
@@ -133,6 +133,7 @@ async def submit(
         submitter_dn=identity.dn,
     )
     await tasks_db.insert(conn, record)
+    await notify.announce(conn, "refiner")
     return task_id
 
 
