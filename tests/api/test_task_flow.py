@@ -369,3 +369,33 @@ async def test_a_task_too_large_to_refine_breaks_with_the_reason(world) -> None:
         ]
     assert info["status"] == "broken"
     assert "more than 100000 input rows" in info["errorDialog"]
+
+
+async def test_missing_parent_breaks_the_child(world) -> None:
+    api, runner = world
+    task_id = await submit(api, {**NO_INPUT_TASK, "parent_tid": 1})
+    await runner.drain()
+    async with api.client(headers=api.token_headers("test user")) as client:
+        info = envelope(await client.get("/api/v1/task/get_detailed_info", params={"task_id": task_id}))[
+            "data"
+        ]
+    assert (info["status"], info["errorDialog"]) == ("broken", "parent task 1 not found")
+
+
+async def test_a_task_that_trips_a_bug_does_not_block_the_others(world, monkeypatch) -> None:
+    from bamboo.logic import refiner
+
+    api, runner = world
+    original = refiner.refine
+
+    def fragile(params):
+        if params["taskName"] == "user.testuser.bug/":
+            raise KeyError("boom")
+        return original(params)
+
+    monkeypatch.setattr(refiner, "refine", fragile)
+    bad = await submit(api, {**NO_INPUT_TASK, "taskName": "user.testuser.bug/"})
+    good = await submit(api, NO_INPUT_TASK)
+    await runner.drain()
+    assert await task_status(api, bad) == "broken"
+    assert await task_status(api, good) == "running"

@@ -52,7 +52,13 @@ async def generate(conn: AsyncConnection, clock: Clock, rng: random.Random | Non
     rt_rows = await resource_types.resource_type_list(conn)
     made = 0
     for task in candidates:
-        made += await _generate_for_task(conn, clock, task, queue_specs, loads, rt_rows, rng)
+        try:
+            async with conn.begin_nested():
+                made += await _generate_for_task(conn, clock, task, queue_specs, loads, rt_rows, rng)
+        except Exception:
+            # A task that trips a bug waits with a pointer to the log instead of blocking the others.
+            log.exception("task %s: job generation failed", task["jediTaskID"])
+            await _set_pending(conn, clock, task, "internal error while generating jobs; see the server log")
     return made
 
 

@@ -42,7 +42,17 @@ async def refine_registered(conn: AsyncConnection, clock: Clock, dm: DataManagem
     """
     changed = 0
     for task in await tasks_db.claim(conn, ["registered"], BATCH, old_statuses=["registered"]):
-        if await _refine_one(conn, clock, dm, task):
+        try:
+            async with conn.begin_nested():
+                refined = await _refine_one(conn, clock, dm, task)
+        except Exception:
+            # One task that trips a bug must not stop the others: it breaks, with a pointer to the log.
+            log.exception("task %s: refining failed", task["jediTaskID"])
+            await _set_status(
+                conn, clock, task, "tobroken", errorDialog="internal error while refining; see the server log"
+            )
+            refined = True
+        if refined:
             changed += 1
     return changed
 
@@ -84,6 +94,9 @@ async def _refine_one(conn: AsyncConnection, clock: Clock, dm: DataManagement, t
             await _set_status(
                 conn, clock, task, "tobroken", errorDialog=f"parent task {parent_id} ended {parent_status}"
             )
+            return True
+        if parent_status is None:
+            await _set_status(conn, clock, task, "tobroken", errorDialog=f"parent task {parent_id} not found")
             return True
         if parent_status not in TASK_FINAL:
             dialog = f"pending until parent task {parent_id} is done"
