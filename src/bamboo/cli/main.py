@@ -67,6 +67,8 @@ def agents(home: HomeOption = None, database_url: DatabaseOption = None) -> None
     """Run only the background agents (next to servers started with --no-agents)."""
     import asyncio
 
+    import uvloop
+
     from bamboo.server import ServerStartError, prepare_database, run_agents
 
     settings = settings_for(home, database_url)
@@ -87,4 +89,4 @@ def agents(home: HomeOption = None, database_url: DatabaseOption = None) -> None
         asyncio.run(check())
     except ServerStartError as exc:
         raise fail(str(exc)) from exc
-    asyncio.run(run_agents(settings))
+    uvloop.run(run_agents(settings))
