@@ -5,6 +5,8 @@ timeout for writers of other processes, and writes start with ``BEGIN IMMEDIATE`
 in-process lock: SQLite has one writer at a time anyway, and taking the write lock up front avoids
 the deadlock-and-retry dance of upgrading a read transaction. PostgreSQL goes through asyncpg with
 a pre-pinged pool so a restarted database costs one failed request, not a dead server.
+Connections go back to the pool without the usual extra ROLLBACK: every use is inside
+:meth:`Database.transaction`, which always ends its transaction.
 """
 
 from __future__ import annotations
@@ -46,7 +48,9 @@ class Database:
         self._write_lock = asyncio.Lock()
         self.engine: AsyncEngine
         if self.is_sqlite:
-            self.engine = create_async_engine(self.url, echo=echo, pool_size=5, max_overflow=5)
+            self.engine = create_async_engine(
+                self.url, echo=echo, pool_size=5, max_overflow=5, pool_reset_on_return=None
+            )
             _configure_sqlite(self.engine)
         else:
             self.engine = create_async_engine(
@@ -56,6 +60,7 @@ class Database:
                 max_overflow=pool_size,
                 pool_pre_ping=True,
                 pool_timeout=10,
+                pool_reset_on_return=None,
             )
 
     @property

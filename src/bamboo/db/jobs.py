@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -11,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bamboo.db.schema import job_files, jobs
 from bamboo.db.tasks import skips_locked
+from bamboo.db.types import UTCDateTime
 
 
 def uniform(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -127,15 +129,47 @@ class DispatchFilter:
     user_name: str | None = None
 
 
-async def claim_activated(
-    conn: AsyncConnection, selection: DispatchFilter, limit: int, values: dict[str, Any]
-) -> list[dict[str, Any]]:
-    """Move up to ``limit`` matching activated jobs to the given values (``jobStatus='sent'``...)
-    and return them, highest priority first.
+@dataclass(frozen=True, slots=True)
+class ClaimStamp:
+    """What a claim writes on the jobs it hands out."""
 
-    One statement: the SELECT picks and (on PostgreSQL) locks the rows, skipping rows another
-    transaction is claiming, so two pilots never receive the same job. On SQLite the whole write
-    transaction holds the database lock, which gives the same guarantee.
+    now: datetime
+    node: str | None = None
+    computing_element: str | None = None
+    scheduler_id: str | None = None
+
+
+def _keep_unless_given(name: str, column: Any) -> Any:
+    return sa.func.coalesce(sa.bindparam(name, type_=sa.String()), column)
+
+
+# Built once: dispatch is the hottest write path, and building an UPDATE that returns ~130
+# columns costs more than running it.
+_MARK_SENT = (
+    sa.update(jobs)
+    .where(jobs.c.PandaID.in_(sa.bindparam("ids", expanding=True)))
+    .values(
+        jobStatus="sent",
+        modificationTime=sa.bindparam("now", type_=UTCDateTime()),
+        stateChangeTime=sa.bindparam("now", type_=UTCDateTime()),
+        startTime=sa.bindparam("now", type_=UTCDateTime()),
+        modificationHost=_keep_unless_given("node", jobs.c.modificationHost),
+        computingElement=_keep_unless_given("computing_element", jobs.c.computingElement),
+        schedulerID=_keep_unless_given("scheduler_id", jobs.c.schedulerID),
+    )
+    .returning(jobs)
+)
+
+
+async def claim_activated(
+    conn: AsyncConnection, selection: DispatchFilter, limit: int, stamp: ClaimStamp
+) -> list[dict[str, Any]]:
+    """Mark up to ``limit`` matching activated jobs ``sent`` and return them, highest priority
+    first.
+
+    On PostgreSQL the selection locks its rows and skips rows other transactions hold, so two
+    pilots never receive the same job; on SQLite the write transaction holds the database lock,
+    which gives the same guarantee.
     """
     pick = sa.select(jobs.c.PandaID).where(
         jobs.c.jobStatus == "activated", jobs.c.computingSite == selection.site
@@ -156,10 +190,19 @@ async def claim_activated(
     pick = pick.order_by(jobs.c.currentPriority.desc(), jobs.c.PandaID).limit(limit)
     if skips_locked(conn):
         pick = pick.with_for_update(skip_locked=True)
-    # The selection is a CTE joined by the UPDATE so PostgreSQL evaluates it exactly once: as an
-    # IN (subquery) it may be rescanned per row and then claim more rows than the LIMIT.
-    picked = pick.cte("picked")
-    statement = sa.update(jobs).where(jobs.c.PandaID == picked.c.PandaID).values(**values).returning(*jobs.c)
-    claimed = [dict(row) for row in (await conn.execute(statement)).mappings()]
+    # Two statements on purpose: the first picks and locks (skipping rows another transaction is
+    # claiming), the second updates by primary key. A single UPDATE over a subquery lets the planner
+    # rescan the selection (over-claiming past LIMIT) or, with stale statistics, scan the table.
+    picked = list((await conn.execute(pick)).scalars())
+    if not picked:
+        return []
+    parameters = {
+        "ids": picked,
+        "now": stamp.now,
+        "node": stamp.node,
+        "computing_element": stamp.computing_element,
+        "scheduler_id": stamp.scheduler_id,
+    }
+    claimed = [dict(row) for row in (await conn.execute(_MARK_SENT, parameters)).mappings()]
     claimed.sort(key=lambda job: (-(job["currentPriority"] or 0), job["PandaID"]))
     return claimed

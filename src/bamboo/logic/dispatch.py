@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bamboo.db import jobs as jobs_db
 from bamboo.db import queues as queues_db
-from bamboo.db.jobs import DispatchFilter
+from bamboo.db.jobs import ClaimStamp, DispatchFilter
 from bamboo.logic.clock import Clock
 
 MAX_JOBS_PER_CALL = 1000
@@ -76,21 +76,14 @@ async def acquire(conn: AsyncConnection, clock: Clock, request: AcquireRequest) 
         task_id=request.task_id,
         user_name=request.user_name,
     )
-    now = clock.now()
-    values: dict[str, Any] = {
-        "jobStatus": "sent",
-        "modificationTime": now,
-        "stateChangeTime": now,
-        "startTime": now,
-    }
-    if request.node:
-        values["modificationHost"] = request.node[:128]
-    if request.computing_element:
-        values["computingElement"] = request.computing_element[:128]
-    if request.scheduler_id:
-        values["schedulerID"] = request.scheduler_id[:128]
+    stamp = ClaimStamp(
+        now=clock.now(),
+        node=request.node[:128] if request.node else None,
+        computing_element=request.computing_element[:128] if request.computing_element else None,
+        scheduler_id=request.scheduler_id[:128] if request.scheduler_id else None,
+    )
     limit = max(1, min(request.n_jobs, MAX_JOBS_PER_CALL))
-    claimed = await jobs_db.claim_activated(conn, selection, limit, values)
+    claimed = await jobs_db.claim_activated(conn, selection, limit, stamp)
     if not claimed:
         return []
     files = await jobs_db.files_of(conn, [job["PandaID"] for job in claimed])

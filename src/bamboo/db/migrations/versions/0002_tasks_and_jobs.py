@@ -314,7 +314,11 @@ def upgrade() -> None:
         sa.Column("stdout", sa.Text(), nullable=True),
         sa.Column("origin_panda_id", sa.BigInteger(), nullable=True),
     )
-    op.create_index("ix_jobs_dispatch", "jobs", ["jobStatus", "computingSite", "currentPriority", "PandaID"])
+    op.create_index(
+        "ix_jobs_dispatch",
+        "jobs",
+        ["jobStatus", "computingSite", sa.text('"currentPriority" DESC'), "PandaID"],
+    )
     op.create_index("ix_jobs_status_time", "jobs", ["jobStatus", "modificationTime"])
     op.create_index("ix_jobs_task", "jobs", ["jediTaskID"])
     op.create_table(
