@@ -399,3 +399,13 @@ async def test_a_task_that_trips_a_bug_does_not_block_the_others(world, monkeypa
     await runner.drain()
     assert await task_status(api, bad) == "broken"
     assert await task_status(api, good) == "running"
+
+
+async def test_new_tasks_get_jobs_while_many_older_ones_run(world) -> None:
+    api, runner = world
+    older = [await submit(api, {**NO_INPUT_TASK, "taskName": f"user.testuser.old{i}/"}) for i in range(12)]
+    await runner.drain()
+    assert {await task_status(api, task_id) for task_id in older} == {"running"}
+    newest = await submit(api, {**NO_INPUT_TASK, "taskName": "user.testuser.new/"})
+    await runner.drain()
+    assert await task_status(api, newest) == "running"

@@ -28,11 +28,20 @@ async def insert(conn: AsyncConnection, rows: list[dict[str, Any]], files: list[
         await conn.execute(sa.insert(job_files), uniform(files))
 
 
+# Hot-path statements are built once: constructing a ~130-column statement costs more than
+# running it (parameters are bound at execution).
+_BY_ID = sa.select(jobs).where(jobs.c.PandaID == sa.bindparam("panda_id"))
+_BY_ID_FOR_UPDATE = _BY_ID.with_for_update()
+_FILES_OF = (
+    sa.select(job_files)
+    .where(job_files.c.PandaID.in_(sa.bindparam("ids", expanding=True)))
+    .order_by(job_files.c.row_ID)
+)
+
+
 async def get(conn: AsyncConnection, panda_id: int, *, for_update: bool = False) -> dict[str, Any] | None:
-    query = sa.select(jobs).where(jobs.c.PandaID == panda_id)
-    if for_update:
-        query = query.with_for_update()
-    row = (await conn.execute(query)).mappings().first()
+    query = _BY_ID_FOR_UPDATE if for_update else _BY_ID
+    row = (await conn.execute(query, {"panda_id": panda_id})).mappings().first()
     return dict(row) if row else None
 
 
@@ -56,8 +65,7 @@ async def files_of(conn: AsyncConnection, panda_ids: Sequence[int]) -> dict[int,
     grouped: dict[int, list[dict[str, Any]]] = {panda_id: [] for panda_id in panda_ids}
     if not panda_ids:
         return grouped
-    query = sa.select(job_files).where(job_files.c.PandaID.in_(list(panda_ids))).order_by(job_files.c.row_ID)
-    for row in (await conn.execute(query)).mappings():
+    for row in (await conn.execute(_FILES_OF, {"ids": list(panda_ids)})).mappings():
         grouped[row["PandaID"]].append(dict(row))
     return grouped
 
@@ -161,6 +169,53 @@ _MARK_SENT = (
 )
 
 
+_PICK_FILTERS = {
+    "memory": lambda: sa.func.coalesce(jobs.c.minRamCount, 0) <= sa.bindparam("memory"),
+    "disk_space": lambda: sa.func.coalesce(jobs.c.maxDiskCount, 0) <= sa.bindparam("disk_space"),
+    "remaining_time": lambda: sa.func.coalesce(jobs.c.maxWalltime, 0) <= sa.bindparam("remaining_time"),
+    "resource_type": lambda: jobs.c.resource_type == sa.bindparam("resource_type"),
+    "task_id": lambda: jobs.c.jediTaskID == sa.bindparam("task_id"),
+    "user_name": lambda: jobs.c.prodUserName == sa.bindparam("user_name"),
+}
+_pick_cache: dict[tuple[tuple[str, ...], bool], sa.Select[Any]] = {}
+
+
+def _active_filters(selection: DispatchFilter) -> tuple[str, ...]:
+    present = []
+    for name in _PICK_FILTERS:
+        value = getattr(selection, name)
+        if value is not None and value != 0:
+            present.append(name)
+    return tuple(present)
+
+
+def _pick_statement(selection: DispatchFilter, skip_locked: bool) -> sa.Select[Any]:
+    """The selection of a claim, built once per combination of filters in use."""
+    key = (_active_filters(selection), skip_locked)
+    statement = _pick_cache.get(key)
+    if statement is None:
+        statement = sa.select(jobs.c.PandaID).where(
+            jobs.c.jobStatus == "activated",
+            jobs.c.computingSite == sa.bindparam("site"),
+            jobs.c.prodSourceLabel.in_(sa.bindparam("labels", expanding=True)),
+            *(_PICK_FILTERS[name]() for name in key[0]),
+        )
+        statement = statement.order_by(jobs.c.currentPriority.desc(), jobs.c.PandaID).limit(
+            sa.bindparam("limit")
+        )
+        if skip_locked:
+            statement = statement.with_for_update(skip_locked=True)
+        _pick_cache[key] = statement
+    return statement
+
+
+def _pick_parameters(selection: DispatchFilter, limit: int) -> dict[str, Any]:
+    parameters: dict[str, Any] = {"site": selection.site, "labels": list(selection.labels), "limit": limit}
+    for name in _active_filters(selection):
+        parameters[name] = getattr(selection, name)
+    return parameters
+
+
 async def claim_activated(
     conn: AsyncConnection, selection: DispatchFilter, limit: int, stamp: ClaimStamp
 ) -> list[dict[str, Any]]:
@@ -171,29 +226,11 @@ async def claim_activated(
     pilots never receive the same job; on SQLite the write transaction holds the database lock,
     which gives the same guarantee.
     """
-    pick = sa.select(jobs.c.PandaID).where(
-        jobs.c.jobStatus == "activated", jobs.c.computingSite == selection.site
-    )
-    pick = pick.where(jobs.c.prodSourceLabel.in_(selection.labels))
-    if selection.memory > 0:
-        pick = pick.where(sa.func.coalesce(jobs.c.minRamCount, 0) <= selection.memory)
-    if selection.disk_space > 0:
-        pick = pick.where(sa.func.coalesce(jobs.c.maxDiskCount, 0) <= selection.disk_space)
-    if selection.remaining_time > 0:
-        pick = pick.where(sa.func.coalesce(jobs.c.maxWalltime, 0) <= selection.remaining_time)
-    if selection.resource_type is not None:
-        pick = pick.where(jobs.c.resource_type == selection.resource_type)
-    if selection.task_id is not None:
-        pick = pick.where(jobs.c.jediTaskID == selection.task_id)
-    if selection.user_name is not None:
-        pick = pick.where(jobs.c.prodUserName == selection.user_name)
-    pick = pick.order_by(jobs.c.currentPriority.desc(), jobs.c.PandaID).limit(limit)
-    if skips_locked(conn):
-        pick = pick.with_for_update(skip_locked=True)
+    pick = _pick_statement(selection, skips_locked(conn))
     # Two statements on purpose: the first picks and locks (skipping rows another transaction is
     # claiming), the second updates by primary key. A single UPDATE over a subquery lets the planner
     # rescan the selection (over-claiming past LIMIT) or, with stale statistics, scan the table.
-    picked = list((await conn.execute(pick)).scalars())
+    picked = list((await conn.execute(pick, _pick_parameters(selection, limit))).scalars())
     if not picked:
         return []
     parameters = {

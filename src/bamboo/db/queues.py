@@ -10,6 +10,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bamboo.db.schema import queues
 
+_STATUS_OF = sa.select(queues.c.status).where(queues.c.name == sa.bindparam("name"))
+
+
+async def status_of(conn: AsyncConnection, name: str) -> str | None:
+    """A queue's status (dispatch asks on every call, so the statement is built once)."""
+    return (await conn.execute(_STATUS_OF, {"name": name})).scalar_one_or_none()
+
 
 async def get(conn: AsyncConnection, name: str) -> dict[str, Any] | None:
     row = (await conn.execute(sa.select(queues).where(queues.c.name == name))).mappings().first()

@@ -209,10 +209,16 @@ async def claim_generating(
 ) -> list[dict[str, Any]]:
     """Tasks the job generator should look at: in a generating status (or pending after one) and
     with at least one master row that a new job may take."""
-    master = sa.select(task_datasets.c.datasetID).where(
-        task_datasets.c.jediTaskID == tasks.c.jediTaskID,
-        task_datasets.c.masterID.is_(None),
-        task_datasets.c.type.in_(["input", "pseudo_input"]),
+    # Correlated explicitly: nested inside EXISTS, SQLAlchemy would otherwise add a FROM tasks of
+    # its own and every task would look as if it had work.
+    master = (
+        sa.select(task_datasets.c.datasetID)
+        .where(
+            task_datasets.c.jediTaskID == tasks.c.jediTaskID,
+            task_datasets.c.masterID.is_(None),
+            task_datasets.c.type.in_(["input", "pseudo_input"]),
+        )
+        .correlate(tasks)
     )
     has_work = sa.exists(
         sa.select(task_files.c.fileID).where(

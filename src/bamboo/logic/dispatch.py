@@ -62,8 +62,10 @@ def _positive(value: int | None) -> int:
 async def acquire(conn: AsyncConnection, clock: Clock, request: AcquireRequest) -> list[dict[str, Any]]:
     """Claim up to ``n_jobs`` matching activated jobs for the caller; return their job dicts."""
     label = request.prod_source_label
-    queue = await queues_db.get(conn, request.site_name)
-    if queue is not None and queue["status"] == "test" and label in ("user", "managed", "unified"):
+    if (
+        label in ("user", "managed", "unified")
+        and await queues_db.status_of(conn, request.site_name) == "test"
+    ):
         label = "test"
     labels = labels_for(label, request.computing_element)
     selection = DispatchFilter(
