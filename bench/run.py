@@ -1,0 +1,545 @@
+"""``python -m bench``: start `bamboo serve`, load it on loopback, print the table, write the JSON.
+
+The measurements, in order, each against the same server:
+
+1. ``system/is_alive``: the ceiling of the stack (HTTP parsing, routing, envelope; no database);
+2. ``pilot/acquire_jobs`` with n_jobs=1 and n_jobs=10, on jobs the agents generated beforehand;
+3. ``pilot/update_job`` heartbeats (``running``) on the jobs dispatched in 2;
+4. the latency from a task submission's answer to its first activated job.
+
+Every rate is also given as a ratio to the is_alive rate of the same run, which takes out much of
+what the machine contributes; the CPU columns show what the client and the server each used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import multiprocessing
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+from rich.console import Console
+from rich.table import Table
+
+from bench import machine
+from bench.load import LoadResult, LoadSpec, Operation, run_load
+from bench.server import (
+    BenchError,
+    Server,
+    create_postgres_database,
+    drop_postgres_database,
+    run_admin,
+    start_server,
+)
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+SITE = "BENCH_PQ"
+TRANSPORT = "plain HTTP on 127.0.0.1 with bearer tokens (BAMBOO_TOKEN_OVER_HTTP=true): no TLS cost"
+WARMUP_SECONDS = 1.0
+TABLE_WIDTH = 200
+# Client processes get this long to be ready, so that their loads start together.
+START_DELAY_SECONDS = 0.3
+# A generous request budget per second of load: the deadline, not the budget, ends a normal load.
+REQUESTS_PER_SECOND_BUDGET = 200_000
+# Jobs made for a dispatch load: the rate it may reach times its duration, with a margin; bounded
+# so that generating them stays well under a minute.
+POOL_MARGIN = 1.25
+MIN_POOL_JOBS = 100
+MAX_POOL_JOBS = 30_000
+GENERATION_POLL_SECONDS = 0.5
+GENERATION_GRACE_SECONDS = 30.0
+GENERATION_SECONDS_PER_JOB = 0.01
+ACTIVATION_POLL_SECONDS = 0.02
+ACTIVATION_TIMEOUT_SECONDS = 5.0
+# The submission series stops after this many submissions in a row without an activated job.
+ACTIVATION_MISSES = 3
+
+
+@dataclass(frozen=True)
+class Options:
+    database: str
+    workers: int
+    duration: float
+    concurrency: int
+    clients: int
+    submissions: int
+    quick: bool
+
+
+@dataclass
+class Row:
+    """One line of the table (and of the JSON ``rows``)."""
+
+    name: str
+    requests: int = 0
+    jobs: int = 0
+    elapsed: float = 0.0
+    errors: int = 0
+    latency_p50_ms: float | None = None
+    latency_p95_ms: float | None = None
+    ops_per_s: float | None = None
+    jobs_per_s: float | None = None
+    ratio_to_is_alive: float | None = None
+    client_cores: float | None = None
+    server_cores: float | None = None
+    machine_cores: float | None = None
+    aim: str = ""
+    aim_met: bool | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Aim:
+    """A target from the project issue: something to aim at, never a pass/fail test."""
+
+    text: str
+    met: Callable[[Row], bool | None]
+
+
+def aims(database: str) -> dict[str, Aim]:
+    """The targets by row name; batched dispatch aims higher on PostgreSQL than on SQLite."""
+    batched = 5_000 if database == "postgresql" else 2_000
+    return {
+        "acquire n_jobs=1": Aim("≥ 25 % of is_alive", lambda row: _at_least(row.ratio_to_is_alive, 0.25)),
+        "acquire n_jobs=10": Aim(f"≥ {batched:,} jobs/s", lambda row: _at_least(row.jobs_per_s, batched)),
+        "update_job heartbeat": Aim("≥ 2,000/s", lambda row: _at_least(row.ops_per_s, 2_000)),
+        # A submission that never showed a job counts against the aim, whatever the others did.
+        "submit → first job activated": Aim(
+            "p95 < 1 s",
+            lambda row: None if row.latency_p95_ms is None else row.latency_p95_ms < 1_000 and not row.errors,
+        ),
+    }
+
+
+def _at_least(value: float | None, floor: float) -> bool | None:
+    return None if value is None else value >= floor
+
+
+def percentile(values: Sequence[float], fraction: float) -> float | None:
+    """Nearest-rank percentile (no interpolation: with 20 samples, p95 is the 19th)."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(fraction * len(ordered)) - 1))]
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else seconds * 1_000
+
+
+class Bench:
+    """One benchmark run against one started server."""
+
+    def __init__(
+        self, server: Server, options: Options, executor: ProcessPoolExecutor, console: Console
+    ) -> None:
+        self.server = server
+        self.options = options
+        self.executor = executor
+        self.console = console
+        self.run_id = uuid.uuid4().hex[:8]
+        self.tasks_submitted = 0
+        self.user_headers: dict[str, str] = {}
+        self.production_headers: dict[str, str] = {}
+
+    def issue_tokens(self) -> None:
+        user = self.server.token("Bench User")
+        robot = self.server.token("Bench Robot", role="production")
+        self.user_headers = {"Authorization": f"Bearer {user}", "Origin": "bamboo"}
+        self.production_headers = {"Authorization": f"Bearer {robot}", "Origin": "bamboo.production"}
+
+    def say(self, message: str) -> None:
+        self.console.print(f"[dim]· {message}[/dim]")
+
+    async def load(
+        self,
+        name: str,
+        operation: Operation,
+        *,
+        duration: float,
+        max_requests: int,
+        n_jobs: int = 1,
+        job_ids: Sequence[int] = (),
+        concurrency: int | None = None,
+    ) -> tuple[Row, LoadResult]:
+        """Run one load from all client processes at once and measure the CPU it cost."""
+        concurrency = concurrency or self.options.concurrency
+        # Every client process needs a connection and, for heartbeats, a job of its own.
+        clients = min(self.options.clients, concurrency, len(job_ids) or concurrency)
+        connections = [concurrency // clients + (i < concurrency % clients) for i in range(clients)]
+        budgets = [max(1, max_requests * n // concurrency) for n in connections]
+        # is_alive is public and goes without a token: the bare stack, no authentication.
+        headers = {} if operation == "is_alive" else self.production_headers
+        start_at = time.time() + START_DELAY_SECONDS
+        specs = [
+            LoadSpec(
+                base_url=self.server.base_url,
+                headers=headers,
+                operation=operation,
+                connections=connections[i],
+                duration=duration,
+                max_requests=budgets[i],
+                start_at=start_at,
+                site=SITE,
+                n_jobs=n_jobs,
+                job_ids=tuple(job_ids[i::clients]),
+            )
+            for i in range(clients)
+        ]
+        loop = asyncio.get_running_loop()
+        pending = [loop.run_in_executor(self.executor, run_load, spec) for spec in specs]
+        await asyncio.sleep(max(0.0, start_at - time.time()))
+        before, window_start = machine.sample(self.server.process.pid), time.perf_counter()
+        result = LoadResult.merge(list(await asyncio.gather(*pending)))
+        after, window = machine.sample(self.server.process.pid), time.perf_counter() - window_start
+        machine_cores, server_cores = machine.cores_used(before, after, window)
+        row = Row(
+            name=name,
+            requests=result.requests,
+            jobs=result.jobs,
+            elapsed=result.elapsed,
+            errors=result.errors,
+            latency_p50_ms=_ms(percentile(result.latencies, 0.50)),
+            latency_p95_ms=_ms(percentile(result.latencies, 0.95)),
+            ops_per_s=result.requests / result.elapsed if result.elapsed else None,
+            jobs_per_s=result.jobs / result.elapsed if result.elapsed and operation == "acquire" else None,
+            client_cores=result.client_cpu / result.elapsed if result.elapsed else None,
+            server_cores=server_cores,
+            machine_cores=machine_cores,
+        )
+        if result.errors:
+            row.notes.append(f"{result.errors} errors, first: {result.first_error}")
+        return row, result
+
+    async def measure_is_alive(self) -> list[Row]:
+        """is_alive at full concurrency (the reference), then on one connection (the bare latency)."""
+        duration = self.options.duration
+        budget = int(duration * REQUESTS_PER_SECOND_BUDGET)
+        # The warm-up starts the client processes outside the measurement.
+        await self.load("warm-up", "is_alive", duration=WARMUP_SECONDS, max_requests=budget)
+        self.say(f"system/is_alive for {duration:g} s")
+        alive, _ = await self.load("system/is_alive", "is_alive", duration=duration, max_requests=budget)
+        self.say(f"system/is_alive on 1 connection for {duration:g} s")
+        single, _ = await self.load(
+            "system/is_alive, 1 connection", "is_alive", duration=duration, max_requests=budget, concurrency=1
+        )
+        return [alive, single]
+
+    async def submit(self, client: httpx.AsyncClient, n_jobs: int) -> int:
+        """Submit a no-input task of ``n_jobs`` one-event jobs; return its jediTaskID."""
+        self.tasks_submitted += 1
+        name = f"user.benchuser.{self.run_id}.{self.tasks_submitted:05d}"
+        parameters = {
+            "taskName": name,
+            "vo": "bamboo",
+            "prodSourceLabel": "user",
+            "site": SITE,
+            "transPath": "run",
+            "noInput": True,
+            "nEvents": n_jobs,
+            "nEventsPerJob": 1,
+            "jobParameters": [{"type": "constant", "value": "echo"}],
+            "log": {
+                "type": "template",
+                "param_type": "log",
+                "dataset": f"{name}.log/",
+                "value": f"{name}.log.$JEDITASKID.${{SN}}.log.tgz",
+            },
+        }
+        body = await _call(client.post("/api/v1/task/submit", json={"task_parameters": parameters}))
+        if body.get("success") is not True:
+            raise BenchError(f"task/submit was refused: {body}")
+        return int(body["data"])
+
+    async def create_jobs(self, client: httpx.AsyncClient, count: int) -> Row:
+        """Submit one task of ``count`` jobs and wait until the agents have generated all of them."""
+        self.say(f"generating {count:,} activated jobs")
+        start = time.perf_counter()
+        # One task, not several: the generator does the same work either way (it makes at most 1000
+        # jobs per task per cycle, a cycle's cost grows with its jobs), and fewer tasks keep fewer
+        # of them in the generator's queue for the submissions timed later.
+        task_id = await self.submit(client, count)
+        deadline = start + GENERATION_GRACE_SECONDS + count * GENERATION_SECONDS_PER_JOB
+        made = 0
+        while made < count and time.perf_counter() < deadline:
+            await asyncio.sleep(GENERATION_POLL_SECONDS)
+            made = len(await job_ids(client, task_id))
+        if made < count:
+            raise BenchError(
+                f"the agents generated {made:,} of {count:,} jobs within {deadline - start:.0f} s"
+            )
+        elapsed = time.perf_counter() - start
+        return Row(
+            name=f"generate {count:,} jobs (agents)", jobs=count, elapsed=elapsed, jobs_per_s=count / elapsed
+        )
+
+    async def measure_acquire(self, client: httpx.AsyncClient, alive: Row) -> tuple[list[Row], list[int]]:
+        """Dispatch with n_jobs=1, then n_jobs=10, each from a queue filled beforehand.
+
+        A queue holds a little more than the load can take: a single-job call is not expected to
+        beat is_alive, and a call for ten jobs not to beat ten single-job calls.
+        """
+        rows: list[Row] = []
+        dispatched: list[int] = []
+        activated = 0
+        duration = self.options.duration
+        expected_jobs_per_s = alive.ops_per_s or 0.0
+        for n_jobs in (1, 10):
+            wanted = min(
+                MAX_POOL_JOBS, max(MIN_POOL_JOBS, math.ceil(duration * expected_jobs_per_s * POOL_MARGIN))
+            )
+            if wanted > activated:
+                rows.append(await self.create_jobs(client, wanted - activated))
+            pool = max(wanted, activated)
+            self.say(f"pilot/acquire_jobs n_jobs={n_jobs} for {duration:g} s on {pool:,} jobs")
+            row, result = await self.load(
+                f"acquire n_jobs={n_jobs}",
+                "acquire",
+                duration=duration,
+                # Enough requests to empty the queue, plus the ones that find it empty.
+                max_requests=math.ceil(pool / n_jobs) + self.options.concurrency,
+                n_jobs=n_jobs,
+            )
+            activated = pool - result.jobs
+            if result.drained:
+                row.notes.append(f"drained all {result.jobs:,} jobs after {result.elapsed:.2f} s")
+            duplicates = len(result.acquired) - len(set(result.acquired))
+            if duplicates:
+                row.notes.append(f"{duplicates} jobs handed out twice")
+            dispatched.extend(result.acquired)
+            rows.append(row)
+            expected_jobs_per_s = 10 * (row.ops_per_s or 0.0)
+        return rows, dispatched
+
+    async def measure_heartbeats(self, dispatched: list[int]) -> Row:
+        duration = self.options.duration
+        if not dispatched:
+            return Row(name="update_job heartbeat", notes=["skipped: no job was dispatched"])
+        self.say(f"pilot/update_job heartbeats for {duration:g} s over {len(dispatched):,} dispatched jobs")
+        row, _ = await self.load(
+            "update_job heartbeat",
+            "heartbeat",
+            duration=duration,
+            max_requests=int(duration * REQUESTS_PER_SECOND_BUDGET),
+            job_ids=dispatched,
+        )
+        return row
+
+    async def measure_activation(self, client: httpx.AsyncClient) -> Row:
+        """Submit one-job tasks one after another; time each from the answer to its first job."""
+        count = self.options.submissions
+        self.say(f"submit → first job activated, {count} submissions one at a time")
+        latencies: list[float] = []
+        submit_times: list[float] = []
+        misses = 0
+        for _ in range(count):
+            sent = time.perf_counter()
+            task_id = await self.submit(client, 1)
+            answered = time.perf_counter()
+            submit_times.append(answered - sent)
+            deadline = answered + ACTIVATION_TIMEOUT_SECONDS
+            while time.perf_counter() < deadline:
+                if await job_ids(client, task_id):
+                    latencies.append(time.perf_counter() - answered)
+                    misses = 0
+                    break
+                await asyncio.sleep(ACTIVATION_POLL_SECONDS)
+            else:
+                misses += 1
+                if misses == ACTIVATION_MISSES:
+                    break
+        submitted = len(submit_times)
+        row = Row(
+            name="submit → first job activated",
+            requests=len(latencies),
+            errors=submitted - len(latencies),
+            latency_p50_ms=_ms(percentile(latencies, 0.50)),
+            latency_p95_ms=_ms(percentile(latencies, 0.95)),
+        )
+        submit_p50 = _ms(percentile(submit_times, 0.5)) or 0.0
+        row.notes.append(
+            f"{len(latencies)} of {submitted} activated, polled every "
+            f"{ACTIVATION_POLL_SECONDS * 1000:.0f} ms; task/submit itself p50 {submit_p50:.0f} ms"
+        )
+        if row.errors:
+            row.notes.append(
+                f"{row.errors} not activated within {ACTIVATION_TIMEOUT_SECONDS:g} s"
+                + (f", stopped after {ACTIVATION_MISSES} in a row" if submitted < count else "")
+            )
+        return row
+
+    async def run(self) -> list[Row]:
+        rows = await self.measure_is_alive()
+        alive = rows[0]
+        async with httpx.AsyncClient(
+            base_url=self.server.base_url, headers=self.user_headers, timeout=30
+        ) as client:
+            acquire_rows, dispatched = await self.measure_acquire(client, alive)
+            rows += acquire_rows
+            rows.append(await self.measure_heartbeats(dispatched))
+            rows.append(await self.measure_activation(client))
+        targets = aims(self.options.database)
+        for row in rows:
+            if row.ops_per_s is not None and alive.ops_per_s:
+                row.ratio_to_is_alive = row.ops_per_s / alive.ops_per_s
+            aim = targets.get(row.name)
+            if aim is not None:
+                row.aim, row.aim_met = aim.text, aim.met(row)
+        return rows
+
+
+async def _call(request: Any) -> dict[str, Any]:
+    response = await request
+    if response.status_code != 200:
+        raise BenchError(
+            f"{response.request.url.path} answered HTTP {response.status_code}: {response.text[:300]}"
+        )
+    return response.json()
+
+
+async def job_ids(client: httpx.AsyncClient, task_id: int) -> list[int]:
+    body = await _call(client.get("/api/v1/task/get_job_ids", params={"task_id": task_id}))
+    return body.get("data") or []
+
+
+def _number(value: float | None, digits: int = 0) -> str:
+    return "" if value is None else f"{value:,.{digits}f}"
+
+
+def render_table(rows: list[Row], title: str) -> Table:
+    table = Table(title=title, title_justify="left", caption=TRANSPORT, caption_justify="left")
+    table.add_column("measurement")
+    for heading in ("ops/s", "jobs/s", "× is_alive", "p50 ms", "p95 ms"):
+        table.add_column(heading, justify="right")
+    table.add_column("CPU cores client/server/machine", justify="right")
+    table.add_column("aim")
+    table.add_column("notes")
+    for row in rows:
+        cpu = "/".join(
+            _number(value, 2) or "-" for value in (row.client_cores, row.server_cores, row.machine_cores)
+        )
+        mark = {True: "[green]met[/green] ", False: "[red]missed[/red] ", None: ""}[row.aim_met]
+        table.add_row(
+            row.name,
+            _number(row.ops_per_s),
+            _number(row.jobs_per_s),
+            _number(row.ratio_to_is_alive, 2),
+            _number(row.latency_p50_ms, 1),
+            _number(row.latency_p95_ms, 1),
+            cpu if row.client_cores is not None else "",
+            f"{mark}{row.aim}" if row.aim else "",
+            "; ".join(row.notes),
+        )
+    return table
+
+
+def parse_options(argv: Sequence[str] | None) -> Options:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--database", choices=("sqlite", "postgresql"), default="sqlite")
+    parser.add_argument("--workers", type=int, default=1, help="bamboo serve --workers (default 1)")
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per measurement (default 5)")
+    parser.add_argument("--concurrency", type=int, default=32, help="requests in flight (default 32)")
+    parser.add_argument(
+        "--clients", type=int, default=2, help="load generator processes sharing the concurrency (default 2)"
+    )
+    parser.add_argument(
+        "--submissions", type=int, default=20, help="tasks timed from submission to activation (default 20)"
+    )
+    parser.add_argument("--quick", action="store_true", help="smoke run: 1 s loads, small job pools")
+    args = parser.parse_args(argv)
+    if args.workers < 1 or args.concurrency < 1 or args.clients < 1 or args.submissions < 1:
+        parser.error("--workers, --concurrency, --clients and --submissions must be at least 1")
+    if not 0 < args.duration <= 600:
+        parser.error("--duration must be more than 0 and at most 600 seconds")
+    quick = args.quick
+    return Options(
+        database=args.database,
+        workers=args.workers,
+        duration=1.0 if quick else args.duration,
+        concurrency=args.concurrency,
+        clients=min(args.clients, args.concurrency),
+        submissions=min(args.submissions, 5) if quick else args.submissions,
+        quick=quick,
+    )
+
+
+def benchmark(options: Options, console: Console) -> tuple[list[Row], dict[str, Any]]:
+    """Start a server on a fresh database, measure it, stop it and drop the database."""
+    environment: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="bamboo-bench-") as scratch:
+        home = Path(scratch) / "home"
+        database_url = None
+        if options.database == "postgresql":
+            database_url, environment["postgresql_version"] = asyncio.run(create_postgres_database())
+        try:
+            if database_url:
+                run_admin("db", "upgrade", "--home", str(home), "--database-url", database_url)
+            server = start_server(home, database_url, options.workers)
+            try:
+                bench = Bench(server, options, _executor(options), console)
+                try:
+                    bench.issue_tokens()
+                    server.admin("queue", "add", SITE, "--type", "unified")
+                    rows = asyncio.run(bench.run())
+                finally:
+                    bench.executor.shutdown(cancel_futures=True)
+            except BenchError:
+                console.print("[red]server log (last lines):[/red]\n" + server.log_tail())
+                raise
+            finally:
+                environment["server_exit_code"] = server.stop()
+        finally:
+            if database_url:
+                asyncio.run(drop_postgres_database(database_url))
+    return rows, environment
+
+
+def _executor(options: Options) -> ProcessPoolExecutor:
+    # spawn, not fork: the children must not inherit this process's event loop or threads.
+    return ProcessPoolExecutor(max_workers=options.clients, mp_context=multiprocessing.get_context("spawn"))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    options = parse_options(argv)
+    # Redirected output (a file, the README) gets the whole table instead of an 80-column squeeze.
+    console = Console(width=None if sys.stdout.isatty() else TABLE_WIDTH)
+    started = datetime.now(UTC)
+    plural = "s" if options.workers > 1 else ""
+    title = (
+        f"Bamboo on {options.database}, {options.workers} worker{plural}: {options.concurrency} connections "
+        f"from {options.clients} client process{'es' if options.clients > 1 else ''}, "
+        f"{options.duration:g} s per load, {machine.cpu_count()} CPUs"
+    )
+    console.print(f"{title}\n{TRANSPORT}")
+    try:
+        rows, environment = benchmark(options, console)
+    except BenchError as exc:
+        console.print(f"[red]benchmark failed:[/red] {exc}")
+        sys.exit(1)
+    console.print(render_table(rows, title))
+    report = {
+        "started_at": started.isoformat(),
+        "finished_at": datetime.now(UTC).isoformat(),
+        "git_commit": machine.git_commit(),
+        "options": asdict(options),
+        "transport": TRANSPORT,
+        "machine": machine.machine_info(),
+        **environment,
+        "rows": [asdict(row) for row in rows],
+    }
+    RESULTS_DIR.mkdir(exist_ok=True)
+    path = RESULTS_DIR / f"{started.strftime('%Y%m%dT%H%M%SZ')}.json"
+    path.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
+    console.print(f"results written to {path}")
