@@ -105,7 +105,12 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         16 * 1024 * 1024, ge=1024, description="Largest accepted request body (after gzip decoding)."
     )
-    db_pool_size: int = Field(10, ge=1, description="Connections per server process (PostgreSQL).")
+    db_pool_size: int = Field(
+        20,
+        ge=1,
+        le=500,
+        description="Database connections per server process (PostgreSQL); requests beyond wait for one.",
+    )
     log_level: str = Field("info", description="Python logging level name.")
 
     @field_validator("trusted_proxies")

@@ -30,8 +30,13 @@ async def insert(conn: AsyncConnection, rows: list[dict[str, Any]], files: list[
 
 # Hot-path statements are built once: constructing a ~130-column statement costs more than
 # running it (parameters are bound at execution).
-_BY_ID = sa.select(jobs).where(jobs.c.PandaID == sa.bindparam("panda_id"))
-_BY_ID_FOR_UPDATE = _BY_ID.with_for_update()
+_REPORT_VIEW = (
+    sa.select(
+        jobs.c.PandaID, jobs.c.jobStatus, jobs.c.attemptNr, jobs.c.commandToPilot, jobs.c.specialHandling
+    )
+    .where(jobs.c.PandaID == sa.bindparam("panda_id"))
+    .with_for_update()
+)
 _FILES_OF = (
     sa.select(job_files)
     .where(job_files.c.PandaID.in_(sa.bindparam("ids", expanding=True)))
@@ -39,9 +44,9 @@ _FILES_OF = (
 )
 
 
-async def get(conn: AsyncConnection, panda_id: int, *, for_update: bool = False) -> dict[str, Any] | None:
-    query = _BY_ID_FOR_UPDATE if for_update else _BY_ID
-    row = (await conn.execute(query, {"panda_id": panda_id})).mappings().first()
+async def lock_for_report(conn: AsyncConnection, panda_id: int) -> dict[str, Any] | None:
+    """The few columns a pilot report decides on, with the row locked until the transaction ends."""
+    row = (await conn.execute(_REPORT_VIEW, {"panda_id": panda_id})).mappings().first()
     return dict(row) if row else None
 
 

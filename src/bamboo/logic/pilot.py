@@ -142,7 +142,7 @@ async def update_job(
     """
     if job_status not in PILOT_REPORTABLE:
         raise ValueError(job_status)
-    job = await jobs_db.get(conn, job_id, for_update=True)
+    job = await jobs_db.lock_for_report(conn, job_id)
     attempt = report.get("attempt_nr")
     if job is None or (attempt is not None and attempt != job["attemptNr"]):
         return {"StatusCode": 0, "command": COMMAND_KILL}, False
