@@ -409,3 +409,12 @@ async def test_new_tasks_get_jobs_while_many_older_ones_run(world) -> None:
     newest = await submit(api, {**NO_INPUT_TASK, "taskName": "user.testuser.new/"})
     await runner.drain()
     assert await task_status(api, newest) == "running"
+
+
+async def test_a_test_queue_hands_out_test_jobs_only(world) -> None:
+    api, runner = world
+    await submit(api, NO_INPUT_TASK)
+    await runner.drain()
+    async with api.state.db.transaction() as conn:
+        await queues.update(conn, api.state.clock, "TEST_PQ", {"status": "test"})
+    assert await acquire(api) == []

@@ -9,7 +9,7 @@ import sqlalchemy as sa
 
 from bamboo.db.engine import Database
 from bamboo.db.schema import jobs
-from bamboo.logic.dispatch import AcquireRequest, acquire
+from bamboo.logic.dispatch import AcquireRequest, QueueStatusCache, acquire
 
 N_JOBS = 2000
 N_ACQUIRERS = 20
@@ -34,13 +34,13 @@ async def test_every_job_is_dispatched_exactly_once(db: Database, clock) -> None
         await conn.execute(sa.insert(jobs), rows)
 
     received: list[int] = []
+    statuses = QueueStatusCache()
 
     async def acquirer(batch: int) -> None:
         while True:
             async with db.transaction() as conn:
-                got = await acquire(
-                    conn, clock, AcquireRequest(site_name="CONC_PQ", prod_source_label="user", n_jobs=batch)
-                )
+                request = AcquireRequest(site_name="CONC_PQ", prod_source_label="user", n_jobs=batch)
+                got = await acquire(conn, clock, request, statuses)
             if not got:
                 return
             received.extend(job["PandaID"] for job in got)

@@ -20,6 +20,7 @@ from bamboo.home import Home
 from bamboo.logic import users
 from bamboo.logic.catalog import DataManagement, LocalCatalog
 from bamboo.logic.clock import Clock
+from bamboo.logic.dispatch import QueueStatusCache
 
 
 class BanList:
@@ -65,6 +66,7 @@ class ServerState:
     bans: BanList
     dm: DataManagement
     certificates: CertificateCache = field(default_factory=CertificateCache)
+    queue_statuses: QueueStatusCache = field(default_factory=QueueStatusCache)
     # Wakes an agent of this process by name; a no-op where agents run elsewhere.
     wake: Callable[[str], None] = field(default=lambda _name: None)
 

@@ -6,6 +6,7 @@ A job goes to at most one caller: the claim is a single UPDATE over a locked sel
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -59,13 +60,34 @@ def _positive(value: int | None) -> int:
     return value if value and value > 0 else 0
 
 
-async def acquire(conn: AsyncConnection, clock: Clock, request: AcquireRequest) -> list[dict[str, Any]]:
+class QueueStatusCache:
+    """Queue statuses for dispatch, re-read at most every ``ttl_seconds``.
+
+    Every acquire needs its queue's status (a ``test`` queue hands out test jobs only); queues
+    change status rarely, so one query per queue every few seconds replaces one per call.
+    """
+
+    def __init__(self, ttl_seconds: float = 5.0) -> None:
+        self._ttl = ttl_seconds
+        self._entries: dict[str, tuple[float, str | None]] = {}
+
+    async def status(self, conn: AsyncConnection, queue: str) -> str | None:
+        now = time.monotonic()
+        entry = self._entries.get(queue)
+        if entry is None or now - entry[0] > self._ttl:
+            if len(self._entries) > 10_000:
+                self._entries.clear()
+            entry = (now, await queues_db.status_of(conn, queue))
+            self._entries[queue] = entry
+        return entry[1]
+
+
+async def acquire(
+    conn: AsyncConnection, clock: Clock, request: AcquireRequest, statuses: QueueStatusCache
+) -> list[dict[str, Any]]:
     """Claim up to ``n_jobs`` matching activated jobs for the caller; return their job dicts."""
     label = request.prod_source_label
-    if (
-        label in ("user", "managed", "unified")
-        and await queues_db.status_of(conn, request.site_name) == "test"
-    ):
+    if label in ("user", "managed", "unified") and await statuses.status(conn, request.site_name) == "test":
         label = "test"
     labels = labels_for(label, request.computing_element)
     selection = DispatchFilter(

@@ -78,7 +78,7 @@ async def acquire_jobs(
         worker_id=worker_id,
         user_name=owner,
     )
-    jobs = await dispatch.acquire(call.db, call.state.clock, request)
+    jobs = await dispatch.acquire(call.db, call.state.clock, request, call.state.queue_statuses)
     if not jobs:
         return failure(dispatch.NO_JOBS)
     return Reply(data={"StatusCode": 0, "jobs": jobs})
