@@ -75,8 +75,30 @@ async def files_of(conn: AsyncConnection, panda_ids: Sequence[int]) -> dict[int,
     return grouped
 
 
+_UPDATE_CACHE_SIZE = 512
+_update_cache: dict[tuple[str, ...], sa.Update] = {}
+
+
+def _update_statement(columns: tuple[str, ...]) -> sa.Update:
+    """An UPDATE of these columns by PandaID, built once per column set (pilot heartbeats run
+    thousands a second with a handful of column sets)."""
+    statement = _update_cache.get(columns)
+    if statement is None:
+        statement = (
+            sa.update(jobs)
+            .where(jobs.c.PandaID == sa.bindparam("row_panda_id"))
+            .values({name: sa.bindparam(f"new_{name}", type_=jobs.c[name].type) for name in columns})
+        )
+        if len(_update_cache) < _UPDATE_CACHE_SIZE:
+            _update_cache[columns] = statement
+    return statement
+
+
 async def update(conn: AsyncConnection, panda_id: int, **values: Any) -> None:
-    await conn.execute(sa.update(jobs).where(jobs.c.PandaID == panda_id).values(**values))
+    columns = tuple(sorted(values))
+    parameters = {f"new_{name}": value for name, value in values.items()}
+    parameters["row_panda_id"] = panda_id
+    await conn.execute(_update_statement(columns), parameters)
 
 
 async def update_file(conn: AsyncConnection, row_id: int, **values: Any) -> None:
