@@ -418,3 +418,20 @@ async def test_a_test_queue_hands_out_test_jobs_only(world) -> None:
     async with api.state.db.transaction() as conn:
         await queues.update(conn, api.state.clock, "TEST_PQ", {"status": "test"})
     assert await acquire(api) == []
+
+
+async def test_a_huge_task_does_not_starve_a_small_one(world) -> None:
+    from bamboo.logic import generator
+
+    api, runner = world
+    huge = await submit(api, {**NO_INPUT_TASK, "taskName": "user.testuser.huge/", "nEvents": 5000, "nEventsPerJob": 1})
+    await runner.run_once("refiner")
+    await runner.run_once("generator")
+    small = await submit(api, {**NO_INPUT_TASK, "taskName": "user.testuser.small/"})
+    await runner.run_once("refiner")
+    made = await runner.run_once("generator")
+    assert made <= generator.JOBS_PER_CYCLE
+    assert await task_status(api, small) == "running"
+    async with api.client(headers=api.token_headers("test user")) as client:
+        huge_jobs = envelope(await client.get("/api/v1/task/get_job_ids", params={"task_id": huge}))["data"]
+    assert len(huge_jobs) < 5000

@@ -233,7 +233,13 @@ async def claim_generating(
         tasks.c.status.in_(list(statuses)),
         sa.and_(tasks.c.status == "pending", tasks.c.oldStatus.in_(list(statuses))),
     )
-    query = sa.select(tasks).where(status_ok, has_work).order_by(tasks.c.jediTaskID).limit(limit)
+    # Least recently served first: generation updates modificationTime, so tasks take turns.
+    query = (
+        sa.select(tasks)
+        .where(status_ok, has_work)
+        .order_by(tasks.c.modificationTime, tasks.c.jediTaskID)
+        .limit(limit)
+    )
     if skips_locked(conn):
         query = query.with_for_update(skip_locked=True, of=tasks)
     return [dict(row) for row in (await conn.execute(query)).mappings()]

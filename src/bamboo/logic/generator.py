@@ -35,9 +35,12 @@ from bamboo.logic.taskparams import RefinedTask, refine
 
 log = logging.getLogger(__name__)
 
+# One cycle is one transaction: bounded so it never holds SQLite's write lock (or PostgreSQL row
+# locks) for long while pilots wait, and spread over tasks so a huge one does not starve the rest.
 TASKS_PER_CYCLE = 10
+JOBS_PER_TASK = 200
+JOBS_PER_CYCLE = 400
 ROWS_PER_TASK = 5000
-JOBS_PER_TASK = 1000
 _OUTPUT_TYPES = ("output", "log")
 _HOME_VERSION = re.compile(r"-(\d+\.)")
 
@@ -52,9 +55,20 @@ async def generate(conn: AsyncConnection, clock: Clock, rng: random.Random | Non
     rt_rows = await resource_types.resource_type_list(conn)
     made = 0
     for task in candidates:
+        if made >= JOBS_PER_CYCLE:
+            break
         try:
             async with conn.begin_nested():
-                made += await _generate_for_task(conn, clock, task, queue_specs, loads, rt_rows, rng)
+                made += await _generate_for_task(
+                    conn,
+                    clock,
+                    task,
+                    queue_specs,
+                    loads,
+                    rt_rows,
+                    rng,
+                    min(JOBS_PER_TASK, JOBS_PER_CYCLE - made),
+                )
         except Exception:
             # A task that trips a bug waits with a pointer to the log instead of blocking the others.
             log.exception("task %s: job generation failed", task["jediTaskID"])
@@ -112,6 +126,7 @@ async def _generate_for_task(
     loads: dict[str, QueueLoad],
     rt_rows: list[dict[str, Any]],
     rng: random.Random | None,
+    max_jobs: int,
 ) -> int:
     task_id = task["jediTaskID"]
     params = orjson.loads(task["task_params"])
@@ -130,7 +145,7 @@ async def _generate_for_task(
     groups = group_rows(
         [Row(key=row, size=row["fsize"] or 0, n_events=row["nEvents"]) for row in rows], refined.split
     )
-    groups = groups[:JOBS_PER_TASK]
+    groups = groups[:max_jobs]
     if not groups:
         return 0
     count = len(groups)
