@@ -424,7 +424,9 @@ async def test_a_huge_task_does_not_starve_a_small_one(world) -> None:
     from bamboo.logic import generator
 
     api, runner = world
-    huge = await submit(api, {**NO_INPUT_TASK, "taskName": "user.testuser.huge/", "nEvents": 5000, "nEventsPerJob": 1})
+    huge = await submit(
+        api, {**NO_INPUT_TASK, "taskName": "user.testuser.huge/", "nEvents": 5000, "nEventsPerJob": 1}
+    )
     await runner.run_once("refiner")
     await runner.run_once("generator")
     small = await submit(api, {**NO_INPUT_TASK, "taskName": "user.testuser.small/"})
