@@ -9,61 +9,7 @@ from bamboo.agents.runner import AgentContext, AgentRunner
 from bamboo.logic import queues
 from bamboo.logic.catalog import CatalogFile
 from tests.api.conftest import ApiServer
-
-NO_INPUT_TASK = {
-    "taskName": "user.testuser.e2e.0001/",
-    "vo": "bamboo",
-    "prodSourceLabel": "user",
-    "site": "TEST_PQ",
-    "architecture": "",
-    "transUses": "",
-    "transHome": None,
-    "transPath": "runGen-00-00-02",
-    "processingType": "panda-client-2.0.2-jedi-run",
-    "noInput": True,
-    "nEvents": 4,
-    "nEventsPerJob": 2,
-    "jobParameters": [
-        {"type": "constant", "value": '-p "echo hello"'},
-        {"type": "template", "param_type": "number", "value": "--maxEvents=${MAXEVENTS}"},
-        {"type": "template", "param_type": "number", "value": "--skipEvents=${SKIPEVENTS}"},
-    ],
-    "log": {
-        "type": "template",
-        "param_type": "log",
-        "dataset": "user.testuser.e2e.0001.log/",
-        "container": "user.testuser.e2e.0001.log/",
-        "value": "user.testuser.e2e.0001.log.$JEDITASKID.${SN}.log.tgz",
-    },
-}
-
-
-def input_task(dataset: str, name: str, n_files_per_job: int = 3) -> dict:
-    return {
-        "taskName": name,
-        "vo": "bamboo",
-        "prodSourceLabel": "user",
-        "architecture": "",
-        "transUses": "",
-        "transPath": "runAna",
-        "processingType": "test",
-        "nFilesPerJob": n_files_per_job,
-        "jobParameters": [
-            {"type": "template", "param_type": "input", "value": '-i "${IN/T}"', "dataset": dataset},
-            {
-                "type": "template",
-                "param_type": "output",
-                "dataset": f"{name}_out/",
-                "value": f"--outputFile={name}.$JEDITASKID._${{SN/P}}.out.root",
-            },
-        ],
-        "log": {
-            "type": "template",
-            "param_type": "log",
-            "dataset": f"{name}.log/",
-            "value": f"{name}.log.$JEDITASKID.${{SN}}.log.tgz",
-        },
-    }
+from tests.tasks import NO_INPUT_TASK, input_task
 
 
 def envelope(response) -> dict:

@@ -29,11 +29,11 @@ import httpx
 import pytest
 
 from tests.e2e.conftest import RunningServer, bamboo, start_server
+from tests.tasks import NO_INPUT_TASK, QUEUE, input_task
 
 pytestmark = pytest.mark.e2e
 
 STEPS = Path(__file__).with_name("panda_client_steps.py")
-QUEUE = "TEST_PQ"
 HARVESTER_ID = "e2e_harvester"
 ACTIVE = {"registered", "defined", "ready", "scouting", "running"}
 CALL_SECONDS = 60
@@ -55,61 +55,6 @@ HARVESTER_JOB_KEYS = {
     "ddmEndPointOut",
 }
 T = TypeVar("T")
-
-NO_INPUT_TASK = {
-    "taskName": "user.testuser.e2e.0001/",
-    "vo": "bamboo",
-    "prodSourceLabel": "user",
-    "site": QUEUE,
-    "architecture": "",
-    "transUses": "",
-    "transHome": None,
-    "transPath": "runGen-00-00-02",
-    "processingType": "panda-client-2.2.0-jedi-run",
-    "noInput": True,
-    "nEvents": 4,
-    "nEventsPerJob": 2,
-    "jobParameters": [
-        {"type": "constant", "value": '-p "echo hello"'},
-        {"type": "template", "param_type": "number", "value": "--maxEvents=${MAXEVENTS}"},
-    ],
-    "log": {
-        "type": "template",
-        "param_type": "log",
-        "dataset": "user.testuser.e2e.0001.log/",
-        "container": "user.testuser.e2e.0001.log/",
-        "value": "user.testuser.e2e.0001.log.$JEDITASKID.${SN}.log.tgz",
-    },
-}
-
-
-def input_task(dataset: str, name: str, n_files_per_job: int) -> dict[str, Any]:
-    return {
-        "taskName": name,
-        "vo": "bamboo",
-        "prodSourceLabel": "user",
-        "site": QUEUE,
-        "architecture": "",
-        "transUses": "",
-        "transPath": "runAna",
-        "processingType": "panda-client-2.2.0-jedi-run",
-        "nFilesPerJob": n_files_per_job,
-        "jobParameters": [
-            {"type": "template", "param_type": "input", "value": '-i "${IN/T}"', "dataset": dataset},
-            {
-                "type": "template",
-                "param_type": "output",
-                "dataset": f"{name}_out/",
-                "value": f"--outputFile={name}.$JEDITASKID._${{SN/P}}.out.root",
-            },
-        ],
-        "log": {
-            "type": "template",
-            "param_type": "log",
-            "dataset": f"{name}.log/",
-            "value": f"{name}.log.$JEDITASKID.${{SN}}.log.tgz",
-        },
-    }
 
 
 def wait_for(what: str, probe: Callable[[], T], done: Callable[[T], bool], seconds: float = 30) -> T:
