@@ -383,3 +383,29 @@ async def test_a_huge_task_does_not_starve_a_small_one(world) -> None:
     async with api.client(headers=api.token_headers("test user")) as client:
         huge_jobs = envelope(await client.get("/api/v1/task/get_job_ids", params={"task_id": huge}))["data"]
     assert len(huge_jobs) < 5000
+
+
+async def test_update_job_stores_what_the_pilot_measured(world) -> None:
+    api, runner = world
+    await submit(api, NO_INPUT_TASK)
+    await runner.drain()
+    job = (await acquire(api))[0]
+    report = {
+        "job_id": job["PandaID"],
+        "job_status": "running",
+        "node": "wn42",
+        "max_rss": 2048,
+        "tot_rchar": 4096,
+        "pilot_error_code": -1099,
+        "start_time": "2026-11-28 10:00:00",
+        "cpu_conversion_factor": 1,
+    }
+    async with api.client(headers=api.token_headers("Harvester Robot", role="production")) as client:
+        answer = envelope(await client.post("/api/v1/pilot/update_job", json=report))
+        (record,) = envelope(
+            await client.post("/api/v1/job/get_description", json={"job_ids": [job["PandaID"]]})
+        )["data"]
+    assert answer["data"] == {"StatusCode": 0, "command": "NULL"}
+    assert (record["jobStatus"], record["modificationHost"], record["maxRSS"]) == ("running", "wn42", 2048)
+    assert (record["totRCHAR"], record["pilotErrorCode"], record["cpuConversion"]) == (4, 1099, 1.0)
+    assert record["startTime"] == {"__datetime__": "2026-11-28T10:00:00"}
