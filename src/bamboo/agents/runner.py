@@ -104,7 +104,7 @@ class AgentRunner:
         return done
 
     async def drain(self, max_rounds: int = 1000) -> None:
-        """Run every agent until none has work left (for tests and the admin command)."""
+        """Run every agent until none has work left (tests drive the agents this way)."""
         for _ in range(max_rounds):
             progress = 0
             for name in self.agents:

@@ -134,7 +134,8 @@ async def _token_identity(request: Request, state: ServerState) -> Identity | No
     scheme, _, token = authorization.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise AuthenticationFailed("Token authentication failed. Authorization header is not a bearer token")
-    if request.url.scheme != "https" and not state.settings.token_over_http:
+    # The scope's scheme, not request.url: building the URL object costs on every request.
+    if request.scope["scheme"] != "https" and not state.settings.token_over_http:
         # Tokens are accepted over TLS only unless the operator allows plain HTTP (DESIGN §9.5).
         return None
     try:

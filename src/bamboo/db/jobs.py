@@ -10,15 +10,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from bamboo.db.rows import skips_locked, uniform
 from bamboo.db.schema import job_files, jobs
-from bamboo.db.tasks import skips_locked
 from bamboo.db.types import UTCDateTime
-
-
-def uniform(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Give every row the same keys (missing ones None): one executemany needs one column list."""
-    keys = {key for row in rows for key in row}
-    return [{key: row.get(key) for key in keys} for row in rows]
 
 
 async def insert(conn: AsyncConnection, rows: list[dict[str, Any]], files: list[dict[str, Any]]) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from bamboo.db.rows import skips_locked, uniform
 from bamboo.db.schema import task_datasets, task_files, tasks
 
 
@@ -26,11 +27,6 @@ async def status_of(conn: AsyncConnection, task_id: int) -> str | None:
     return (await conn.execute(query)).scalar_one_or_none()
 
 
-async def owner_of(conn: AsyncConnection, task_id: int) -> str | None:
-    query = sa.select(tasks.c.userName).where(tasks.c.jediTaskID == task_id)
-    return (await conn.execute(query)).scalar_one_or_none()
-
-
 async def newest_by_name(conn: AsyncConnection, user_name: str, task_name: str) -> dict[str, Any] | None:
     query = (
         sa.select(tasks.c.jediTaskID, tasks.c.status)
@@ -44,12 +40,6 @@ async def newest_by_name(conn: AsyncConnection, user_name: str, task_name: str) 
 
 async def update(conn: AsyncConnection, task_id: int, **values: Any) -> None:
     await conn.execute(sa.update(tasks).where(tasks.c.jediTaskID == task_id).values(**values))
-
-
-def skips_locked(conn: AsyncConnection) -> bool:
-    """Whether row claims can skip rows other transactions hold: PostgreSQL yes; SQLite has one
-    writer at a time, so there is nothing to skip."""
-    return conn.dialect.name == "postgresql"
 
 
 async def claim(
@@ -149,7 +139,7 @@ async def insert_files(conn: AsyncConnection, rows: list[dict[str, Any]]) -> lis
     if not rows:
         return []
     result = await conn.execute(
-        sa.insert(task_files).returning(task_files.c.fileID, sort_by_parameter_order=True), rows
+        sa.insert(task_files).returning(task_files.c.fileID, sort_by_parameter_order=True), uniform(rows)
     )
     return list(result.scalars())
 

@@ -38,8 +38,6 @@ class AcquireRequest:
     node: str | None = None
     computing_element: str | None = None
     scheduler_id: str | None = None
-    harvester_id: str | None = None
-    worker_id: int | None = None
     user_name: str | None = None
 
 

@@ -91,8 +91,7 @@ def pilot_report(current: str, reported: str, *, has_dispatcher_diag: bool = Fal
 TASK_FINAL = frozenset({"done", "finished", "failed", "aborted", "broken"})
 # Tasks the job generator works on.
 TASK_GENERATING = frozenset({"ready", "running", "scouting"})
-# Statuses the finisher turns into final ones.
-TASK_TO_FINALISE = frozenset({"tobroken", "toabort"})
+# Statuses the finisher turns into final ones, and what they become.
 TASK_FINAL_OF = {"tobroken": "broken", "toabort": "aborted"}
 
 

@@ -145,11 +145,6 @@ async def status(conn: AsyncConnection, task_id: int) -> str | None:
     return await tasks_db.status_of(conn, task_id)
 
 
-async def owner(conn: AsyncConnection, task_id: int) -> str | None:
-    """The task's userName (compact owner name), None when there is no such task."""
-    return await tasks_db.owner_of(conn, task_id)
-
-
 async def job_ids(conn: AsyncConnection, task_id: int) -> list[int]:
     return await jobs_db.ids_of_task(conn, task_id)
 

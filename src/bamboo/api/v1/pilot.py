@@ -43,8 +43,12 @@ async def acquire_jobs(
     n_jobs: Annotated[int, "How many jobs at most."] = 1,
     background: Annotated[bool | None, "Accepted for compatibility; not used."] = None,
     resource_type: Annotated[str | None, "Only jobs of this resource type."] = None,
-    harvester_id: Annotated[str | None, "The Harvester instance (defaults to scheduler_id)."] = None,
-    worker_id: Annotated[int | None, "The Harvester worker."] = None,
+    harvester_id: Annotated[
+        str | None, "Accepted for compatibility; worker bookkeeping is not kept yet."
+    ] = None,
+    worker_id: Annotated[
+        int | None, "Accepted for compatibility; worker bookkeeping is not kept yet."
+    ] = None,
     scheduler_id: Annotated[str | None, "Who submitted the pilot."] = None,
     job_type: Annotated[str | None, "Accepted for compatibility; not used."] = None,
     via_topic: Annotated[bool | None, "Accepted for compatibility; not used."] = None,
@@ -74,8 +78,6 @@ async def acquire_jobs(
         node=node,
         computing_element=computing_element,
         scheduler_id=scheduler_id,
-        harvester_id=harvester_id or scheduler_id,
-        worker_id=worker_id,
         user_name=owner,
     )
     jobs = await dispatch.acquire(call.db, call.state.clock, request, call.state.queue_statuses)
