@@ -99,3 +99,24 @@ def test_watch_ends_with_the_final_status(cli, database_url: str, tmp_path: Path
     assert f"task {task_id} broken" in watched
     assert "not known to the data catalog" in cli("task", "show", str(task_id))
     assert "task 1 not found" in cli("task", "show", "1", code=1)
+
+
+def test_task_commands_act_through_the_agents(cli, database_url: str, tmp_path: Path) -> None:
+    cli("data", "register", "cli.input.v2", "--file", "a.root")
+    # No queue exists, so the task waits in pending, where every command applies.
+    submitted = cli("task", "submit", str(task_file(tmp_path, "cli.input.v2")), "--user", "Operator")
+    drain(database_url)
+    task_id = int(re.search(r"jediTaskID=(\d+)", submitted).group(1))
+    assert "registered" in cli("task", "pause", str(task_id))
+    drain(database_url)
+    assert str(task_id) in cli("task", "list", "--status", "paused", "--user", "Operator")
+    assert str(task_id) not in cli("task", "list", "--status", "running")
+    assert "registered" in cli("task", "resume", str(task_id))
+    drain(database_url)
+    assert f"command=kill is registered for task ID {task_id}" in cli("task", "kill", str(task_id))
+    drain(database_url)
+    assert "aborted" in cli("task", "show", str(task_id))
+    rejected = cli("task", "finish", str(task_id), "--soft", code=1)
+    assert "the finish command is not accepted" in " ".join(rejected.split())
+    assert "the retry command is not accepted" in " ".join(cli("task", "retry", str(task_id), code=1).split())
+    assert "jediTaskID=1 not found" in cli("task", "reassign", "1", "--site", "X", code=1)

@@ -12,6 +12,7 @@ from bamboo.logic.states import (
     COMMAND_ALREADY_DONE,
     COMMAND_KILL,
     JOB_FINAL,
+    JOB_KILLED,
     JOB_REPORTABLE_FROM,
     JOB_STATUSES,
     PILOT_REPORTABLE,
@@ -26,7 +27,9 @@ ALL_PAIRS = list(itertools.product(sorted(JOB_STATUSES), sorted(PILOT_REPORTABLE
 @pytest.mark.parametrize(("current", "reported"), ALL_PAIRS)
 def test_nothing_leaves_a_final_status(current: str, reported: str) -> None:
     decision = pilot_report(current, reported)
-    if current in JOB_FINAL:
+    if current in JOB_KILLED:
+        assert decision == PilotDecision(None, reply=COMMAND_KILL), "a killed job's pilot must stop"
+    elif current in JOB_FINAL:
         assert decision == PilotDecision(None, reply=COMMAND_ALREADY_DONE)
     if decision.status is not None:
         assert decision.status not in JOB_FINAL, "pilots never set a final status directly"

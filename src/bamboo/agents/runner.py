@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from bamboo.db import notify
 from bamboo.db.engine import UNAVAILABLE_ERRORS, Database
-from bamboo.logic import finaliser, finisher, generator, refiner
+from bamboo.logic import commands, finaliser, finisher, generator, refiner
 from bamboo.logic.catalog import DataManagement
 from bamboo.logic.clock import Clock
 
@@ -71,11 +71,17 @@ async def _finish(ctx: AgentContext) -> int:
         return await finisher.finish_tasks(conn, ctx.clock)
 
 
+async def _execute_commands(ctx: AgentContext) -> int:
+    async with ctx.db.transaction() as conn:
+        return await commands.execute(conn, ctx.clock)
+
+
 AGENTS: tuple[Agent, ...] = (
     Agent("refiner", _refine, wakes=("generator",)),
     Agent("generator", _generate),
-    Agent("finaliser", _finalise, wakes=("generator", "finisher")),
+    Agent("finaliser", _finalise, wakes=("generator", "finisher", "commando")),
     Agent("finisher", _finish, wakes=("refiner",)),
+    Agent("commando", _execute_commands, wakes=("generator", "finisher")),
 )
 
 

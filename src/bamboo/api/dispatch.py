@@ -26,12 +26,14 @@ from bamboo.api.registry import Access, DbUse, Endpoint, Registry
 from bamboo.api.state import ServerState
 from bamboo.auth.identity import Identity, has_production_role
 from bamboo.db.engine import UNAVAILABLE_ERRORS
+from bamboo.logic import commands
 from bamboo.logic.errors import BambooError
 
 log = logging.getLogger(__name__)
 
 SECURE_REQUIRED = "SSL secure connection is required"
 PRODUCTION_REQUIRED = "production or pilot role required"
+NOT_TASK_OWNER = "not the task owner or no production role"
 DATABASE_UNAVAILABLE = "database error in the PanDA server"
 RETRY_AFTER_SECONDS = "5"
 _VERSIONS = ("v1", "latest")  # latest is an alias of v1 (DESIGN §9.6)
@@ -141,12 +143,23 @@ async def _run(endpoint: Endpoint, call: Call, args: dict[str, Any]) -> Response
         else:
             async with call.state.db.transaction(write=endpoint.db is DbUse.WRITE) as conn:
                 call.conn = conn
+                if endpoint.access is Access.OWNER and not await _owns_task(call, args.get("task_id")):
+                    return envelope_response(failure(NOT_TASK_OWNER))
                 reply = await endpoint.handler(call, **args)
     except BambooError as exc:
         return envelope_response(failure(exc.message, exc.data))
     for action in call.on_commit:
         action()
     return envelope_response(reply)
+
+
+async def _owns_task(call: Call, task_id: Any) -> bool:
+    """The task-owner rule (api-v1.md §1.8): production role, or the caller's own task."""
+    if not task_id:
+        return True
+    if has_production_role(call.caller, call.state.settings.production_dns):
+        return True
+    return await commands.task_owner(call.db, int(task_id)) == call.caller.user_name
 
 
 async def _read_params(request: Request, limit: int) -> tuple[dict[str, Any], bool]:

@@ -33,6 +33,7 @@ _ACCESS_TEXT = {
     Access.PUBLIC: "Public: no credentials needed.",
     Access.SECURE: "Secure: needs a client certificate or a bearer token (with the Origin header).",
     Access.PRODUCTION: "Production: needs the production role (VOMS FQAN, token group or configured DN).",
+    Access.OWNER: "Owner: secure, and the task must be the caller's unless one has the production role.",
 }
 
 

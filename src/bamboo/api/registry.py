@@ -24,6 +24,9 @@ class Access(Enum):
     PUBLIC = "public"
     SECURE = "secure"
     PRODUCTION = "production"
+    # Secure, and the task named by ``task_id`` must be the caller's unless it has the production
+    # role (api-v1.md §1.8); checked by the dispatcher inside the request's transaction.
+    OWNER = "owner"
 
 
 class DbUse(Enum):

@@ -1,4 +1,8 @@
-"""`bamboo task`: submit, show and watch tasks from the command line."""
+"""`bamboo task`: submit, list, show, watch and command tasks from the command line.
+
+Commands act as an operator with the production role, through the same logic functions as the
+API; the server's agents (or `bamboo agents`) execute them.
+"""
 
 from __future__ import annotations
 
@@ -22,8 +26,9 @@ from bamboo.cli.options import (
     settings_for,
     with_database,
 )
+from bamboo.db import tasks as tasks_db
 from bamboo.db.engine import Database
-from bamboo.logic import tasks
+from bamboo.logic import commands, tasks
 from bamboo.logic.clock import SystemClock
 from bamboo.logic.errors import BambooError
 from bamboo.logic.progress import TaskProgress, progress
@@ -127,3 +132,104 @@ def watch(
     console.print(f"task {task_id} {found.status}")
     if found.status != "done":
         raise typer.Exit(1)
+
+
+_OPERATOR = "bamboo-cli"
+_LIST_LIMIT = 200
+
+
+@app.command("list")
+def list_tasks(
+    status: Annotated[str | None, typer.Option(help="Only tasks in this status.")] = None,
+    user: Annotated[str | None, typer.Option(help="Only tasks of this owner (compact user name).")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=10_000, help="Most tasks to list.")] = _LIST_LIMIT,
+    home: HomeOption = None,
+    database_url: DatabaseOption = None,
+) -> None:
+    """The newest tasks, with their status, owner, priority and site."""
+
+    async def work(db: Database) -> list[dict]:
+        async with db.transaction(write=False) as conn:
+            return await tasks_db.listing(conn, status=status, user_name=user, limit=limit)
+
+    rows = with_database(settings_for(home, database_url), work)
+    table = Table("jediTaskID", "status", "owner", "priority", "site", "name")
+    for row in rows:
+        table.add_row(
+            str(row["jediTaskID"]),
+            row["status"] or "",
+            row["userName"] or "",
+            str(row["currentPriority"] if row["currentPriority"] is not None else ""),
+            row["site"] or "",
+            row["taskName"] or "",
+        )
+    console.print(table)
+
+
+def _send(home: Path | None, database_url: str | None, task_id: int, name: str, comment: str) -> None:
+    async def work(db: Database) -> commands.CommandResult:
+        async with db.transaction() as conn:
+            return await commands.register(
+                conn, SystemClock(), task_id, name, comment, requester=_OPERATOR, production=True
+            )
+
+    result = with_database(settings_for(home, database_url), work)
+    if result.code != commands.OK:
+        raise fail(result.message)
+    console.print(result.message)
+
+
+@app.command()
+def kill(task_id: TaskId, home: HomeOption = None, database_url: DatabaseOption = None) -> None:
+    """Kill a task and its jobs."""
+    _send(home, database_url, task_id, "kill", f"kill by {_OPERATOR}")
+
+
+@app.command()
+def finish(
+    task_id: TaskId,
+    soft: Annotated[bool, typer.Option(help="Let running jobs end instead of killing them.")] = False,
+    home: HomeOption = None,
+    database_url: DatabaseOption = None,
+) -> None:
+    """Finish a task: no new jobs; it ends by what it processed."""
+    _send(home, database_url, task_id, "finish", f"{'soft ' if soft else ''}finish by {_OPERATOR}")
+
+
+@app.command()
+def pause(task_id: TaskId, home: HomeOption = None, database_url: DatabaseOption = None) -> None:
+    """Pause a task: no new jobs and its queued jobs are throttled."""
+    _send(home, database_url, task_id, "pause", f"pause by {_OPERATOR}")
+
+
+@app.command()
+def resume(task_id: TaskId, home: HomeOption = None, database_url: DatabaseOption = None) -> None:
+    """Resume a paused or throttled task."""
+    _send(home, database_url, task_id, "resume", f"resume by {_OPERATOR}")
+
+
+@app.command()
+def reassign(
+    task_id: TaskId,
+    site: Annotated[str, typer.Option(help="The queue to run the task's jobs at.")],
+    home: HomeOption = None,
+    database_url: DatabaseOption = None,
+) -> None:
+    """Reassign a task to a queue; its jobs are made again there."""
+    _send(home, database_url, task_id, "reassign", f"site:{site}:y")
+
+
+@app.command()
+def retry(task_id: TaskId, home: HomeOption = None, database_url: DatabaseOption = None) -> None:
+    """Retry a finished or failed task: its failed inputs get new attempts."""
+
+    async def work(db: Database) -> commands.CommandResult:
+        async with db.transaction() as conn:
+            return await commands.retry(
+                conn, SystemClock(), task_id, [], requester=_OPERATOR, production=True
+            )
+
+    result = with_database(settings_for(home, database_url), work)
+    if result.code != commands.OK:
+        raise fail(result.message)
+    console.print(result.message)

@@ -277,3 +277,18 @@ catalog_files = sa.Table(
     sa.Column("position", sa.Integer, nullable=False),
     sa.Column("created_at", UTCDateTime, nullable=False),
 )
+
+# The task command queue (upstream's PRODSYS_COMM): at most one pending command per task; a new
+# command replaces the previous one. The commando agent executes ``queued`` rows and marks them.
+task_commands = sa.Table(
+    "task_commands",
+    metadata,
+    sa.Column("jediTaskID", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("command", sa.String(32), nullable=False),
+    sa.Column("comment", sa.Text, nullable=True),
+    sa.Column("status", sa.String(32), nullable=False),
+    sa.Column("requester", sa.String(256), nullable=True),
+    sa.Column("creationTime", UTCDateTime, nullable=False),
+    sa.Column("modificationTime", UTCDateTime, nullable=False),
+    sa.Index("ix_task_commands_status", "status", "creationTime"),
+)

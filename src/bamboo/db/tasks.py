@@ -254,3 +254,24 @@ async def claim_completed(conn: AsyncConnection, statuses: Sequence[str], limit:
     if skips_locked(conn):
         query = query.with_for_update(skip_locked=True, of=tasks)
     return [dict(row) for row in (await conn.execute(query)).mappings()]
+
+
+async def listing(
+    conn: AsyncConnection, *, status: str | None, user_name: str | None, limit: int
+) -> list[dict[str, Any]]:
+    """The newest tasks, optionally of one status or one owner."""
+    query = sa.select(
+        tasks.c.jediTaskID,
+        tasks.c.taskName,
+        tasks.c.status,
+        tasks.c.userName,
+        tasks.c.currentPriority,
+        tasks.c.site,
+        tasks.c.modificationTime,
+    )
+    if status is not None:
+        query = query.where(tasks.c.status == status)
+    if user_name is not None:
+        query = query.where(tasks.c.userName == user_name)
+    query = query.order_by(tasks.c.jediTaskID.desc()).limit(limit)
+    return [dict(row) for row in (await conn.execute(query)).mappings()]

@@ -14,7 +14,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bamboo.db import tasks as tasks_db
 from bamboo.logic.clock import Clock
-from bamboo.logic.states import TASK_FINAL_OF, TASK_GENERATING, final_task_status
+from bamboo.logic.states import (
+    TASK_FINAL_OF,
+    TASK_GENERATING,
+    TASK_PASSED,
+    check_task_transition,
+    final_task_status,
+)
 
 log = logging.getLogger(__name__)
 
@@ -27,20 +33,30 @@ async def finish_tasks(conn: AsyncConnection, clock: Clock) -> int:
     for task in await tasks_db.claim(conn, sorted(TASK_FINAL_OF), BATCH):
         await _end(conn, clock, task, TASK_FINAL_OF[task["status"]])
         changed += 1
+    for task in await tasks_db.claim(conn, [TASK_PASSED], BATCH):
+        await _end(conn, clock, task, await _final_status(conn, task))
+        changed += 1
     for task in await tasks_db.claim_completed(conn, sorted(TASK_GENERATING), BATCH):
         datasets = await tasks_db.datasets(conn, task["jediTaskID"])
-        master = next(d for d in datasets if d["masterID"] is None and d["type"] in ("input", "pseudo_input"))
-        parent_status = (
-            await tasks_db.status_of(conn, task["parent_tid"])
-            if task["parent_tid"] not in (None, task["jediTaskID"])
-            else None
-        )
-        status = final_task_status(
-            n_files=master["nFiles"], n_files_finished=master["nFilesFinished"], parent_status=parent_status
-        )
-        await _end(conn, clock, task, status, datasets)
+        await _end(conn, clock, task, await _final_status(conn, task, datasets), datasets)
         changed += 1
     return changed
+
+
+async def _final_status(
+    conn: AsyncConnection, task: dict[str, Any], datasets: list[dict[str, Any]] | None = None
+) -> str:
+    if datasets is None:
+        datasets = await tasks_db.datasets(conn, task["jediTaskID"])
+    master = next(d for d in datasets if d["masterID"] is None and d["type"] in ("input", "pseudo_input"))
+    parent_status = (
+        await tasks_db.status_of(conn, task["parent_tid"])
+        if task["parent_tid"] not in (None, task["jediTaskID"])
+        else None
+    )
+    return final_task_status(
+        n_files=master["nFiles"], n_files_finished=master["nFilesFinished"], parent_status=parent_status
+    )
 
 
 def _dataset_status(task_status: str, dataset: dict[str, Any]) -> str:
@@ -58,6 +74,12 @@ async def _end(
     status: str,
     datasets: list[dict[str, Any]] | None = None,
 ) -> None:
+    if task["status"] in TASK_GENERATING:
+        # The rule's intermediate step (all master inputs processed) is not kept as a row status.
+        check_task_transition(task["status"], "prepared")
+        check_task_transition("prepared", status)
+    else:
+        check_task_transition(task["status"], status)
     now = clock.now()
     for dataset in datasets if datasets is not None else await tasks_db.datasets(conn, task["jediTaskID"]):
         await tasks_db.update_dataset(

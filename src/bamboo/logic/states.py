@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 # --- jobs -----------------------------------------------------------------------------------------
 JOB_FINAL = frozenset({"finished", "failed", "cancelled", "closed"})
+JOB_KILLED = frozenset({"cancelled", "closed"})
 JOB_STATUSES = (
     frozenset(
         {
@@ -67,6 +68,9 @@ def pilot_report(current: str, reported: str, *, has_dispatcher_diag: bool = Fal
     """
     if reported not in PILOT_REPORTABLE:
         raise ValueError(f"not a pilot status: {reported}")
+    if current in JOB_KILLED:
+        # Killed while the pilot still ran it: the pilot must stop.
+        return PilotDecision(None, reply=COMMAND_KILL)
     if current in JOB_FINAL:
         return PilotDecision(None, reply=COMMAND_ALREADY_DONE)
     if current not in JOB_REPORTABLE_FROM:
@@ -93,6 +97,148 @@ TASK_FINAL = frozenset({"done", "finished", "failed", "aborted", "broken"})
 TASK_GENERATING = frozenset({"ready", "running", "scouting"})
 # Statuses the finisher turns into final ones, and what they become.
 TASK_FINAL_OF = {"tobroken": "broken", "toabort": "aborted"}
+# ``passed`` (a finish command has ended the task's jobs) gets the final-status rule.
+TASK_PASSED = "passed"
+TASK_STATUSES = frozenset(
+    {
+        "registered", "defined", "assigning", "ready", "pending", "scouting", "scouted", "running",
+        "prepared", "done", "failed", "finished", "aborting", "aborted", "finishing", "topreprocess",
+        "preprocessing", "tobroken", "broken", "toretry", "toincexec", "rerefine", "paused",
+        "throttled", "exhausted", "passed", "staging", "staged", "toabort", "toreassign", "reassigning",
+    }
+)  # fmt: skip
+_ACTIVE = frozenset(
+    {"registered", "defined", "assigning", "ready", "pending", "scouting", "scouted", "running",
+     "topreprocess", "preprocessing", "throttled", "rerefine", "staging", "staged", "reassigning"}
+)  # fmt: skip
+# The one table of task transitions (domain.md §2.2-2.3): status -> statuses it may move to.
+# Every task status written by the agents and commands is checked against it.
+TASK_TRANSITIONS: dict[str, frozenset[str]] = {
+    "registered": frozenset({"defined", "ready", "pending", "tobroken", "broken", "staging", "topreprocess"}),
+    "defined": frozenset({"assigning", "ready", "pending", "tobroken"}),
+    "assigning": frozenset({"ready", "pending", "tobroken"}),
+    "ready": frozenset({"scouting", "running", "pending", "prepared", "exhausted", "tobroken"}),
+    "pending": frozenset(
+        {"registered", "defined", "ready", "scouting", "running", "exhausted", "tobroken", "prepared"}
+    ),
+    "scouting": frozenset({"scouted", "running", "pending", "tobroken", "exhausted", "prepared"}),
+    "scouted": frozenset({"running", "prepared"}),
+    "running": frozenset({"running", "pending", "throttled", "exhausted", "prepared", "tobroken"}),
+    "throttled": frozenset({"running", "scouting", "ready", "prepared"}),
+    "topreprocess": frozenset({"preprocessing", "tobroken"}),
+    "preprocessing": frozenset({"registered", "tobroken", "pending"}),
+    "staging": frozenset({"staged"}),
+    "staged": frozenset({"defined", "registered"}),
+    "exhausted": frozenset({"ready", "running", "scouting", "finishing", "toretry", "toincexec"}),
+    "prepared": frozenset({"done", "finished", "failed"}),
+    "finishing": frozenset({"passed"}),
+    "passed": frozenset({"done", "finished", "failed", "exhausted"}),
+    "aborting": frozenset({"toabort"}),
+    "toabort": frozenset({"aborted"}),
+    "tobroken": frozenset({"broken"}),
+    "toretry": frozenset({"ready", "done", "finished", "failed", "aborted", "exhausted"}),
+    "toincexec": frozenset({"rerefine"}),
+    "rerefine": frozenset({"ready", "running", "defined", "tobroken"}),
+    "toreassign": frozenset({"reassigning"}),
+    "reassigning": frozenset({"ready", "running", "pending"}),
+    "paused": frozenset(),
+    # Final statuses move only through retry / incexec.
+    "done": frozenset({"toincexec"}),
+    "finished": frozenset({"toretry", "toincexec"}),
+    "failed": frozenset({"toretry", "toincexec"}),
+    "aborted": frozenset({"toretry", "toincexec"}),
+    "broken": frozenset(),
+}
+# What every non-final, non-paused status may also do: be killed, finished, paused, reassigned.
+_COMMAND_DOING = frozenset({"aborting", "finishing", "paused", "toreassign"})
+
+
+class TaskTransitionError(ValueError):
+    """A task status change the transition table does not allow."""
+
+
+def task_transition_allowed(current: str, new: str) -> bool:
+    """Whether a task may go from ``current`` to ``new`` (same status is always allowed)."""
+    if current == new:
+        return True
+    if new in TASK_TRANSITIONS.get(current, frozenset()):
+        return True
+    if current == "paused":
+        # resume restores the status the task was paused in.
+        return new in _ACTIVE or new in ("exhausted", "prepared", "finishing", "aborting")
+    if current in _ACTIVE or current in ("exhausted", "prepared", "passed", "toretry", "toincexec"):
+        return new in _COMMAND_DOING and command_accepted(_DOING_COMMAND[new], current)
+    return False
+
+
+def check_task_transition(current: str, new: str) -> None:
+    """Raise :class:`TaskTransitionError` unless the table allows ``current`` -> ``new``."""
+    if not task_transition_allowed(current, new):
+        raise TaskTransitionError(f"task status {current} -> {new} is not allowed")
+
+
+# --- task commands (api-v1.md §2 common notes, domain.md §2.3) ------------------------------------
+TASK_COMMANDS = ("kill", "finish", "retry", "incexec", "reassign", "pause", "resume", "avalanche", "release")
+_KILL_REFUSED = frozenset(
+    {"finished", "done", "prepared", "broken", "aborted", "toabort", "aborting", "failed"}
+)
+_RETRY_FROM = frozenset({"finished", "failed", "exhausted"})
+_INCEXEC_FROM = frozenset({"finished", "failed", "aborted", "done", "exhausted"})
+_REASSIGN_FROM = frozenset(
+    {"defined", "ready", "running", "scouting", "scouted", "pending", "assigning", "exhausted"}
+)
+_PAUSE_REFUSED = frozenset({"finished", "failed", "done", "aborted", "broken", "paused"})
+_RESUME_FROM = frozenset({"paused", "throttled", "staging"})
+_RELEASE_FROM = frozenset({"scouting", "pending", "running", "ready", "assigning", "defined"})
+_DOING_COMMAND = {"aborting": "kill", "finishing": "finish", "paused": "pause", "toreassign": "reassign"}
+# The status a command puts the task in when the commando picks it up.
+COMMAND_DOING_STATUS = {
+    "kill": "aborting",
+    "finish": "finishing",
+    "retry": "toretry",
+    "incexec": "toincexec",
+    "reassign": "toreassign",
+    "pause": "paused",
+}
+
+
+def command_accepted(command: str, status: str, *, keeps_status: bool = False) -> bool:
+    """Whether ``command`` may be registered for a task in ``status``.
+
+    Args:
+        keeps_status: for reassign, the target is a site and the task keeps its status, which
+            upstream accepts in any status.
+    """
+    if command in ("kill", "finish"):
+        return status not in _KILL_REFUSED
+    if command == "retry":
+        return status in _RETRY_FROM
+    if command == "incexec":
+        return status in _INCEXEC_FROM
+    if command == "reassign":
+        return keeps_status or status in _REASSIGN_FROM
+    if command == "pause":
+        return status not in _PAUSE_REFUSED
+    if command == "resume":
+        return status in _RESUME_FROM
+    if command == "avalanche":
+        return status == "scouting"
+    if command == "release":
+        return status in _RELEASE_FROM
+    raise ValueError(f"not a task command: {command}")
+
+
+def command_executable(command: str, status: str, *, keeps_status: bool = False) -> bool:
+    """Whether the commando can execute ``command`` on a task in ``status`` now.
+
+    Registration follows upstream's wider acceptance table; a task already in the middle of
+    another command (aborting, finishing, toreassign...) cannot enter this one's doing status,
+    so the command is dropped at pickup, as JEDI does.
+    """
+    if not command_accepted(command, status, keeps_status=keeps_status):
+        return False
+    doing = COMMAND_DOING_STATUS.get(command)
+    return doing is None or keeps_status or task_transition_allowed(status, doing)
 
 
 def final_task_status(
