@@ -28,7 +28,7 @@ from bamboo.cli.options import (
 )
 from bamboo.db import tasks as tasks_db
 from bamboo.db.engine import Database
-from bamboo.logic import commands, tasks
+from bamboo.logic import commands, task_admin, tasks
 from bamboo.logic.clock import SystemClock
 from bamboo.logic.errors import BambooError
 from bamboo.logic.progress import TaskProgress, progress
@@ -233,3 +233,22 @@ def retry(task_id: TaskId, home: HomeOption = None, database_url: DatabaseOption
     if result.code != commands.OK:
         raise fail(result.message)
     console.print(result.message)
+
+
+@app.command()
+def priority(
+    task_id: TaskId,
+    value: Annotated[int, typer.Argument(help="The new current priority of the task and its queued jobs.")],
+    home: HomeOption = None,
+    database_url: DatabaseOption = None,
+) -> None:
+    """Change a task's priority; its jobs not yet running follow."""
+
+    async def work(db: Database) -> task_admin.Outcome:
+        async with db.transaction() as conn:
+            return await task_admin.change_priority(conn, task_id, value)
+
+    outcome = with_database(settings_for(home, database_url), work)
+    if not outcome.ok:
+        raise fail(outcome.message or "priority not changed")
+    console.print(outcome.message)
