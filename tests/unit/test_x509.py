@@ -789,23 +789,32 @@ def test_server_certificate(local_ca: LocalCA, local_home: Path) -> None:
     assert cert_path.read_bytes() != first
 
 
-def test_user_certificate_without_proxy(local_ca: LocalCA, tmp_path: Path) -> None:
-    pem, key = issue_user_credentials(local_ca, dn=USER_DN, out_prefix=tmp_path / "user", now=NOW)
+@pytest.fixture
+def now() -> datetime:
+    """The time of the test itself: the local CA is created when its fixture runs, which can be
+    minutes after this module's NOW in a long session (its certificate would not be valid yet)."""
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+def test_user_certificate_without_proxy(local_ca: LocalCA, tmp_path: Path, now: datetime) -> None:
+    pem, key = issue_user_credentials(local_ca, dn=USER_DN, out_prefix=tmp_path / "user", now=now)
     assert (pem.name, key.name) == ("user.pem", "user.key")
     assert _mode(key) == 0o600
     chain = load_pem_chain(pem.read_bytes())
     assert len(chain) == 1
-    result = verify_client_chain(chain, TrustStore([local_ca.cert]), now=NOW)
+    result = verify_client_chain(chain, TrustStore([local_ca.cert]), now=now)
     assert result.dn == USER_DN and not result.is_proxy
     ssl.create_default_context(ssl.Purpose.SERVER_AUTH).load_cert_chain(pem, key)
 
 
-def test_user_certificate_with_fqans_in_the_end_entity(local_ca: LocalCA, tmp_path: Path) -> None:
+def test_user_certificate_with_fqans_in_the_end_entity(
+    local_ca: LocalCA, tmp_path: Path, now: datetime
+) -> None:
     pem, _ = issue_user_credentials(
-        local_ca, dn=USER_DN, out_prefix=tmp_path / "user", fqans=["/atlas/Role=pilot"], now=NOW
+        local_ca, dn=USER_DN, out_prefix=tmp_path / "user", fqans=["/atlas/Role=pilot"], now=now
     )
     trust = TrustStore([local_ca.cert])
-    result = verify_client_chain(load_pem_chain(pem.read_bytes()), trust, now=NOW, voms_trust=trust)
+    result = verify_client_chain(load_pem_chain(pem.read_bytes()), trust, now=now, voms_trust=trust)
     assert result.fqans == ("/atlas/Role=pilot",)
 
 
@@ -819,7 +828,12 @@ def test_user_certificate_with_fqans_in_the_end_entity(local_ca: LocalCA, tmp_pa
     ],
 )
 def test_user_proxy(
-    local_ca: LocalCA, tmp_path: Path, options: dict[str, bool], last_cn: str | None, limited: bool
+    local_ca: LocalCA,
+    tmp_path: Path,
+    now: datetime,
+    options: dict[str, bool],
+    last_cn: str | None,
+    limited: bool,
 ) -> None:
     pem, key = issue_user_credentials(
         local_ca,
@@ -827,7 +841,7 @@ def test_user_proxy(
         out_prefix=tmp_path / "x509up_u1000.proxy",
         fqans=["/atlas/Role=production", "/atlas"],
         lifetime=3 * DAY,
-        now=NOW,
+        now=now,
         **options,
     )
     assert pem.name == "x509up_u1000.proxy.pem"
@@ -835,12 +849,12 @@ def test_user_proxy(
     chain = load_pem_chain(pem.read_bytes())
     assert len(chain) == 2
     proxy, user = chain
-    assert proxy.not_valid_after_utc - NOW <= PROXY_MAX_LIFETIME
+    assert proxy.not_valid_after_utc - now <= PROXY_MAX_LIFETIME
     proxy_key = serialization.load_pem_private_key(key.read_bytes(), password=None)
     assert proxy_key.public_key() == proxy.public_key()
 
     trust = TrustStore([local_ca.cert])
-    result = verify_client_chain(chain, trust, now=NOW, voms_trust=trust)
+    result = verify_client_chain(chain, trust, now=now, voms_trust=trust)
     assert result.is_proxy and result.is_limited is limited
     assert result.end_entity_dn == USER_DN == slash_dn(user.subject)
     proxy_cn = proxy.subject.rdns[-1].get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
