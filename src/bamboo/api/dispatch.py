@@ -15,13 +15,16 @@ from urllib.parse import parse_qsl
 
 import orjson
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
+from starlette.types import Message, Receive
 
 from bamboo.api.auth import AuthenticationFailed, resolve_identity
 from bamboo.api.call import Call
 from bamboo.api.envelope import Reply, envelope_response, failure, plain_error
-from bamboo.api.params import ParameterError, check_type, coerce_query_value
+from bamboo.api.params import ParameterError, check_text, check_type, coerce_query_value
 from bamboo.api.registry import Access, DbUse, Endpoint, Registry
 from bamboo.api.state import ServerState
 from bamboo.auth.identity import Identity, has_production_role
@@ -125,6 +128,8 @@ def bind_parameters(endpoint: Endpoint, params: dict[str, Any], *, textual: bool
     if extra and (not endpoint.accepts_extra or "call" in extra):
         unexpected = "call" if endpoint.accepts_extra else next(iter(extra))
         raise ParameterError(f"Argument error: got an unexpected keyword argument '{unexpected}'")
+    for key, value in params.items():
+        check_text(key, value, textual=textual)
     bound: dict[str, Any] = dict(extra)
     for param in endpoint.params:
         if param.name not in params:
@@ -132,6 +137,8 @@ def bind_parameters(endpoint: Endpoint, params: dict[str, Any], *, textual: bool
         value = params[param.name]
         if textual and not isinstance(value, UploadFile):
             value = coerce_query_value(param.name, value, param.type, param.default)
+            # A coerced literal may spell a NUL as an escape the raw text did not show.
+            check_text(param.name, value, textual=False)
         bound[param.name] = check_type(param.name, value, param.type, param.default)
     return bound
 
@@ -181,10 +188,18 @@ async def _read_params(request: Request, limit: int) -> tuple[dict[str, Any], bo
         if not isinstance(decoded, dict):
             raise BadRequest(400, "received invalid JSON : the body must be a JSON object")
         return decoded, False
-    declared_length = request.headers.get("content-length")
-    if declared_length and declared_length.isdigit() and int(declared_length) > limit:
-        raise BadRequest(413, f"request body larger than {limit} bytes")
-    form = await request.form()
+    _check_declared_length(request, limit)
+    # Count the bytes as they arrive: a chunked body has no Content-Length to refuse up front.
+    # The per-field limit is checked by name in bind_parameters, so the parser allows any part
+    # the body limit allows.
+    limited = Request(request.scope, _limited_receive(request.receive, limit))
+    try:
+        form = await limited.form(max_part_size=limit)
+    except (HTTPException, MultiPartException) as exc:
+        detail = exc.detail if isinstance(exc, HTTPException) else exc.message
+        raise BadRequest(400, f"received invalid form data : {detail}") from exc
+    except ClientDisconnect as exc:
+        raise BadRequest(400, "client disconnected while sending the body") from exc
     params: dict[str, Any] = {}
     for key, value in form.multi_items():
         # Upstream keeps the first of repeated form fields.
@@ -203,10 +218,30 @@ def _query_params(query_string: bytes) -> dict[str, Any]:
     return params
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+def _check_declared_length(request: Request, limit: int) -> None:
     declared_length = request.headers.get("content-length")
     if declared_length and declared_length.isdigit() and int(declared_length) > limit:
         raise BadRequest(413, f"request body larger than {limit} bytes")
+
+
+def _limited_receive(receive: Receive, limit: int) -> Receive:
+    """``receive`` that fails with 413 once the body passes ``limit`` bytes."""
+    size = 0
+
+    async def limited() -> Message:
+        nonlocal size
+        message = await receive()
+        if message["type"] == "http.request":
+            size += len(message.get("body", b""))
+            if size > limit:
+                raise BadRequest(413, f"request body larger than {limit} bytes")
+        return message
+
+    return limited
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    _check_declared_length(request, limit)
     chunks: list[bytes] = []
     size = 0
     try:

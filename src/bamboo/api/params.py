@@ -8,6 +8,7 @@ of the contract: clients and upstream tests compare them literally.
 from __future__ import annotations
 
 import ast
+import math
 import types
 import typing
 from dataclasses import dataclass
@@ -15,6 +16,12 @@ from typing import Any
 
 _NO_DEFAULT: Any = object()
 REQUIRED = _NO_DEFAULT
+
+# Integers must fit the database's BIGINT: a larger one cannot name anything and would fail the query.
+INT_MIN = -(2**63)
+INT_MAX = 2**63 - 1
+#: Largest textual (query or form) value; bigger fields are refused by name.
+MAX_TEXT_VALUE_BYTES = 1024 * 1024
 
 
 class ParameterError(Exception):
@@ -73,7 +80,11 @@ def _to_bool(value: str) -> bool:
 
 
 def _to_int(value: Any) -> int:
-    return int(float(value))
+    number = float(value)
+    # int(float("inf")) raises OverflowError; the range check says what is wrong instead.
+    if not math.isfinite(number) or not INT_MIN <= number <= INT_MAX:
+        raise ValueError(f"{value!r} is not a 64-bit integer")
+    return int(number)
 
 
 _ELEMENT_CASTS: dict[type, Any] = {int: _to_int, float: float, bool: _to_bool}
@@ -102,13 +113,59 @@ def coerce_query_value(name: str, value: Any, param_type: ParamType, default: An
             cast = _ELEMENT_CASTS.get(param_type.element)  # type: ignore[arg-type]
             return [cast(item) if cast and isinstance(item, str) else item for item in items]
         if isinstance(value, str) and not _is_instance(value, param_type):
-            return ast.literal_eval(value)
+            literal = ast.literal_eval(value)
+            _require_json_value(literal)
+            return literal
         return value
-    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError) as exc:
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError, OverflowError) as exc:
         raise ParameterError(
             f"Type error: '{name}' with value '{value}' could not be casted to type {param_type.name} "
             f"from {type(value).__name__}."
         ) from exc
+
+
+def _require_json_value(value: Any) -> None:
+    """Refuse Python literals JSON cannot hold (sets, bytes, complex, non-string keys, inf).
+
+    Handlers store and answer parameters as JSON, so such a value would fail only later, as a 500.
+    """
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if not all(isinstance(key, str) for key in item):
+                raise TypeError("dictionary keys must be strings")
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                raise ValueError("non-finite number")
+        elif not (item is None or isinstance(item, str | int)):
+            raise TypeError(f"{type(item).__name__} is not a JSON value")
+
+
+def check_text(name: str, value: Any, *, textual: bool) -> None:
+    """Refuse a parameter holding NUL characters anywhere, or a textual value over the size limit.
+
+    PostgreSQL cannot store NUL in text, and no PanDA value contains one; checking here once names
+    the field instead of failing as a database error in some handler. Only ``textual`` (query or
+    form) values have the per-field size limit: a JSON body is bounded as a whole.
+    """
+    if textual and isinstance(value, str) and len(value) > MAX_TEXT_VALUE_BYTES // 4:
+        if len(value.encode("utf-8", "surrogatepass")) > MAX_TEXT_VALUE_BYTES:
+            raise ParameterError(f"Value error: '{name}' is larger than {MAX_TEXT_VALUE_BYTES} bytes.")
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                raise ParameterError(f"Value error: '{name}' must not contain NUL characters.")
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
 
 
 def _equals(value: Any, default: Any) -> bool:
@@ -138,8 +195,12 @@ def check_type(name: str, value: Any, param_type: ParamType, default: Any) -> An
         if element is not None:
             if element is float:
                 value = [float(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in value]
-            if not all(isinstance(item, element) for item in value):
+            # The bool-is-an-int quirk stops at list elements: [false] is no list of ids.
+            refused = (element is not bool) and any(isinstance(item, bool) for item in value)
+            if refused or not all(isinstance(item, element) for item in value):
                 raise ParameterError(f"Type error: All elements in '{name}' must be {_type_name(element)}.")
+            if element is int and not all(INT_MIN <= item <= INT_MAX for item in value):
+                raise ParameterError(f"Value error: elements of '{name}' must be 64-bit integers.")
         return value
     members = param_type.members
     if float in members and int not in members and isinstance(value, int) and not isinstance(value, bool):
@@ -148,4 +209,6 @@ def check_type(name: str, value: Any, param_type: ParamType, default: Any) -> An
         raise ParameterError(
             f"Type error: '{name}' must be of type {param_type.name}, got {type(value).__name__}."
         )
+    if int in members and isinstance(value, int) and not INT_MIN <= value <= INT_MAX:
+        raise ParameterError(f"Value error: '{name}' must be a 64-bit integer.")
     return value

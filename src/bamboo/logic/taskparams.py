@@ -14,6 +14,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+import sqlalchemy as sa
+
+from bamboo.db.schema import tasks as tasks_table
 from bamboo.logic.errors import InvalidInput
 from bamboo.logic.jobparams import MAX_TEMPLATE_BYTES
 from bamboo.logic.splitting import SplitRule
@@ -22,6 +25,9 @@ from bamboo.logic.splitting import SplitRule
 MAX_TASK_PARAMS_BYTES = 1024 * 1024
 
 MAX_TASK_NAME_CHARS = 256
+
+#: prodSourceLabel values of the production group (api-v1.md §3.7): only production may submit them.
+PRODUCTION_SOURCE_LABELS = frozenset({"managed", "prod_test"})
 
 DEFAULT_MAX_ATTEMPT = 3
 
@@ -61,6 +67,10 @@ _INT_KEYS: dict[str, int | None] = {
     "parent_tid": 1,
 }
 _BOOL_KEYS = ("noInput", "disableAutoRetry")
+_INT64 = (-(2**63), 2**63 - 1)
+_INT32 = (-(2**31), 2**31 - 1)
+# Parameter keys stored in a task column of another name.
+_COLUMN_ALIASES = {"ramCountUnit": "ramUnit"}
 _OPTIONAL_STR_KEYS = ("site", "cloud", "sourceURL", "ramUnit", "ramCountUnit")
 
 # Item flags that become dataset attribute tokens (domain.md §3.1).
@@ -175,6 +185,7 @@ def validate(params: Mapping[str, Any]) -> None:
     for key, minimum in _INT_KEYS.items():
         _check_int(f"task parameter {key!r}", params.get(key), minimum)
     _check_gb_per_job(params.get("nGBPerJob"))
+    _check_columns(params)
     pfn_list = _check_pfn_list(params.get("pfnList"))
 
     items = _required(params, "jobParameters")
@@ -489,6 +500,39 @@ def _check_int(label: str, value: Any, minimum: int | None) -> None:
         raise InvalidInput(f"{label} must be a positive integer, got {value}")
     if minimum == 0 and value < 0:
         raise InvalidInput(f"{label} must be a non-negative integer, got {value}")
+
+
+def column_problem(column: sa.Column[Any], value: Any) -> str | None:
+    """Why ``value`` cannot be stored in ``column`` (too long, out of range), or None if it can.
+
+    Both backends then behave alike: PostgreSQL would refuse such a value with a database error,
+    SQLite would store it.
+    """
+    if isinstance(value, str) and isinstance(column.type, sa.String) and column.type.length is not None:
+        if len(value) > column.type.length:
+            return f"must be at most {column.type.length} characters"
+    if isinstance(value, int) and not isinstance(value, bool) and isinstance(column.type, sa.Integer):
+        low, high = _INT64 if isinstance(column.type, sa.BigInteger) else _INT32
+        if not low <= value <= high:
+            return f"must be between {low} and {high}"
+    return None
+
+
+def _check_columns(params: Mapping[str, Any]) -> None:
+    """Refuse strings and integers that do not fit the task column a parameter of that name fills.
+
+    Only values of the column's kind are checked; a wrong type is the other checks' business. Other
+    integer keys end up in 64-bit job and dataset columns.
+    """
+    for key, value in params.items():
+        column = tasks_table.c.get(_COLUMN_ALIASES.get(key, key))
+        problem = None if column is None else column_problem(column, value)
+        if problem:
+            raise InvalidInput(f"task parameter {key!r} {problem}")
+    for key in _INT_KEYS:
+        value = params.get(key)
+        if isinstance(value, int) and not _INT64[0] <= value <= _INT64[1]:
+            raise InvalidInput(f"task parameter {key!r} must be between {_INT64[0]} and {_INT64[1]}")
 
 
 def _check_gb_per_job(value: Any) -> None:

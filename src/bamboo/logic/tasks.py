@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
+import re2
+import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bamboo.auth.identity import Identity
@@ -14,6 +16,8 @@ from bamboo.db import jobs as jobs_db
 from bamboo.db import notify, sequences
 from bamboo.db import tasks as tasks_db
 from bamboo.db.schema import TASK_FIELDS
+from bamboo.db.schema import tasks as tasks_table
+from bamboo.db.types import UTCDateTime
 from bamboo.logic import taskparams
 from bamboo.logic.clock import Clock
 from bamboo.logic.errors import BambooError, InvalidInput
@@ -48,6 +52,10 @@ _COPIED = {
 _RAM_UNIT_KEYS = ("ramUnit", "ramCountUnit")
 _TASK_ID_IN_MESSAGE = re.compile(r"jediTaskID=(\d+)")
 _REGEX_CHARS = set("^$*+?\\|()")
+MAX_FILTER_PATTERN_CHARS = 256
+_RE2_OPTIONS = re2.Options()
+# A refused pattern is answered to the client; RE2 need not also write it to stderr.
+_RE2_OPTIONS.log_errors = False
 MAX_DETAIL_WINDOW = timedelta(days=90)
 
 
@@ -75,7 +83,8 @@ async def submit(
 
     Raises:
         InvalidInput: a parameter is missing or malformed (the message names it).
-        SubmissionRefused: a parent task cannot be found or a unique task name is taken.
+        SubmissionRefused: a production prodSourceLabel without the production role, a parent task
+            that cannot be found or a unique task name that is taken.
     """
     if len(orjson.dumps(params)) > taskparams.MAX_TASK_PARAMS_BYTES:
         raise InvalidInput(f"task parameters larger than {taskparams.MAX_TASK_PARAMS_BYTES} bytes")
@@ -88,6 +97,10 @@ async def submit(
     if parent_tid is not None:
         params["parent_tid"] = parent_tid
     taskparams.validate(params)
+    if not is_production and params["prodSourceLabel"] in taskparams.PRODUCTION_SOURCE_LABELS:
+        raise SubmissionRefused(
+            4, f"prodSourceLabel={params['prodSourceLabel']} requires the production role; use user"
+        )
     user_name = params["userName"]
     if params.get("parentTaskName"):
         parent = await tasks_db.newest_by_name(conn, user_name, params["parentTaskName"])
@@ -220,7 +233,12 @@ async def detailed_info(conn: AsyncConnection, task_id: int) -> dict[str, Any] |
     return _detail_record(task, await tasks_db.datasets(conn, task_id))
 
 
-def _parse_filters(filters: str | None) -> tuple[dict[str, Any], dict[str, re.Pattern[str]]]:
+def _parse_filters(filters: str | None) -> tuple[dict[str, Any], dict[str, re2._Regexp]]:
+    """Split ``filters`` into SQL equality criteria and regular expressions on the records.
+
+    Patterns run on RE2, whose time is linear in the text, so a pattern such as ``(.|.)*X`` cannot
+    hold a worker; a pattern RE2 cannot compile (back-references, look-arounds) is refused.
+    """
     if not filters:
         return {}, {}
     try:
@@ -230,33 +248,65 @@ def _parse_filters(filters: str | None) -> tuple[dict[str, Any], dict[str, re.Pa
     if not isinstance(decoded, dict):
         raise BambooError("filters must be a JSON object")
     equal: dict[str, Any] = {}
-    patterns: dict[str, re.Pattern[str]] = {}
+    patterns: dict[str, re2._Regexp] = {}
     for field, value in decoded.items():
+        if isinstance(value, bool) or not isinstance(value, str | int):
+            raise BambooError(f"filters: the value of {field} must be a string or an integer")
         text = str(value)
-        if _REGEX_CHARS & set(text):
-            try:
-                patterns[field] = re.compile(text)
-            except re.error as exc:
-                raise BambooError(f"filters: invalid regular expression for {field}") from exc
+        if "\x00" in text:
+            raise BambooError(f"filters: the value of {field} must not contain NUL characters")
+        if isinstance(value, str) and _REGEX_CHARS & set(text):
+            patterns[field] = _compile_pattern(field, text)
         else:
             if field not in TASK_FIELDS:
                 raise BambooError("Failed to retrieve task IDs")
-            equal[field] = int(text) if field in _INTEGER_TASK_FIELDS and text.lstrip("-").isdigit() else text
+            equal[field] = _filter_value(field, value)
     return equal, patterns
 
 
-_INTEGER_TASK_FIELDS = frozenset(
-    {
-        "jediTaskID",
-        "reqID",
-        "parent_tid",
-        "taskPriority",
-        "currentPriority",
-        "coreCount",
-        "ramCount",
-        "attemptNr",
-    }
-)
+def _compile_pattern(field: str, text: str) -> re2._Regexp:
+    if len(text) > MAX_FILTER_PATTERN_CHARS:
+        raise BambooError(
+            f"filters: the regular expression for {field} is longer than "
+            f"{MAX_FILTER_PATTERN_CHARS} characters"
+        )
+    try:
+        return re2.compile(text, options=_RE2_OPTIONS)
+    except re2.error as exc:
+        reason = exc.args[0].decode(errors="replace") if exc.args and isinstance(exc.args[0], bytes) else exc
+        raise BambooError(
+            f"filters: the regular expression for {field} is invalid or not supported "
+            f"(no back-references or look-arounds): {reason}"
+        ) from exc
+
+
+def _filter_value(field: str, value: str | int) -> Any:
+    """The equality value for a task column, in the column's type (a mismatch is a clear refusal)."""
+    column = tasks_table.c[field]
+    if isinstance(column.type, sa.Integer):
+        number = value if isinstance(value, int) else _parse_int(value)
+        if number is None:
+            raise BambooError(f"filters: the value of {field} must be an integer, got {str(value)[:40]!r}")
+        problem = taskparams.column_problem(column, number)
+        if problem:
+            raise BambooError(f"filters: the value of {field} {problem}")
+        return number
+    if isinstance(column.type, sa.String):
+        return str(value)
+    if isinstance(column.type, UTCDateTime):
+        try:
+            return datetime.strptime(str(value), "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC)
+        except ValueError as exc:
+            raise BambooError(f"filters: the value of {field} must be a time YYYY-MM-DD HH:MM:SS") from exc
+    raise BambooError(f"filters: {field} cannot be filtered on")
+
+
+def _parse_int(text: str) -> int | None:
+    digits = text[1:] if text[:1] == "-" else text
+    # The length bound keeps int() clear of Python's 4,300-digit conversion limit.
+    if not digits.isdigit() or not digits.isascii() or len(digits) > 30:
+        return None
+    return int(text)
 
 
 async def detailed_info_since(
@@ -267,7 +317,14 @@ async def detailed_info_since(
     filters: str | None,
     n_tasks: int,
 ) -> list[dict[str, Any]]:
-    """task/get_tasks_detailed_info_since: the caller's tasks modified in the window (≤ 90 days)."""
+    """task/get_tasks_detailed_info_since: the caller's tasks modified in the window (≤ 90 days).
+
+    The SQL criteria always include ``userName`` = the caller's compact name unless ``filters``
+    has a ``userName`` equality key, which replaces it (api-v1.md §2.1).
+
+    Raises:
+        BambooError: ``filters`` or ``since`` is malformed; the message says which part.
+    """
     equal, patterns = _parse_filters(filters)
     oldest = clock.now() - MAX_DETAIL_WINDOW
     start = oldest
