@@ -5,7 +5,8 @@ The measurements, in order, each against the same server:
 1. ``system/is_alive``: the ceiling of the stack (HTTP parsing, routing, envelope; no database);
 2. ``pilot/acquire_jobs`` with n_jobs=1 and n_jobs=10, on jobs the agents generated beforehand;
 3. ``pilot/update_job`` heartbeats (``running``) on the jobs dispatched in 2;
-4. the latency from a task submission's answer to its first activated job.
+4. the latency from a task submission's answer to its first activated job;
+5. how fast the agents turn one large task (100,000 jobs by default) into activated jobs.
 
 Every rate is also given as a ratio to the is_alive rate of the same run, which takes out much of
 what the machine contributes; the CPU columns show what the client and the server each used.
@@ -15,19 +16,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import math
 import multiprocessing
+import sqlite3
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import orjson
 from rich.console import Console
@@ -65,6 +69,13 @@ ACTIVATION_POLL_SECONDS = 0.02
 ACTIVATION_TIMEOUT_SECONDS = 5.0
 # The submission series stops after this many submissions in a row without an activated job.
 ACTIVATION_MISSES = 3
+# The large task: as many jobs as the issue names (a smoke run makes fewer). Its progress is read
+# from the database, because listing 100,000 job ids through the API twice a second would load the
+# server being measured; the API is asked once at the end to confirm the count.
+LARGE_TASK_JOBS = 100_000
+QUICK_LARGE_TASK_JOBS = 10_000
+LARGE_TASK_POLL_SECONDS = 0.25
+LARGE_TASK_TIMEOUT_SECONDS = 600.0
 
 
 @dataclass(frozen=True)
@@ -76,6 +87,7 @@ class Options:
     clients: int
     submissions: int
     quick: bool
+    large_task_jobs: int
 
 
 @dataclass
@@ -108,10 +120,18 @@ class Aim:
     met: Callable[[Row], bool | None]
 
 
-def aims(database: str) -> dict[str, Aim]:
+def large_task_row_name(jobs: int) -> str:
+    return f"generate one {jobs:,}-job task"
+
+
+def aims(database: str, large_task_jobs: int = LARGE_TASK_JOBS) -> dict[str, Aim]:
     """The targets by row name; batched dispatch aims higher on PostgreSQL than on SQLite."""
     batched = 5_000 if database == "postgresql" else 2_000
     return {
+        # 100,000 jobs in well under a minute, on either database.
+        large_task_row_name(large_task_jobs): Aim(
+            "≥ 2,000 jobs/s", lambda row: _at_least(row.jobs_per_s, 2_000) if not row.errors else False
+        ),
         "acquire n_jobs=1": Aim("≥ 25 % of is_alive", lambda row: _at_least(row.ratio_to_is_alive, 0.25)),
         "acquire n_jobs=10": Aim(f"≥ {batched:,} jobs/s", lambda row: _at_least(row.jobs_per_s, batched)),
         "update_job heartbeat": Aim("≥ 2,000/s", lambda row: _at_least(row.ops_per_s, 2_000)),
@@ -237,10 +257,26 @@ class Bench:
         )
         return [alive, single]
 
-    async def submit(self, client: httpx.AsyncClient, n_jobs: int) -> int:
-        """Submit a no-input task of ``n_jobs`` one-event jobs; return its jediTaskID."""
+    async def submit(self, client: httpx.AsyncClient, n_jobs: int, *, output: bool = False) -> int:
+        """Submit a no-input task of ``n_jobs`` one-event jobs; return its jediTaskID.
+
+        With ``output`` the jobs also write a data file and take their event range as arguments,
+        as an event generation task does; otherwise they only write their log.
+        """
         self.tasks_submitted += 1
         name = f"user.benchuser.{self.run_id}.{self.tasks_submitted:05d}"
+        job_parameters: list[dict[str, Any]] = [{"type": "constant", "value": "echo"}]
+        if output:
+            job_parameters += [
+                {"type": "template", "param_type": "number", "value": "--maxEvents=${MAXEVENTS}"},
+                {"type": "template", "param_type": "number", "value": "--skipEvents=${SKIPEVENTS}"},
+                {
+                    "type": "template",
+                    "param_type": "output",
+                    "dataset": f"{name}_EVNT/",
+                    "value": f"--outputFile={name}.$JEDITASKID._${{SN/P}}.EVNT.root",
+                },
+            ]
         parameters = {
             "taskName": name,
             "vo": "bamboo",
@@ -250,7 +286,9 @@ class Bench:
             "noInput": True,
             "nEvents": n_jobs,
             "nEventsPerJob": 1,
-            "jobParameters": [{"type": "constant", "value": "echo"}],
+            # The rows measure generation and dispatch: all jobs at once, without a scouting round.
+            "skipScout": True,
+            "jobParameters": job_parameters,
             "log": {
                 "type": "template",
                 "param_type": "log",
@@ -267,9 +305,9 @@ class Bench:
         """Submit one task of ``count`` jobs and wait until the agents have generated all of them."""
         self.say(f"generating {count:,} activated jobs")
         start = time.perf_counter()
-        # One task, not several: the generator does the same work either way (it makes at most 1000
-        # jobs per task per cycle, a cycle's cost grows with its jobs), and fewer tasks keep fewer
-        # of them in the generator's queue for the submissions timed later.
+        # One task, not several: the generator does the same work either way (it makes a bounded
+        # number of jobs per task per cycle, a cycle's cost grows with its jobs), and fewer tasks
+        # keep fewer of them in the generator's queue for the submissions timed later.
         task_id = await self.submit(client, count)
         deadline = start + GENERATION_GRACE_SECONDS + count * GENERATION_SECONDS_PER_JOB
         made = 0
@@ -380,6 +418,55 @@ class Bench:
             )
         return row
 
+    async def measure_large_task(self, client: httpx.AsyncClient) -> Row:
+        """One task of many jobs, from the submission until the database holds all of them.
+
+        Last of the rows: its jobs stay activated, and the rows before it size their queues on
+        what they expect to dispatch.
+        """
+        count = self.options.large_task_jobs
+        name = large_task_row_name(count)
+        self.say(f"{name}: submission until all jobs are activated")
+        before, start = machine.sample(self.server.process.pid), time.perf_counter()
+        task_id = await self.submit(client, count, output=True)
+        first_job_after: float | None = None
+        made = 0
+        async with _job_counter(self.server) as jobs_of:
+            deadline = start + LARGE_TASK_TIMEOUT_SECONDS
+            while made < count and time.perf_counter() < deadline:
+                await asyncio.sleep(LARGE_TASK_POLL_SECONDS)
+                made = await jobs_of(task_id)
+                if made and first_job_after is None:
+                    first_job_after = time.perf_counter() - start
+        elapsed = time.perf_counter() - start
+        after = machine.sample(self.server.process.pid)
+        machine_cores, server_cores = machine.cores_used(before, after, elapsed)
+        row = Row(
+            name=name,
+            jobs=made,
+            elapsed=elapsed,
+            jobs_per_s=made / elapsed,
+            server_cores=server_cores,
+            machine_cores=machine_cores,
+        )
+        if made < count:
+            # The rate is then over the jobs made so far, and the aim counts as missed.
+            row.errors = 1
+            row.notes.append(f"only {made:,} of {count:,} jobs after {elapsed:.0f} s")
+            return row
+        listed = await job_ids(client, task_id)
+        if len(set(listed)) != count:
+            row.errors = 1
+            row.notes.append(f"task/get_job_ids lists {len(set(listed)):,} distinct jobs, not {count:,}")
+        row.notes.append(
+            f"{elapsed:.1f} s in all, first job after {first_job_after or 0:.1f} s (refinement); "
+            f"database polled every {LARGE_TASK_POLL_SECONDS:g} s"
+        )
+        if server_cores is not None:
+            # CPU time per job depends less on what else the machine runs than the rate does.
+            row.notes.append(f"server CPU {server_cores * elapsed / count * 1e6:,.0f} µs per job")
+        return row
+
     async def run(self) -> list[Row]:
         rows = await self.measure_is_alive()
         alive = rows[0]
@@ -390,7 +477,9 @@ class Bench:
             rows += acquire_rows
             rows.append(await self.measure_heartbeats(dispatched))
             rows.append(await self.measure_activation(client))
-        targets = aims(self.options.database)
+            if self.options.large_task_jobs:
+                rows.append(await self.measure_large_task(client))
+        targets = aims(self.options.database, self.options.large_task_jobs)
         for row in rows:
             if row.ops_per_s is not None and alive.ops_per_s:
                 row.ratio_to_is_alive = row.ops_per_s / alive.ops_per_s
@@ -407,6 +496,32 @@ async def _call(request: Any) -> dict[str, Any]:
             f"{response.request.url.path} answered HTTP {response.status_code}: {response.text[:300]}"
         )
     return response.json()
+
+
+@contextlib.asynccontextmanager
+async def _job_counter(server: Server) -> AsyncIterator[Callable[[int], Awaitable[int]]]:
+    """A function counting a task's jobs in the server's database (read-only, committed rows)."""
+    if server.database_url:
+        connection = await asyncpg.connect(server.database_url.replace("postgresql+asyncpg", "postgresql"))
+
+        async def count_pg(task_id: int) -> int:
+            return await connection.fetchval('SELECT count(*) FROM jobs WHERE "jediTaskID" = $1', task_id)
+
+        try:
+            yield count_pg
+        finally:
+            await connection.close()
+        return
+    # SQLite in WAL mode: a reader neither blocks the server's writes nor waits for them.
+    database = sqlite3.connect(f"file:{server.home / 'bamboo.db'}?mode=ro", uri=True)
+
+    async def count_sqlite(task_id: int) -> int:
+        return database.execute('SELECT count(*) FROM jobs WHERE "jediTaskID" = ?', (task_id,)).fetchone()[0]
+
+    try:
+        yield count_sqlite
+    finally:
+        database.close()
 
 
 async def job_ids(client: httpx.AsyncClient, task_id: int) -> list[int]:
@@ -438,7 +553,7 @@ def render_table(rows: list[Row], title: str) -> Table:
             _number(row.ratio_to_is_alive, 2),
             _number(row.latency_p50_ms, 1),
             _number(row.latency_p95_ms, 1),
-            cpu if row.client_cores is not None else "",
+            cpu if row.server_cores is not None else "",
             f"{mark}{row.aim}" if row.aim else "",
             "; ".join(row.notes),
         )
@@ -457,13 +572,25 @@ def parse_options(argv: Sequence[str] | None) -> Options:
     parser.add_argument(
         "--submissions", type=int, default=20, help="tasks timed from submission to activation (default 20)"
     )
+    parser.add_argument(
+        "--large-task",
+        type=int,
+        default=None,
+        metavar="JOBS",
+        help=f"jobs of the large task (default {LARGE_TASK_JOBS:,}, quick {QUICK_LARGE_TASK_JOBS:,}, 0 none)",
+    )
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 s loads, small job pools")
     args = parser.parse_args(argv)
     if args.workers < 1 or args.concurrency < 1 or args.clients < 1 or args.submissions < 1:
         parser.error("--workers, --concurrency, --clients and --submissions must be at least 1")
+    if args.large_task is not None and args.large_task < 0:
+        parser.error("--large-task must not be negative")
     if not 0 < args.duration <= 600:
         parser.error("--duration must be more than 0 and at most 600 seconds")
     quick = args.quick
+    large_task = args.large_task
+    if large_task is None:
+        large_task = QUICK_LARGE_TASK_JOBS if quick else LARGE_TASK_JOBS
     return Options(
         database=args.database,
         workers=args.workers,
@@ -472,6 +599,7 @@ def parse_options(argv: Sequence[str] | None) -> Options:
         clients=min(args.clients, args.concurrency),
         submissions=min(args.submissions, 5) if quick else args.submissions,
         quick=quick,
+        large_task_jobs=large_task,
     )
 
 

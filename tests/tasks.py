@@ -1,4 +1,8 @@
-"""Task parameters shared by the API and end-to-end tests (the shapes clients.md §7 uses)."""
+"""Task parameters shared by the API and end-to-end tests (the shapes clients.md §7 uses).
+
+They carry ``skipScout`` so that tests about other things see every job at once; scouting has
+tests of its own (tests/api/test_scouting.py) with the shapes as clients send them.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ NO_INPUT_TASK: dict[str, Any] = {
     "transPath": "runGen-00-00-02",
     "processingType": "panda-client-2.2.0-jedi-run",
     "noInput": True,
+    "skipScout": True,
     "nEvents": 4,
     "nEventsPerJob": 2,
     "jobParameters": [
@@ -46,6 +51,7 @@ def input_task(dataset: str, name: str, n_files_per_job: int = 3) -> dict[str, A
         "transPath": "runAna",
         "processingType": "panda-client-2.2.0-jedi-run",
         "nFilesPerJob": n_files_per_job,
+        "skipScout": True,
         "jobParameters": [
             {"type": "template", "param_type": "input", "value": '-i "${IN/T}"', "dataset": dataset},
             {

@@ -105,6 +105,14 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         16 * 1024 * 1024, ge=1024, description="Largest accepted request body (after gzip decoding)."
     )
+    request_head_timeout_seconds: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="Longest a client may take to send a request's line and headers, counted from "
+        "connecting (or from the previous response on a kept-alive connection); slower or silent "
+        "connections are closed, so slow clients cannot hold all sockets (slowloris).",
+    )
     db_pool_size: int = Field(
         20,
         ge=1,

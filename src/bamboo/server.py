@@ -22,6 +22,7 @@ from typing import Any
 import uvicorn
 import uvloop
 from cryptography.hazmat.primitives.serialization import Encoding
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from bamboo import __version__
 from bamboo.agents.runner import AgentContext, AgentRunner
@@ -44,6 +45,68 @@ _RESTART_BACKOFF_SECONDS = 1.0
 
 class ServerStartError(Exception):
     """The server cannot start; the message says why and what to do."""
+
+
+class RequestHeadDeadline(HttpToolsProtocol):
+    """uvicorn's HTTP protocol, closing a connection whose next request head does not arrive in time.
+
+    uvicorn times out only the idle gap after a response (``timeout_keep_alive``) and nothing
+    else: a client that connects and stays silent, or sends its headers a byte at a time (each
+    byte cancels the keep-alive timer), holds the connection forever, and enough of them exhaust
+    the server's sockets (slowloris). So a deadline starts when the connection is made and again
+    after each response, and only the end of a request's headers cancels it: one timer per
+    connection, whatever the pace of the bytes. A request whose head is complete is not affected,
+    however long its body or handler takes. On the HTTPS port the protocol starts once the TLS
+    handshake is done; the event loop bounds the handshake itself (60 s).
+    """
+
+    head_timeout: float = 30.0
+    _head_deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_head_deadline()
+
+    def on_headers_complete(self) -> None:
+        self._cancel_head_deadline()
+        super().on_headers_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self._waiting_for_head():
+            self._arm_head_deadline()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_head_deadline()
+        super().connection_lost(exc)
+
+    def _waiting_for_head(self) -> bool:
+        # A pipelined request already parsed is in self.cycle and still running: not waiting.
+        idle = self.cycle is None or self.cycle.response_complete
+        return idle and not self.transport.is_closing()
+
+    def _arm_head_deadline(self) -> None:
+        self._cancel_head_deadline()
+        self._head_deadline = self.loop.call_later(self.head_timeout, self._head_deadline_passed)
+
+    def _cancel_head_deadline(self) -> None:
+        if self._head_deadline is not None:
+            self._head_deadline.cancel()
+            self._head_deadline = None
+
+    def _head_deadline_passed(self) -> None:
+        self._head_deadline = None
+        if self._waiting_for_head():
+            # Debug only: under a slowloris attack this line would come once per attacking connection.
+            log.debug("closing a connection that sent no complete request head in %g s", self.head_timeout)
+            self.transport.close()
+
+
+def with_head_deadline(protocol: type[HttpToolsProtocol], seconds: float) -> type[HttpToolsProtocol]:
+    """``protocol`` (HttpToolsProtocol or a subclass) with a request head deadline of ``seconds``."""
+    return type(
+        f"{protocol.__name__}WithHeadDeadline", (RequestHeadDeadline, protocol), {"head_timeout": seconds}
+    )
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -149,12 +212,15 @@ async def _serve_process(
     if runner is not None:
         state.wake = runner.wake
     app = create_app(state)
-    http_config = uvicorn.Config(app, lifespan="off", log_config=None, http="httptools")
+    head_timeout = settings.request_head_timeout_seconds
+    http_config = uvicorn.Config(
+        app, lifespan="off", log_config=None, http=with_head_deadline(HttpToolsProtocol, head_timeout)
+    )
     https_config = uvicorn.Config(
         app,
         lifespan="off",
         log_config=None,
-        http=ClientCertificateProtocol,
+        http=with_head_deadline(ClientCertificateProtocol, head_timeout),
         ssl_context_factory=lambda _config, _default: client_auth_context(home, settings),
     )
     servers = []

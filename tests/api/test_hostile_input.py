@@ -12,7 +12,11 @@ import orjson
 import pytest
 
 from tests.api.conftest import ApiServer
+from tests.api.test_task_admin import running_task
+from tests.api.test_task_flow import world
 from tests.tasks import NO_INPUT_TASK
+
+__all__ = ["world"]
 
 JSON = {"Accept": "application/json", "Content-Type": "application/json"}
 
@@ -257,3 +261,96 @@ async def test_values_beyond_their_column_are_refused(
     body = await submit(api, {**NO_INPUT_TASK, key: value})
     assert body["success"] is False and body["data"] == 4, body
     assert body["message"].startswith(expected), body
+
+
+# --- found by the schemathesis run (tests/api/test_openapi_fuzz.py) --------------------------------
+async def operator_post(api: ApiServer, name: str, params: dict[str, Any]) -> dict:
+    async with api.client(headers=api.token_headers("Prod Robot", role="production")) as client:
+        response = await client.post(f"/api/v1/task/{name}", content=orjson.dumps(params), headers=JSON)
+    return envelope(response)
+
+
+@pytest.mark.parametrize("method", ["DELETE", "PATCH", "OPTIONS", "TRACE"])
+async def test_unsupported_http_methods_are_plain_text_405(api: ApiServer, method: str) -> None:
+    async with api.client(https=False) as client:
+        response = await client.request(method, "/api/v1/system/is_alive")
+        unknown_path = await client.request(method, "/nowhere")
+    assert response.status_code == 405
+    assert response.headers["content-type"].startswith("text/plain")
+    assert response.text == "ERROR : Method Not Allowed"
+    assert set(response.headers["allow"].split(", ")) == {"GET", "HEAD", "POST", "PUT"}
+    assert unknown_path.status_code == 404 and unknown_path.text == "ERROR : Not Found"
+
+
+@pytest.mark.parametrize("flag", [True, False])
+async def test_json_booleans_for_an_integer_reach_the_handler_as_integers(api: ApiServer, flag: bool) -> None:
+    # PostgreSQL has no BIGINT = BOOLEAN: true used to fail the query instead of naming task 1.
+    by_bool = await operator_post(api, "change_priority", {"task_id": flag, "priority": flag})
+    by_int = await operator_post(api, "change_priority", {"task_id": int(flag), "priority": int(flag)})
+    assert by_bool == by_int == {"success": False, "message": "Task not found", "data": None}
+
+
+@pytest.mark.parametrize("hour_offset", [10**8, -(10**8), 2**63 - 1])
+async def test_modification_time_beyond_the_calendar_is_refused(api: ApiServer, hour_offset: int) -> None:
+    task_id = (await submit(api, NO_INPUT_TASK))["data"]
+    body = await operator_post(
+        api, "change_modification_time", {"task_id": task_id, "hour_offset": hour_offset}
+    )
+    assert body == {"success": False, "message": "Exception while changing the attribute", "data": None}
+
+
+@pytest.mark.parametrize(
+    ("name", "params", "message"),
+    [
+        ("change_priority", {"priority": 2**31}, "Exception while changing the priority"),
+        ("change_priority", {"priority": -(2**31) - 1}, "Exception while changing the priority"),
+        (
+            "change_attribute",
+            {"attribute_name": "ramCount", "value": 128972216930305776},
+            "Exception while changing the attribute",
+        ),
+    ],
+)
+async def test_values_beyond_an_integer_column_are_refused(
+    api: ApiServer, name: str, params: dict[str, Any], message: str
+) -> None:
+    task_id = (await submit(api, NO_INPUT_TASK))["data"]
+    body = await operator_post(api, name, {"task_id": task_id, **params})
+    assert body == {"success": False, "message": message, "data": None}
+    fits = await operator_post(api, "change_priority", {"task_id": task_id, "priority": 2**31 - 1})
+    assert fits == {"success": True, "message": "1 tasks changed", "data": None}
+
+
+@pytest.mark.parametrize(("from_offset", "to_offset"), [(15533, 974856), (2**62, -(2**62)), (-(10**9), 0)])
+async def test_jumbo_windows_beyond_the_calendar_are_clamped(
+    api: ApiServer, from_offset: int, to_offset: int
+) -> None:
+    async with api.client(headers=api.token_headers()) as client:
+        response = await client.get(
+            "/api/v1/task/get_jumbo_job_datasets", params={"from_offset": from_offset, "to_offset": to_offset}
+        )
+    assert envelope(response) == {"success": True, "message": "", "data": {}}
+
+
+async def test_attempt_increase_beyond_the_column_is_refused(world) -> None:
+    # A running task: only there does the increase reach the database.
+    api, task_id = await running_task(world)
+    body = await operator_post(api, "increase_attempts", {"task_id": task_id, "increase": 2**31})
+    assert body == {
+        "success": False,
+        "message": "increase must be between -2147483648 and 2147483647, got 2147483648",
+        "data": 2,
+    }
+
+
+@pytest.mark.parametrize("task_id", ["-5994061220314886438912", str(2**63)])
+@pytest.mark.parametrize(
+    ("name", "missing"),
+    [("get_status", "Task not found"), ("get_datasets_and_files", "No data found for the task")],
+)
+async def test_unannotated_task_ids_beyond_64_bits_find_nothing(
+    api: ApiServer, task_id: str, name: str, missing: str
+) -> None:
+    async with api.client(headers=api.token_headers()) as client:
+        response = await client.get(f"/api/v1/task/{name}", params={"task_id": task_id})
+    assert refused(response) == missing

@@ -263,7 +263,13 @@ async def test_retry_with_new_parameters_updates_the_task(world) -> None:
     await runner.drain()
     assert await task_status(api, task_id) == "failed"
     body = await command(api, "retry", task_id=task_id, new_parameters={"nEventsPerJob": 1})
-    assert body == registered("retry", task_id)
+    # Code 3, as upstream's re-execution answers: pbook calls a retry with new options failed otherwise.
+    assert body == {
+        "success": True,
+        "message": f"reactivation accepted. jediTaskID={task_id} (currently in failed state) "
+        "will be re-executed with old and/or new input",
+        "data": 3,
+    }
     async with api.client(headers=api.token_headers(OWNER)) as client:
         params = envelope(await client.get("/api/v1/task/get_task_parameters", params={"task_id": task_id}))
     assert params["data"]["nEventsPerJob"] == 1
@@ -350,3 +356,28 @@ async def test_reload_input_of_a_done_task(world) -> None:
     assert await command(api, "reload_input", task_id=task_id) == registered("incexec", task_id)
     await runner.drain()
     assert await task_status(api, task_id) == "done"
+
+
+async def test_a_refused_retry_leaves_the_task_parameters_alone(world) -> None:
+    api, runner, task_id = await running_task(world)
+    await prod_command(api, "pause", task_id=task_id)
+    await runner.drain()
+    body = await command(api, "retry", task_id=task_id, new_parameters={"nEventsPerJob": 1})
+    assert body == {
+        "success": False,
+        "message": "Command rejected: the retry command is not accepted if the task is in paused status ",
+        "data": 4,
+    }
+    async with api.client(headers=api.token_headers(OWNER)) as client:
+        params = envelope(await client.get("/api/v1/task/get_task_parameters", params={"task_id": task_id}))
+    assert params["data"]["nEventsPerJob"] == NO_INPUT_TASK["nEventsPerJob"]
+
+
+async def test_retry_with_new_parameters_of_a_running_user_task_answers_code_3(world) -> None:
+    api, _, task_id = await running_task(world)
+    body = await command(api, "retry", task_id=task_id, new_parameters={"nEventsPerJob": 1})
+    assert body == {
+        "success": True,
+        "message": "retry has been triggered for failed jobs while the task is still running",
+        "data": 3,
+    }

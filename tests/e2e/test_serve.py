@@ -197,10 +197,11 @@ def test_agents_in_their_own_process(tmp_path: Path) -> None:
             )
             deadline = time.monotonic() + 30
             status = "registered"
-            while status != "running" and time.monotonic() < deadline:
+            # Both jobs are the task's scouts (no skipScout), so it waits in scouting.
+            while status != "scouting" and time.monotonic() < deadline:
                 time.sleep(0.2)
                 status = client.get("/api/v1/task/get_status", params={"task_id": task_id}).json()["data"]
-            assert status == "running"
+            assert status == "scouting"
             assert (
                 len(client.get("/api/v1/task/get_job_ids", params={"task_id": task_id}).json()["data"]) == 2
             )

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import ast
 import re
+from datetime import UTC, datetime
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bamboo.logic.build_jobs import BuildState, lib_dataset_name, with_lib
 from bamboo.logic.errors import InvalidInput
 from bamboo.logic.jobparams import MAX_TEMPLATE_BYTES, JobContext, output_file_name, render
+from bamboo.logic.secondary import Attached, with_streams
 
 TASK_ID = 10000001
 
@@ -433,3 +436,33 @@ def test_compact_form_expands_to_the_files(files: list[str]) -> None:
 def test_arithmetic_matches_python(value: int, offset: int) -> None:
     job = ctx(streams={"NUM": [str(value)]})
     assert render(f"${{NUM/M[(# + {offset}) * 3 - #]}}", job) == str((value + offset) * 3 - value)
+
+
+# --- secondary streams and the lib file ---------------------------------------------------------
+
+
+def test_secondary_streams_fill_their_placeholders() -> None:
+    dataset = {"streamName": "IN2", "containerName": None, "datasetName": "mc.minbias"}
+    rows = [{"lfn": "mb.1.root"}, {"lfn": "mb.2.root"}, {"lfn": "mb.1.root"}]
+    job = with_streams(ctx(streams={"IN": ["a.root"]}), [Attached(dataset, rows, tracked=True)])
+    assert render('-i ${IN} --mb "${IN2/T}" --list ${IN2/F} --n ${IN,IN2/L}', job) == (
+        "-i a.root --mb \"['mb.1.root', 'mb.2.root']\" --list tmpin_mc.minbias --n a.root,mb.1.root,mb.2.root"
+    )
+    # a job left without secondary files is refused, as any input placeholder without files
+    empty = with_streams(ctx(streams={"IN": ["a.root"]}), [Attached(dataset, [], tracked=True)])
+    with pytest.raises(InvalidInput, match=re.escape("unresolved placeholder ${IN2/T}")):
+        render("${IN2/T}", empty)
+
+
+def test_lib_placeholder_only_when_the_task_builds() -> None:
+    built = BuildState(ready=True, lib={"lfn": "panda.lib._000001.7.lib.tgz"}, dataset={"datasetName": "x"})
+    assert render("-l ${LIB}", with_lib(ctx(), built)) == "-l panda.lib._000001.7.lib.tgz"
+    with pytest.raises(InvalidInput):
+        # without a build the placeholder stays, and an unknown stream is refused
+        render("-l ${LIB} ${IN}", with_lib(ctx(), BuildState(ready=True)))
+
+
+def test_lib_dataset_name() -> None:
+    moment = datetime(2026, 12, 3, 7, 5, 9, 123, tzinfo=UTC)
+    assert lib_dataset_name(10000042, moment) == "panda.1203070509.000123.lib._10000042"
+    assert lib_dataset_name(42, moment).endswith(".lib._000042")

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bamboo.logic.errors import InvalidInput
+from bamboo.logic.secondary import SecondaryUse, allocate, attributes_text
 from bamboo.logic.splitting import (
     DEFAULT_MAX_FILES_PER_JOB,
     DEFAULT_MAX_SIZE_PER_JOB,
@@ -21,6 +22,7 @@ from bamboo.logic.splitting import (
     cut_events,
     group_rows,
 )
+from bamboo.logic.taskparams import DatasetPlan
 
 # --- SplitRule.from_params ------------------------------------------------------------------
 
@@ -286,3 +288,181 @@ def test_file_job_count(n_files: int, n_files_per_job: int) -> None:
     assert len(group_rows(rows, SplitRule(n_files_per_job=n_files_per_job))) == math.ceil(
         n_files / n_files_per_job
     )
+
+
+# --- walltime sizing ------------------------------------------------------------------------
+
+
+def test_walltime_closes_a_job_before_the_queue_limit() -> None:
+    # 10 s per event, queue maxtime 100 s: at most 10 events per job.
+    rule = SplitRule().with_walltime(10, 100)
+    rows = rows_of([1] * 5, [4, 4, 3, 12, 1])
+    # a file over the limit on its own still makes a job
+    assert keys(group_rows(rows, rule)) == [[0, 1], [2], [3], [4]]
+
+
+def test_walltime_sizing_combines_with_gigabytes_and_file_cap() -> None:
+    rule = SplitRule(n_gb_per_job=1.0, n_max_files_per_job=3).with_walltime(1.0, 50)
+    rows = rows_of([int(0.4 * GIB)] * 6, [10, 10, 10, 10, 40, 11])
+    assert keys(group_rows(rows, rule)) == [[0, 1], [2, 3], [4], [5]]
+
+
+def test_walltime_does_not_change_fixed_counts() -> None:
+    rows = rows_of([1] * 4, [100] * 4)
+    assert keys(group_rows(rows, SplitRule(n_files_per_job=2).with_walltime(10, 5))) == [[0, 1], [2, 3]]
+    assert keys(group_rows(rows, SplitRule(n_events_per_job=200).with_walltime(10, 5))) == [[0, 1], [2, 3]]
+
+
+@pytest.mark.parametrize(("per_event", "maxtime"), [(None, 100), (0, 100), (5, None), (5, 0), (-1, 10)])
+def test_walltime_sizing_off_without_both_numbers(per_event: float | None, maxtime: int | None) -> None:
+    rule = SplitRule(n_gb_per_job=2.0).with_walltime(per_event, maxtime)
+    assert rule == SplitRule(n_gb_per_job=2.0)
+    assert len(group_rows(rows_of([1] * 3, [10**9] * 3), rule)) == 1
+
+
+def test_walltime_rule_rejects_non_positive_values() -> None:
+    with pytest.raises(ValueError):
+        SplitRule(seconds_per_event=0.0, max_walltime=10)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    rows=row_lists,
+    per_event=st.floats(0.1, 20.0),
+    maxtime=st.integers(1, 400),
+    max_files=st.integers(1, 9),
+    gigabytes=st.one_of(st.none(), st.floats(0.01, 3.0)),
+)
+def test_walltime_groups_partition_and_respect_every_cap(
+    rows: list[Row], per_event: float, maxtime: int, max_files: int, gigabytes: float | None
+) -> None:
+    rule = SplitRule(n_gb_per_job=gigabytes, n_max_files_per_job=max_files).with_walltime(per_event, maxtime)
+    groups = group_rows(rows, rule)
+    assert all(groups)
+    assert [row for group in groups for row in group] == rows
+    limit = int(gigabytes * GIB) if gigabytes is not None else rule.max_size_per_job
+    max_events = maxtime / per_event
+    for index, group in enumerate(groups):
+        events = sum(r.n_events for r in group)
+        size = sum(r.size for r in group)
+        assert len(group) <= max_files
+        assert len(group) == 1 or (events <= max_events and size <= limit)
+        if index + 1 < len(groups):
+            nxt = groups[index + 1][0]
+            assert len(group) == max_files or size + nxt.size > limit or events + nxt.n_events > max_events
+
+
+# --- secondary inputs -----------------------------------------------------------------------
+
+
+def plan(**kwargs) -> DatasetPlan:
+    return DatasetPlan(name="sec.ds", type="input", stream="IN2", **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "secondary", "text", "use"),
+    [
+        ({}, True, None, SecondaryUse()),
+        ({"nfiles_per_job": 2}, True, "np=2", SecondaryUse(n_files_per_job=2)),
+        ({"ratio": 0.5}, True, "ratio=0.5", SecondaryUse(ratio=0.5)),
+        ({"ratio": 3.0, "attributes": ("ru",)}, True, "ru,ratio=3", SecondaryUse(ratio=3, reusable=True)),
+        ({"attributes": ("repeat", "nosplit")}, True, "repeat,nosplit", SecondaryUse(every_file=True)),
+        # the master's nFilesPerJob is the task's business, not an attribute
+        ({"nfiles_per_job": 2, "attributes": ("cc",)}, False, "cc", SecondaryUse()),
+    ],
+)
+def test_secondary_attributes_round_trip(kwargs: dict, secondary: bool, text: str | None, use) -> None:
+    assert attributes_text(plan(**kwargs), secondary=secondary) == text
+    if secondary:
+        assert SecondaryUse.from_attributes(text) == use
+
+
+@pytest.mark.parametrize("text", ["np=abc,ratio=-1", "np=,ratio=nan", "np=0,ratio=0", "ratio=inf"])
+def test_malformed_secondary_sizing_is_ignored(text: str) -> None:
+    assert SecondaryUse.from_attributes(text) == SecondaryUse()
+
+
+def test_secondary_tracking() -> None:
+    assert SecondaryUse().tracked and SecondaryUse(n_files_per_job=3).tracked
+    assert not SecondaryUse(reusable=True).tracked
+    assert not SecondaryUse(every_file=True).tracked
+
+
+def test_secondary_default_is_one_file_per_master_file() -> None:
+    assert allocate([2, 2, 1], list("abcdefg"), SecondaryUse()) == [["a", "b"], ["c", "d"], ["e"]]
+
+
+def test_secondary_files_per_job_ignores_master_count() -> None:
+    assert allocate([5, 1, 3], list("abcde"), SecondaryUse(n_files_per_job=2)) == [
+        ["a", "b"],
+        ["c", "d"],
+        ["e"],
+    ]
+
+
+def test_secondary_runs_out() -> None:
+    assert allocate([1, 1, 1], ["a"], SecondaryUse()) == [["a"], [], []]
+
+
+def test_secondary_fractional_ratio_rounds_up() -> None:
+    assert allocate([3, 1, 2], list("abcdefgh"), SecondaryUse(ratio=0.5)) == [["a", "b"], ["c"], ["d"]]
+    # float noise in an integral product does not add a file
+    assert SecondaryUse(ratio=0.1).files_for(30, 100) == 3
+
+
+def test_secondary_reusable_starts_again() -> None:
+    assert allocate([1, 1, 1, 1], list("abc"), SecondaryUse(n_files_per_job=2, reusable=True)) == [
+        ["a", "b"],
+        ["a", "b"],
+        ["a", "b"],
+        ["a", "b"],
+    ]
+    assert allocate([1, 1, 1, 1], list("abc"), SecondaryUse(reusable=True)) == [["a"], ["b"], ["c"], ["a"]]
+
+
+def test_secondary_every_file_in_every_job() -> None:
+    assert allocate([1, 4], list("ab"), SecondaryUse(every_file=True, n_files_per_job=1)) == [
+        ["a", "b"],
+        ["a", "b"],
+    ]
+
+
+secondary_uses = st.builds(
+    SecondaryUse,
+    n_files_per_job=st.one_of(st.none(), st.integers(1, 5)),
+    ratio=st.one_of(st.integers(1, 4), st.floats(0.05, 4.0)),
+    reusable=st.booleans(),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(counts=st.lists(st.integers(1, 6), max_size=15), n_rows=st.integers(0, 40), use=secondary_uses)
+def test_secondary_allocation_properties(counts: list[int], n_rows: int, use: SecondaryUse) -> None:
+    rows = list(range(n_rows))
+    shares = allocate(counts, rows, use)
+    assert len(shares) == len(counts)
+    for share, count in zip(shares, counts, strict=True):
+        wanted = use.files_for(count, n_rows)
+        assert len(share) <= wanted
+        # a share is a run of consecutive rows
+        assert share == list(range(share[0], share[0] + len(share))) if share else True
+        if use.reusable and wanted <= n_rows:
+            assert len(share) == wanted
+    if not use.reusable:
+        handed = [row for share in shares for row in share]
+        # each row at most once, in order, and nothing skipped while jobs still wanted more
+        assert handed == rows[: len(handed)]
+        total_wanted = sum(use.files_for(c, n_rows) for c in counts)
+        assert len(handed) == min(total_wanted, n_rows)
+
+
+def test_rule_at_a_queue() -> None:
+    queue = {"name": "Q", "maxtime": 3600, "maxwdir": 4000}
+    rule = SplitRule().for_queue(queue, 2.5)
+    assert rule == SplitRule(max_size_per_job=4000 * 1024**2, seconds_per_event=2.5, max_walltime=3600)
+    # the task's own size limit still wins over the queue's scratch space
+    assert group_rows(rows_of([3 * GIB] * 2), SplitRule(n_gb_per_job=10.0).for_queue(queue, None)) == [
+        rows_of([3 * GIB] * 2)
+    ]
+    assert keys(group_rows(rows_of([3 * GIB] * 2), rule)) == [[0], [1]]
+    assert SplitRule().for_queue({"name": "Q"}, 2.5) == SplitRule()

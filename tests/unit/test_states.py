@@ -17,6 +17,7 @@ from bamboo.logic.states import (
     JOB_STATUSES,
     PILOT_REPORTABLE,
     PilotDecision,
+    completeness,
     final_task_status,
     pilot_report,
 )
@@ -120,3 +121,38 @@ def test_final_task_status(
         )
         == expected
     )
+
+
+@pytest.mark.parametrize(
+    ("finished", "done_per_mille", "goal", "fail_goal", "expected"),
+    [
+        (2, 500, None, False, "finished"),
+        (2, 500, None, True, "failed"),  # the default goal is everything
+        (2, 500, 500, True, "finished"),
+        (2, 499, 500, True, "failed"),
+        (2, None, 500, True, "finished"),  # by files: 2 of 4 is 500 per mille
+        (1, None, 500, True, "failed"),
+        (4, 1000, 500, True, "done"),
+        (0, 0, 100, True, "failed"),
+    ],
+)
+def test_fail_when_goal_unreached(
+    finished: int, done_per_mille: int | None, goal: int | None, fail_goal: bool, expected: str
+) -> None:
+    assert (
+        final_task_status(
+            n_files=4,
+            n_files_finished=finished,
+            parent_status=None,
+            done_per_mille=done_per_mille,
+            goal=goal,
+            fail_goal_unreached=fail_goal,
+        )
+        == expected
+    )
+
+
+def test_completeness_counts_events_when_there_are_some() -> None:
+    assert completeness(n_files=4, n_files_finished=1, n_events=100, n_events_used=75) == 750
+    assert completeness(n_files=4, n_files_finished=1, n_events=0, n_events_used=0) == 250
+    assert completeness(n_files=0, n_files_finished=0, n_events=0, n_events_used=0) == 0

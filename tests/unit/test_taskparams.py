@@ -13,7 +13,14 @@ from hypothesis import strategies as st
 from bamboo.logic.errors import InvalidInput
 from bamboo.logic.jobparams import JobContext, output_file_name, render
 from bamboo.logic.splitting import SplitRule
-from bamboo.logic.taskparams import MAX_TASK_PARAMS_BYTES, DatasetPlan, refine, validate
+from bamboo.logic.taskparams import (
+    DEFAULT_BUILD_LABEL,
+    MAX_TASK_PARAMS_BYTES,
+    BuildSpec,
+    DatasetPlan,
+    refine,
+    validate,
+)
 
 # clients.md §7, S1
 E2E_TASK: dict[str, Any] = {
@@ -922,3 +929,45 @@ def test_refined_templates_render(params: dict[str, Any]) -> None:
     )
     text = render(task.job_params_template, job)
     assert "${" not in text and "$JEDITASKID" not in text
+
+
+# --- buildSpec --------------------------------------------------------------------------------
+
+BUILD_SPEC = {
+    "prodSourceLabel": "panda",
+    "archiveName": "sources.0a1b.tar.gz",
+    "jobParameters": "-i ${IN} -o ${OUT} --sourceURL ${SURL} -r .",
+    "transPath": "buildGen",
+}
+
+
+def test_build_spec_parsed() -> None:
+    assert BuildSpec.from_params({"buildSpec": BUILD_SPEC}) == BuildSpec(
+        archive_name="sources.0a1b.tar.gz",
+        job_parameters="-i ${IN} -o ${OUT} --sourceURL ${SURL} -r .",
+        trans_path="buildGen",
+        prod_source_label="panda",
+    )
+    label_less = {key: value for key, value in BUILD_SPEC.items() if key != "prodSourceLabel"}
+    assert (
+        BuildSpec.from_params({"buildSpec": label_less}).prod_source_label == DEFAULT_BUILD_LABEL == "panda"
+    )
+    assert BuildSpec.from_params({}) is None
+    assert refine({**E2E_TASK, "buildSpec": BUILD_SPEC}).build == BuildSpec.from_params(
+        {"buildSpec": BUILD_SPEC}
+    )
+    assert refine(E2E_TASK).build is None
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("-i ${IN}", "'buildSpec' must be an object"),
+        ({**BUILD_SPEC, "archiveName": ""}, "'archiveName' must be a non-empty string"),
+        ({"archiveName": "a.tar.gz"}, "'jobParameters' must be a non-empty string"),
+        ({**BUILD_SPEC, "transPath": 3}, "'transPath' must be a string"),
+    ],
+)
+def test_bad_build_spec_refused_at_submission(spec: Any, message: str) -> None:
+    with pytest.raises(InvalidInput, match=re.escape(message)):
+        validate({**E2E_TASK, "buildSpec": spec})

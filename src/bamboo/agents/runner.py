@@ -19,13 +19,15 @@ from dataclasses import dataclass, field
 
 from bamboo.db import notify
 from bamboo.db.engine import UNAVAILABLE_ERRORS, Database
-from bamboo.logic import commands, finaliser, finisher, generator, refiner
+from bamboo.logic import commands, feeder, finaliser, finisher, generator, refiner, task_watchdog
 from bamboo.logic.catalog import DataManagement
 from bamboo.logic.clock import Clock
 
 log = logging.getLogger(__name__)
 
 ERROR_BACKOFF_SECONDS = 5.0
+# Its rules count in minutes to days (domain.md §2.4).
+TASK_WATCHDOG_PERIOD_SECONDS = 60.0
 
 
 @dataclass
@@ -44,11 +46,14 @@ class Agent:
         name: how logs and wake-ups refer to it.
         step: one batch of work in one transaction; returns how much it did.
         wakes: agents that may have work once this one did some.
+        period: seconds an idle step waits before the next, when longer than the runner's period
+            (time-based rules need not be looked at every second).
     """
 
     name: str
     step: Callable[[AgentContext], Awaitable[int]]
     wakes: tuple[str, ...] = ()
+    period: float | None = None
 
 
 async def _refine(ctx: AgentContext) -> int:
@@ -76,12 +81,26 @@ async def _execute_commands(ctx: AgentContext) -> int:
         return await commands.execute(conn, ctx.clock)
 
 
+async def _feed(ctx: AgentContext) -> int:
+    async with ctx.db.transaction() as conn:
+        return await feeder.feed(conn, ctx.clock, ctx.dm)
+
+
+async def _watch_tasks(ctx: AgentContext) -> int:
+    async with ctx.db.transaction() as conn:
+        return await task_watchdog.watch(conn, ctx.clock)
+
+
 AGENTS: tuple[Agent, ...] = (
     Agent("refiner", _refine, wakes=("generator",)),
+    Agent("feeder", _feed, wakes=("generator", "finisher")),
     Agent("generator", _generate),
-    Agent("finaliser", _finalise, wakes=("generator", "finisher", "commando")),
-    Agent("finisher", _finish, wakes=("refiner",)),
-    Agent("commando", _execute_commands, wakes=("generator", "finisher")),
+    Agent("finaliser", _finalise, wakes=("generator", "finisher", "commando", "feeder")),
+    Agent("finisher", _finish, wakes=("refiner", "feeder")),
+    Agent("commando", _execute_commands, wakes=("generator", "finisher", "feeder")),
+    Agent(
+        "task_watchdog", _watch_tasks, wakes=("generator", "commando"), period=TASK_WATCHDOG_PERIOD_SECONDS
+    ),
 )
 
 
@@ -135,6 +154,7 @@ class AgentRunner:
 
     async def _loop(self, name: str) -> None:
         event = self._events[name]
+        idle_period = max(self.period, self.agents[name].period or 0.0)
         while True:
             event.clear()
             try:
@@ -157,6 +177,6 @@ class AgentRunner:
             if done:
                 continue
             try:
-                await asyncio.wait_for(event.wait(), timeout=self.period)
+                await asyncio.wait_for(event.wait(), timeout=idle_period)
             except TimeoutError:
                 pass

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from fastapi import FastAPI
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
@@ -17,6 +18,13 @@ from bamboo.api.openapi import docs_page, openapi_document
 from bamboo.api.state import ServerState
 
 _AUTH_CONFIG_NAME = re.compile(r"^([A-Za-z0-9_.:\-]{1,64})_auth_config\.json$")
+
+
+async def _plain_http_error(_: Request, exc: HTTPException) -> Response:
+    """Routing refusals (unknown path, unsupported HTTP method) as upstream's plain text, not FastAPI JSON."""
+    response = plain_error(exc.status_code, exc.detail)
+    response.headers.update(exc.headers or {})
+    return response
 
 
 def create_app(state: ServerState) -> FastAPI:
@@ -50,6 +58,7 @@ def create_app(state: ServerState) -> FastAPI:
         openapi_url=None,
         docs_url=None,
         redoc_url=None,
+        exception_handlers={HTTPException: _plain_http_error},
         routes=[
             Route("/api/{rest:path}", dispatch, methods=["GET", "HEAD", "POST", "PUT"]),
             Route("/openapi.json", openapi, methods=["GET"]),

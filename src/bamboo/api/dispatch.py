@@ -24,7 +24,13 @@ from starlette.types import Message, Receive
 from bamboo.api.auth import AuthenticationFailed, resolve_identity
 from bamboo.api.call import Call
 from bamboo.api.envelope import Reply, envelope_response, failure, plain_error
-from bamboo.api.params import ParameterError, check_text, check_type, coerce_query_value
+from bamboo.api.params import (
+    ParameterError,
+    bool_as_declared_int,
+    check_text,
+    check_type,
+    coerce_query_value,
+)
 from bamboo.api.registry import Access, DbUse, Endpoint, Registry
 from bamboo.api.state import ServerState
 from bamboo.auth.identity import Identity, has_production_role
@@ -139,7 +145,8 @@ def bind_parameters(endpoint: Endpoint, params: dict[str, Any], *, textual: bool
             value = coerce_query_value(param.name, value, param.type, param.default)
             # A coerced literal may spell a NUL as an escape the raw text did not show.
             check_text(param.name, value, textual=False)
-        bound[param.name] = check_type(param.name, value, param.type, param.default)
+        value = check_type(param.name, value, param.type, param.default)
+        bound[param.name] = bool_as_declared_int(value, param.type)
     return bound
 
 

@@ -37,6 +37,14 @@ _ACCESS_TEXT = {
 }
 
 
+def _plain_text(description: str) -> dict[str, Any]:
+    """A documented non-envelope error: upstream answers these as ``ERROR : <reason>`` text."""
+    return {
+        "description": f"{description} Plain text.",
+        "content": {"text/plain": {"schema": {"type": "string", "pattern": "^ERROR : "}}},
+    }
+
+
 def schema_of(param_type: ParamType) -> dict[str, Any]:
     if param_type.annotation is Any:
         return {}
@@ -66,8 +74,15 @@ def _operation(endpoint: Endpoint, method: str) -> dict[str, Any]:
                 "description": "The PanDA envelope (also for refused calls, with success false).",
                 "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Envelope"}}},
             },
-            "403": {"description": "Unknown endpoint, failed token or banned user (plain text)."},
-            "503": {"description": "Database unavailable; retry after the Retry-After delay."},
+            "400": _plain_text("A body that cannot be read: invalid JSON, gzip or form data."),
+            "403": _plain_text("Unknown endpoint, failed token or banned user."),
+            "405": _plain_text("An HTTP method other than GET, HEAD, POST and PUT."),
+            "413": _plain_text("A request body larger than the server accepts."),
+            "503": {
+                "description": "Database unavailable; retry after the Retry-After delay.",
+                "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Envelope"}}},
+            },
         },
     }
     if endpoint.access is not Access.PUBLIC:

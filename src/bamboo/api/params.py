@@ -212,3 +212,15 @@ def check_type(name: str, value: Any, param_type: ParamType, default: Any) -> An
     if int in members and isinstance(value, int) and not INT_MIN <= value <= INT_MAX:
         raise ParameterError(f"Value error: '{name}' must be a 64-bit integer.")
     return value
+
+
+def bool_as_declared_int(value: Any, param_type: ParamType) -> Any:
+    """JSON ``true``/``false`` that passed an int check (the upstream quirk), as the integer 1/0.
+
+    The handler then gets the number it declared: PostgreSQL compares no BIGINT column with a
+    boolean, so a ``True`` task id would fail the query instead of naming task 1.
+    """
+    members = param_type.members
+    if isinstance(value, bool) and int in members and bool not in members:
+        return int(value)
+    return value

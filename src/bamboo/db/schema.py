@@ -292,3 +292,36 @@ task_commands = sa.Table(
     sa.Column("modificationTime", UTCDateTime, nullable=False),
     sa.Index("ix_task_commands_status", "status", "creationTime"),
 )
+
+# The global share tree (upstream's GLOBAL_SHARES, domain.md §6.4), replaced as a whole by
+# `bamboo share load`. ``position`` is the file order (parents before children), which is the
+# order tasks are matched in; the selectors are regular expressions on task fields.
+global_shares = sa.Table(
+    "global_shares",
+    metadata,
+    sa.Column("name", sa.String(32), primary_key=True),
+    sa.Column("parent", sa.String(32), nullable=True),
+    sa.Column("position", sa.Integer, nullable=False, unique=True),
+    sa.Column("value", sa.Float, nullable=False),
+    sa.Column("prodsourcelabel", sa.String(256), nullable=True),
+    sa.Column("workinggroup", sa.String(256), nullable=True),
+    sa.Column("campaign", sa.String(256), nullable=True),
+    sa.Column("processingtype", sa.String(256), nullable=True),
+    sa.Column("transpath", sa.String(256), nullable=True),
+    sa.Column("rtype", sa.String(256), nullable=True),
+    sa.Column("vo", sa.String(256), nullable=True),
+    sa.Column("queue_id", sa.Integer, nullable=True),
+    sa.Column("throttled", sa.Boolean, nullable=False),
+    sa.Column("is_default", sa.Boolean, nullable=False),
+)
+
+# Dispatch with shares picks the jobs of one share of a queue at a time (db/jobs.py _pick), in
+# priority order: this index gives those rows first.
+sa.Index(
+    "ix_jobs_share_dispatch",
+    jobs.c.jobStatus,
+    jobs.c.computingSite,
+    jobs.c.gshare,
+    jobs.c.currentPriority.desc(),
+    jobs.c.PandaID,
+)

@@ -29,7 +29,10 @@ _MODIFIED_SINCE_COLUMNS = (
 
 
 async def update_task(conn: AsyncConnection, task_id: int, **values: Any) -> int:
-    """Set columns of one task; returns the number of rows changed (0 when there is no such task)."""
+    """Set columns of one task other than its status; returns the number of rows changed (0 when
+    there is no such task). A status goes through ``logic.task_status``."""
+    if "status" in values:
+        raise ValueError("a task status is written only by logic.task_status.change")
     result = await conn.execute(sa.update(tasks).where(tasks.c.jediTaskID == task_id).values(**values))
     return result.rowcount
 

@@ -39,7 +39,15 @@ async def newest_by_name(conn: AsyncConnection, user_name: str, task_name: str) 
 
 
 async def update(conn: AsyncConnection, task_id: int, **values: Any) -> None:
+    """Write task columns other than the status (a status goes through ``logic.task_status``)."""
+    if "status" in values:
+        raise ValueError("a task status is written only by logic.task_status.change")
     await conn.execute(sa.update(tasks).where(tasks.c.jediTaskID == task_id).values(**values))
+
+
+async def write_status(conn: AsyncConnection, task_id: int, status: str, **values: Any) -> None:
+    """Write a status the transition table allowed (called by ``logic.task_status.change`` only)."""
+    await conn.execute(sa.update(tasks).where(tasks.c.jediTaskID == task_id).values(status=status, **values))
 
 
 async def claim(
@@ -144,11 +152,43 @@ async def insert_files(conn: AsyncConnection, rows: list[dict[str, Any]]) -> lis
     return list(result.scalars())
 
 
+# Bulk paths. SQLAlchemy can promise RETURNING in parameter order on SQLite only by inserting one
+# row per statement (SQLite does not guarantee the order of RETURNING rows), which made a 100,000
+# row insert take minutes; these two never need that order.
+
+
+async def add_files(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
+    """Insert file rows whose fileIDs the caller does not need, in one executemany."""
+    if rows:
+        await conn.execute(sa.insert(task_files), uniform(rows))
+
+
+async def insert_outputs(conn: AsyncConnection, rows: list[dict[str, Any]]) -> dict[tuple[int, int], int]:
+    """Insert planned output rows; returns their fileIDs by ``(outPandaID, datasetID)``.
+
+    A job plans one row per output dataset, so that pair names each row of a batch.
+    """
+    if not rows:
+        return {}
+    result = await conn.execute(
+        sa.insert(task_files).returning(task_files.c.fileID, task_files.c.outPandaID, task_files.c.datasetID),
+        uniform(rows),
+    )
+    ids = {(panda_id, dataset_id): file_id for file_id, panda_id, dataset_id in result}
+    if len(ids) != len(rows):
+        raise ValueError("planned output rows must differ in (outPandaID, datasetID)")
+    return ids
+
+
 async def eligible_rows(conn: AsyncConnection, dataset_id: int, limit: int) -> list[dict[str, Any]]:
     """Master rows a new job may take: ready, tracked and with attempts left, in file order."""
+    # The dataset's task is named too, so the (jediTaskID, datasetID, status) index finds the rows
+    # (on SQLite already in fileID order); on datasetID alone both backends scan every file row.
+    owner = sa.select(task_datasets.c.jediTaskID).where(task_datasets.c.datasetID == dataset_id)
     query = (
         sa.select(task_files)
         .where(
+            task_files.c.jediTaskID == owner.scalar_subquery(),
             task_files.c.datasetID == dataset_id,
             task_files.c.status == "ready",
             task_files.c.keepTrack == 1,
@@ -177,6 +217,34 @@ async def update_files(conn: AsyncConnection, file_ids: Sequence[int], **values:
         await conn.execute(
             sa.update(task_files).where(task_files.c.fileID.in_(list(file_ids))).values(**values)
         )
+
+
+async def assign_files(conn: AsyncConnection, assignments: Sequence[tuple[int, int]], **values: Any) -> None:
+    """Hand file rows to jobs: each ``(fileID, PandaID)`` pair sets that row's PandaID, and
+    ``values`` are written on every row.
+
+    One executemany of a prepared UPDATE by primary key for the whole batch: a statement per job
+    cost the generator most of its time, and executemany is the same on both backends.
+    """
+    if not assignments:
+        return
+    # Bind names differ from the column names: SQLAlchemy reserves those for its own SET parameters.
+    statement = (
+        sa.update(task_files)
+        .where(task_files.c.fileID == sa.bindparam("assigned_file_id"))
+        .values(
+            PandaID=sa.bindparam("assigned_panda_id"),
+            **{name: sa.bindparam(f"new_{name}", type_=task_files.c[name].type) for name in values},
+        )
+    )
+    common = {f"new_{name}": value for name, value in values.items()}
+    await conn.execute(
+        statement,
+        [
+            {"assigned_file_id": file_id, "assigned_panda_id": panda_id, **common}
+            for file_id, panda_id in assignments
+        ],
+    )
 
 
 async def update_file(conn: AsyncConnection, file_id: int, **values: Any) -> None:
@@ -210,8 +278,11 @@ async def claim_generating(
         )
         .correlate(tasks)
     )
+    # The task is named as well as its master datasets so that the (jediTaskID, datasetID, status)
+    # index answers: on datasetID alone SQLite scanned every file row, once per task, every cycle.
     has_work = sa.exists(
         sa.select(task_files.c.fileID).where(
+            task_files.c.jediTaskID == tasks.c.jediTaskID,
             task_files.c.datasetID.in_(master.scalar_subquery()),
             task_files.c.status == "ready",
             task_files.c.keepTrack == 1,
@@ -243,6 +314,8 @@ async def claim_completed(conn: AsyncConnection, statuses: Sequence[str], limit:
             task_datasets.c.masterID.is_(None),
             task_datasets.c.type.in_(["input", "pseudo_input"]),
             task_datasets.c.nFilesFinished + task_datasets.c.nFilesFailed >= task_datasets.c.nFiles,
+            # An open input may still grow (logic/feeder.py): the task is not done yet.
+            task_datasets.c.status != "toupdate",
         )
     )
     query = (

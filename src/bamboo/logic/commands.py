@@ -5,7 +5,7 @@ status (:func:`bamboo.logic.states.command_accepted`) and replaces any command s
 task. The commando agent (woken on commit) then executes it (domain.md §2.3): the task goes to the
 command's "doing" status, its jobs are killed, paused or released, and it moves on to the "done"
 status as soon as nothing is left to wait for. Every status change goes through
-:func:`bamboo.logic.states.check_task_transition`.
+:func:`bamboo.logic.task_status.change`, which checks it against the transition table.
 """
 
 from __future__ import annotations
@@ -19,14 +19,14 @@ import orjson
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bamboo.db import commands as commands_db
+from bamboo.db import feeder as feeder_db
 from bamboo.db import notify
 from bamboo.db import tasks as tasks_db
-from bamboo.logic import killing, taskparams
+from bamboo.logic import killing, scouting, task_status, taskparams
 from bamboo.logic.clock import Clock
 from bamboo.logic.states import (
     COMMAND_DOING_STATUS,
     JOB_FINAL,
-    check_task_transition,
     command_accepted,
     command_executable,
 )
@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 OK = 0
 DB_ERROR = 1
 NOT_FOUND = 2
+NEW_PARAMETERS_ACCEPTED = 3
 REJECTED = 4
 RETRY_ACTIVE_USER_TASK = 5
 BATCH = 50
@@ -66,6 +67,14 @@ def rejected_message(command: str, status: str, extra: str = "") -> str:
 
 def not_found_message(task_id: int) -> str:
     return f"jediTaskID={task_id} not found"
+
+
+def reactivation_message(task_id: int, status: str) -> str:
+    """Upstream's answer to a re-execution with new parameters (code 3), as a resubmission gives it."""
+    return (
+        f"reactivation accepted. jediTaskID={task_id} (currently in {status} state) "
+        "will be re-executed with old and/or new input"
+    )
 
 
 def qualified_comment(command: str, qualifiers: list[str], requester: str) -> str:
@@ -113,24 +122,41 @@ async def retry(
     *,
     requester: str,
     production: bool,
+    new_parameters: dict[str, Any] | None = None,
 ) -> CommandResult:
     """``task/retry``: a retry command, or, for a user task still running, its failed inputs now.
 
     An analysis task that is still running cannot be retried as a whole; upstream instead gives its
-    failed inputs more attempts at once (code 5 internally, answered as success).
+    failed inputs more attempts at once (code 5 internally, answered as success). ``new_parameters``
+    are merged into the stored task parameters (None removes a key) only once the retry is
+    accepted, and the answer is then code 3: upstream re-executes through a resubmission, which
+    answers 3, and pbook takes any other code for a failed retry with new options.
+
+    Raises:
+        InvalidInput: the merged parameters are not a valid task.
     """
     task = await commands_db.lock_task(conn, task_id)
     if task is None:
         return CommandResult(NOT_FOUND, not_found_message(task_id))
+    merged = None if new_parameters is None else _merged_parameters(task, new_parameters)
     if task["status"] in _RETRY_ACTIVE_STATUSES and task["prodSourceLabel"] == "user":
+        if merged is not None:
+            await _store_parameters(conn, task_id, merged)
         reopened = await _reopen_exhausted_rows(conn, clock, task_id)
         if reopened:
             await notify.announce(conn, "generator")
         return CommandResult(
-            OK, f"retry has been triggered for failed jobs while the task is still {task['status']}"
+            OK if merged is None else NEW_PARAMETERS_ACCEPTED,
+            f"retry has been triggered for failed jobs while the task is still {task['status']}",
         )
     comment = qualified_comment("retry", qualifiers, requester)
-    return await register(conn, clock, task_id, "retry", comment, requester=requester, production=production)
+    result = await register(
+        conn, clock, task_id, "retry", comment, requester=requester, production=production
+    )
+    if merged is None or result.code != OK:
+        return result
+    await _store_parameters(conn, task_id, merged)
+    return CommandResult(NEW_PARAMETERS_ACCEPTED, reactivation_message(task_id, task["status"]))
 
 
 async def kill_unfinished_jobs(
@@ -150,17 +176,12 @@ async def kill_unfinished_jobs(
     return [job["PandaID"] in killed for job in all_jobs]
 
 
-async def merge_task_parameters(conn: AsyncConnection, task_id: int, new_parameters: dict[str, Any]) -> None:
-    """Merge new task parameters into the stored ones (None removes a key) and check the result.
-
-    The generator refines the stored parameters each cycle, so the jobs a retry makes use them.
+def _merged_parameters(task: dict[str, Any], new_parameters: dict[str, Any]) -> dict[str, Any]:
+    """The task's stored parameters with the new ones merged in (None removes a key), checked.
 
     Raises:
         InvalidInput: the merged parameters are not a valid task.
     """
-    task = await commands_db.lock_task(conn, task_id)
-    if task is None:
-        return
     params = orjson.loads(task["task_params"])
     for key, value in new_parameters.items():
         if value is None:
@@ -169,6 +190,11 @@ async def merge_task_parameters(conn: AsyncConnection, task_id: int, new_paramet
             params[key] = value
     taskparams.validate(params)
     taskparams.refine(params)
+    return params
+
+
+async def _store_parameters(conn: AsyncConnection, task_id: int, params: dict[str, Any]) -> None:
+    # The generator refines the stored parameters each cycle, so the jobs a retry makes use them.
     await tasks_db.update(conn, task_id, task_params=orjson.dumps(params).decode())
 
 
@@ -208,7 +234,7 @@ async def _start(conn: AsyncConnection, clock: Clock, command: dict[str, Any], t
     if name == "resume":
         return await _resume(conn, clock, task)
     if name == "avalanche":
-        await tasks_db.update(conn, task["jediTaskID"], walltimeUnit="ava", modificationTime=clock.now())
+        await scouting.avalanche(conn, clock, task)
         return await _finish_command(conn, clock, task)
     if name == "release":
         # Bamboo has no tape staging yet, so no input of the task waits to be released.
@@ -275,7 +301,11 @@ async def _reassign(
     task_id = task["jediTaskID"]
     if "nokill" not in mode:
         only = killing.QUEUED_JOB_STATUSES if "soft" in mode else None
-        await _kill(conn, clock, task_id, only, _REASSIGN_BY_JEDI, requester)
+        killed = await _kill(conn, clock, task_id, only, _REASSIGN_BY_JEDI, requester)
+        if killed and task["status"] == "scouting":
+            # Its scouts are gone, not failed: the task scouts again at the new place.
+            await _set_status(conn, clock, task, "ready", old_status=None)
+            task = {**task, "status": "ready"}
     value = None if target in ("", "None") else target
     await tasks_db.update(conn, task_id, **{kind: value}, modificationTime=clock.now())
     if task["status"] == "toreassign":
@@ -307,7 +337,10 @@ async def _retry(conn: AsyncConnection, clock: Clock, task: dict[str, Any], comm
     datasets = await tasks_db.datasets(conn, task_id)
     for dataset in datasets:
         if dataset["type"] in ("input", "pseudo_input") and dataset["masterID"] is None:
-            await tasks_db.update_dataset(conn, dataset["datasetID"], status="ready", modificationTime=now)
+            # incexec (reload_input) rescans the input: files the catalog gained are processed too.
+            rescan = command["command"] == "incexec" and dataset["type"] == "input"
+            status = feeder_db.OPEN if rescan else "ready"
+            await tasks_db.update_dataset(conn, dataset["datasetID"], status=status, modificationTime=now)
         elif dataset["type"] in ("output", "log", "lib"):
             await tasks_db.update_dataset(conn, dataset["datasetID"], status="done", modificationTime=now)
     usable = await commands_db.usable_master_rows(conn, task_id)
@@ -387,19 +420,10 @@ async def _set_status(
     error_dialog: str | None = None,
     old_status: Any = ...,
 ) -> None:
-    check_task_transition(task["status"], new)
-    now = clock.now()
-    values: dict[str, Any] = {
-        "status": new,
-        "superStatus": new,
-        "modificationTime": now,
-        "stateChangeTime": now,
-        "oldStatus": _old_status(task, new) if old_status is ... else old_status,
-    }
+    values: dict[str, Any] = {"oldStatus": _old_status(task, new) if old_status is ... else old_status}
     if error_dialog is not None:
         values["errorDialog"] = error_dialog[:510]
-    await tasks_db.update(conn, task["jediTaskID"], **values)
-    log.info("task %s: %s -> %s", task["jediTaskID"], task["status"], new)
+    await task_status.change(conn, clock, task, new, **values)
 
 
 async def _finish_command(conn: AsyncConnection, clock: Clock, task: dict[str, Any]) -> int:

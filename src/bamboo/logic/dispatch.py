@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from bamboo.db import jobs as jobs_db
 from bamboo.db import queues as queues_db
 from bamboo.db.jobs import ClaimStamp, DispatchFilter
+from bamboo.logic import shares
 from bamboo.logic.clock import Clock
 
 MAX_JOBS_PER_CALL = 1000
@@ -59,15 +60,18 @@ def _positive(value: int | None) -> int:
 
 
 class QueueStatusCache:
-    """Queue statuses for dispatch, re-read at most every ``ttl_seconds``.
+    """Queue statuses and the global share order for dispatch, re-read at most every
+    ``ttl_seconds``.
 
-    Every acquire needs its queue's status (a ``test`` queue hands out test jobs only); queues
-    change status rarely, so one query per queue every few seconds replaces one per call.
+    Every acquire needs its queue's status (a ``test`` queue hands out test jobs only) and the
+    order in which shares are served; both change slowly, so one query every few seconds replaces
+    one per call. A share order a few seconds old only delays a share's turn by that much.
     """
 
     def __init__(self, ttl_seconds: float = 5.0) -> None:
         self._ttl = ttl_seconds
         self._entries: dict[str, tuple[float, str | None]] = {}
+        self._share_order: tuple[float, shares.ShareOrder] | None = None
 
     async def status(self, conn: AsyncConnection, queue: str) -> str | None:
         now = time.monotonic()
@@ -79,11 +83,21 @@ class QueueStatusCache:
             self._entries[queue] = entry
         return entry[1]
 
+    async def share_order(self, conn: AsyncConnection, queue: str) -> tuple[str, ...]:
+        """The shares waiting at ``queue``, most under-used first (:mod:`bamboo.logic.shares`)."""
+        now = time.monotonic()
+        if self._share_order is None or now - self._share_order[0] > self._ttl:
+            self._share_order = (now, await shares.dispatch_order(conn))
+        return self._share_order[1].for_site(queue)
+
 
 async def acquire(
     conn: AsyncConnection, clock: Clock, request: AcquireRequest, statuses: QueueStatusCache
 ) -> list[dict[str, Any]]:
-    """Claim up to ``n_jobs`` matching activated jobs for the caller; return their job dicts."""
+    """Claim up to ``n_jobs`` matching activated jobs for the caller; return their job dicts.
+
+    Jobs of the most under-used global share go first, then by priority (domain.md §5.3, §6.4).
+    """
     label = request.prod_source_label
     if label in ("user", "managed", "unified") and await statuses.status(conn, request.site_name) == "test":
         label = "test"
@@ -97,6 +111,7 @@ async def acquire(
         resource_type=request.resource_type,
         task_id=request.task_id,
         user_name=request.user_name,
+        share_order=await statuses.share_order(conn, request.site_name),
     )
     stamp = ClaimStamp(
         now=clock.now(),

@@ -22,24 +22,34 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from bamboo.db import jobs as jobs_db
 from bamboo.db import sequences
 from bamboo.db import tasks as tasks_db
+from bamboo.logic import build_jobs, resource_types, scouting, secondary, task_status
 from bamboo.logic import queues as queues_logic
-from bamboo.logic import resource_types
-from bamboo.logic.brokerage import QueueLoad, TaskNeeds, choose_queue, job_core_count, job_memory
+from bamboo.logic.brokerage import (
+    QueueLoad,
+    TaskNeeds,
+    choose_queue,
+    job_core_count,
+    job_memory,
+    rejection,
+)
 from bamboo.logic.catalog import scope_of
 from bamboo.logic.clock import Clock
 from bamboo.logic.errors import InvalidInput
 from bamboo.logic.jobparams import JobContext, output_file_name, render
-from bamboo.logic.splitting import Row, group_rows
-from bamboo.logic.states import TASK_GENERATING
+from bamboo.logic.splitting import Row, SplitRule, group_rows
+from bamboo.logic.states import TASK_MAKING_JOBS
 from bamboo.logic.taskparams import RefinedTask, refine
 
 log = logging.getLogger(__name__)
 
 # One cycle is one transaction: bounded so it never holds SQLite's write lock (or PostgreSQL row
 # locks) for long while pilots wait, and spread over tasks so a huge one does not starve the rest.
+# A job costs a few tenths of a millisecond (its rows go in a few statements per batch), so a full
+# cycle takes a few hundred milliseconds; the per-cycle work (claiming, queue loads) is spread over
+# enough jobs that a 100,000-job task is generated in well under a minute.
 TASKS_PER_CYCLE = 10
-JOBS_PER_TASK = 200
-JOBS_PER_CYCLE = 400
+JOBS_PER_TASK = 500
+JOBS_PER_CYCLE = 1000
 ROWS_PER_TASK = 5000
 _OUTPUT_TYPES = ("output", "log")
 _HOME_VERSION = re.compile(r"-(\d+\.)")
@@ -47,11 +57,11 @@ _HOME_VERSION = re.compile(r"-(\d+\.)")
 
 async def generate(conn: AsyncConnection, clock: Clock, rng: random.Random | None = None) -> int:
     """Generate jobs for a batch of tasks. Returns how many jobs were made."""
-    candidates = await tasks_db.claim_generating(conn, sorted(TASK_GENERATING), TASKS_PER_CYCLE)
+    candidates = await tasks_db.claim_generating(conn, sorted(TASK_MAKING_JOBS), TASKS_PER_CYCLE)
     if not candidates:
         return 0
     queue_specs = await queues_logic.list_specs(conn)
-    loads = _loads(await jobs_db.status_counts_by_site(conn, ["activated", "defined", "running"]))
+    loads = _CycleLoads()
     rt_rows = await resource_types.resource_type_list(conn)
     made = 0
     for task in candidates:
@@ -76,6 +86,28 @@ async def generate(conn: AsyncConnection, clock: Clock, rng: random.Random | Non
     return made
 
 
+class _CycleLoads:
+    """The queue loads of one cycle, counted at most once and only for a task that has a choice.
+
+    Counting groups every queued and running job: with 100,000 of them that cost as much as making
+    a few hundred jobs, every cycle, and a task that only one queue can take does not need it.
+    """
+
+    def __init__(self) -> None:
+        self._loads: dict[str, QueueLoad] | None = None
+
+    async def for_choice(
+        self, conn: AsyncConnection, needs: TaskNeeds, queue_specs: Sequence[dict[str, Any]]
+    ) -> dict[str, QueueLoad]:
+        if sum(rejection(needs, queue) is None for queue in queue_specs) < 2:
+            return {}
+        if self._loads is None:
+            self._loads = _loads(
+                await jobs_db.status_counts_by_site(conn, ["activated", "defined", "running"])
+            )
+        return self._loads
+
+
 def _loads(counts: dict[tuple[str, str], int]) -> dict[str, QueueLoad]:
     sites = {site for site, _ in counts}
     return {
@@ -89,33 +121,35 @@ def _loads(counts: dict[tuple[str, str], int]) -> dict[str, QueueLoad]:
 
 
 def _needs(task: dict[str, Any], refined: RefinedTask) -> TaskNeeds:
+    """What the next jobs need: the task row's values (which scouts and change_attribute update),
+    else the submitted parameters."""
     unit = (task["ramUnit"] or "MBPerCore").lower()
+
+    def current(column: str, submitted: int) -> int:
+        return submitted if task[column] is None else task[column]
+
     return TaskNeeds(
         site=task["site"],
         prod_source_label=task["prodSourceLabel"],
-        core_count=refined.core_count,
-        ram_count=refined.ram_count,
+        core_count=current("coreCount", refined.core_count),
+        ram_count=current("ramCount", refined.ram_count),
         ram_per_core=unit.startswith("mbpercore"),
-        base_ram_count=refined.base_ram_count,
-        walltime=refined.walltime,
+        base_ram_count=current("baseRamCount", refined.base_ram_count),
+        walltime=current("walltime", refined.walltime),
     )
 
 
 async def _set_pending(conn: AsyncConnection, clock: Clock, task: dict[str, Any], dialog: str) -> None:
     if task["status"] == "pending" and task["errorDialog"] == dialog:
         return
-    now = clock.now()
-    await tasks_db.update(
+    await task_status.change(
         conn,
-        task["jediTaskID"],
-        status="pending",
-        superStatus="pending",
+        clock,
+        task,
+        "pending",
         oldStatus=task["oldStatus"] if task["status"] == "pending" else task["status"],
         errorDialog=dialog[:510],
-        modificationTime=now,
-        stateChangeTime=now,
     )
-    log.info("task %s pending: %s", task["jediTaskID"], dialog)
 
 
 async def _generate_for_task(
@@ -123,7 +157,7 @@ async def _generate_for_task(
     clock: Clock,
     task: dict[str, Any],
     queue_specs: list[dict[str, Any]],
-    loads: dict[str, QueueLoad],
+    loads: _CycleLoads,
     rt_rows: list[dict[str, Any]],
     rng: random.Random | None,
     max_jobs: int,
@@ -136,16 +170,26 @@ async def _generate_for_task(
     outputs = [d for d in datasets if d["type"] in _OUTPUT_TYPES]
     seeds = next((d for d in datasets if d["type"] == "random_seed"), None)
     needs = _needs(task, refined)
-    choice = choose_queue(needs, queue_specs, loads, rng)
+    choice = choose_queue(needs, queue_specs, await loads.for_choice(conn, needs, queue_specs), rng)
     if choice.queue is None:
         await _set_pending(conn, clock, task, choice.explain())
         return 0
     queue = choice.queue
-    rows = await tasks_db.eligible_rows(conn, master["datasetID"], ROWS_PER_TASK)
-    groups = group_rows(
-        [Row(key=row, size=row["fsize"] or 0, n_events=row["nEvents"]) for row in rows], refined.split
+    build = await build_jobs.prepare(
+        conn, clock, task, params, datasets, queue, rt_rows, refined.max_attempt, refined.source_url
     )
-    groups = groups[:max_jobs]
+    if not build.ready:
+        return build.jobs_made
+    scouts = scouting.wants_scouts(task, params)
+    groups = await _first_groups(
+        conn,
+        master["datasetID"],
+        refined.split.for_queue(queue, task["cpuTime"]),
+        min(max_jobs, scouting.N_SCOUT_JOBS) if scouts else max_jobs,
+    )
+    if not groups:
+        return 0
+    groups, attached = await secondary.attach(conn, datasets, groups)
     if not groups:
         return 0
     count = len(groups)
@@ -153,7 +197,10 @@ async def _generate_for_task(
         d["datasetID"]: await tasks_db.reserve_serials(conn, d["datasetID"], count) for d in outputs
     }
     first_seed = await tasks_db.reserve_serials(conn, seeds["datasetID"], count) if seeds else None
-    previous = await jobs_db.get_many(conn, sorted({r["PandaID"] for r in rows if r["PandaID"] is not None}))
+    previous = await jobs_db.get_many(
+        conn,
+        sorted({row.key["PandaID"] for group in groups for row in group if row.key["PandaID"] is not None}),
+    )
     now = clock.now()
     cores = job_core_count(needs, queue)
     memory = job_memory(needs, cores)
@@ -172,40 +219,59 @@ async def _generate_for_task(
         plans.append((inputs, planned, attempt, seed))
     panda_ids = await sequences.allocate(conn, sequences.PANDA_ID, count)
     rendered = []
-    for panda_id, (inputs, planned, attempt, seed) in zip(panda_ids, plans, strict=True):
+    for panda_id, (inputs, planned, attempt, seed), extra in zip(panda_ids, plans, attached, strict=True):
         context = _context(
             task, refined, inputs, planned, seed, attempt, panda_id, master["type"] == "pseudo_input"
         )
+        context = build_jobs.with_lib(secondary.with_streams(context, extra), build)
         try:
             rendered.append(render(task["job_params_template"] or "", context))
         except InvalidInput as exc:
             # Nothing is inserted: the task waits with the reason until someone fixes it.
             await _set_pending(conn, clock, task, exc.message)
             return 0
+    # The whole batch in a few statements (one insert of the planned output rows, one executemany
+    # for the input rows), not a few per job: per-job statements made the cycle's time.
+    scopes = {d["datasetID"]: scope_of(d["datasetName"]) for d in outputs}
+    output_ids = await tasks_db.insert_outputs(
+        conn,
+        [
+            {
+                "jediTaskID": task_id,
+                "datasetID": dataset["datasetID"],
+                "creationDate": now,
+                "lfn": lfn,
+                "type": dataset["type"],
+                "status": "running",
+                "scope": scopes[dataset["datasetID"]],
+                "attemptNr": 0,
+                "failedAttempt": 0,
+                "keepTrack": 1,
+                "outPandaID": panda_id,
+            }
+            for panda_id, (_, planned, _, _) in zip(panda_ids, plans, strict=True)
+            for dataset, _, lfn in planned
+        ],
+    )
+    await tasks_db.assign_files(
+        conn,
+        [
+            (row["fileID"], panda_id)
+            for panda_id, (inputs, _, _, _) in zip(panda_ids, plans, strict=True)
+            for row in inputs
+        ],
+        status="running",
+        proc_status="queued",
+        lastAttemptTime=now,
+    )
+    await secondary.mark_used(conn, panda_ids, attached, now)
     job_rows: list[dict[str, Any]] = []
     job_files: list[dict[str, Any]] = []
     used_ids: list[int] = []
-    for panda_id, (inputs, planned, attempt, _), parameters in zip(panda_ids, plans, rendered, strict=True):
+    for index, (panda_id, (inputs, planned, attempt, _), parameters) in enumerate(
+        zip(panda_ids, plans, rendered, strict=True)
+    ):
         used_ids.extend(row["fileID"] for row in inputs)
-        output_ids = await tasks_db.insert_files(
-            conn,
-            [
-                {
-                    "jediTaskID": task_id,
-                    "datasetID": dataset["datasetID"],
-                    "creationDate": now,
-                    "lfn": lfn,
-                    "type": dataset["type"],
-                    "status": "running",
-                    "scope": scope_of(dataset["datasetName"]),
-                    "attemptNr": 0,
-                    "failedAttempt": 0,
-                    "keepTrack": 1,
-                    "outPandaID": panda_id,
-                }
-                for dataset, _, lfn in planned
-            ],
-        )
         origin = _origin(inputs, previous) or panda_id
         job_rows.append(
             _job_row(
@@ -225,33 +291,47 @@ async def _generate_for_task(
             )
         )
         job_files.extend(_input_files(task, master, panda_id, inputs))
-        produced = [
-            (dataset, lfn, file_id) for (dataset, _, lfn), file_id in zip(planned, output_ids, strict=True)
-        ]
+        job_files.extend(secondary.job_files(task_id, panda_id, attached[index]))
+        job_files.extend(build_jobs.lib_files(task_id, panda_id, build))
+        produced = [(dataset, lfn, output_ids[panda_id, dataset["datasetID"]]) for dataset, _, lfn in planned]
         job_files.extend(_output_files(task, queue, panda_id, attempt, produced))
-        await tasks_db.update_files(
-            conn,
-            [row["fileID"] for row in inputs],
-            status="running",
-            PandaID=panda_id,
-            proc_status="queued",
-            lastAttemptTime=now,
-        )
+    if scouts:
+        for job in job_rows:
+            scouting.mark(job, task)
     await jobs_db.insert(conn, job_rows, job_files)
     await tasks_db.bump_dataset(conn, master["datasetID"], now, nFilesUsed=len(used_ids))
-    await tasks_db.update(
+    await task_status.change(
         conn,
-        task_id,
-        status="running",
-        superStatus="running",
+        clock,
+        task,
+        "scouting" if scouts else "running",
         oldStatus=None,
         errorDialog=None,
         startTime=task["startTime"] or now,
-        modificationTime=now,
-        stateChangeTime=now if task["status"] != "running" else task["stateChangeTime"],
     )
     log.info("task %s: %d jobs activated at %s", task_id, count, queue["name"])
     return count
+
+
+async def _first_groups(
+    conn: AsyncConnection, dataset_id: int, rule: SplitRule, max_jobs: int
+) -> list[list[Row]]:
+    """The first ``max_jobs`` groups of the dataset's eligible rows, the same as grouping its first
+    ``ROWS_PER_TASK`` rows would give.
+
+    Rows are read in growing pages: grouping is greedy and in order, so a group is final as soon as
+    a later one has started, and a few rows more than the jobs take are enough. Reading
+    ``ROWS_PER_TASK`` rows every cycle cost more than making the jobs.
+    """
+    limit = min(ROWS_PER_TASK, max_jobs * (rule.n_files_per_job or 1) + 1)
+    while True:
+        rows = await tasks_db.eligible_rows(conn, dataset_id, limit)
+        groups = group_rows(
+            [Row(key=row, size=row["fsize"] or 0, n_events=row["nEvents"]) for row in rows], rule
+        )
+        if len(groups) > max_jobs or len(rows) < limit or limit >= ROWS_PER_TASK:
+            return groups[:max_jobs]
+        limit = min(ROWS_PER_TASK, limit * 4)
 
 
 def _origin(inputs: Sequence[dict[str, Any]], previous: dict[int, dict[str, Any]]) -> int | None:

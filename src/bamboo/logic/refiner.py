@@ -16,7 +16,9 @@ from typing import Any
 import orjson
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from bamboo.db import feeder as feeder_db
 from bamboo.db import tasks as tasks_db
+from bamboo.logic import build_jobs, secondary, task_status
 from bamboo.logic.catalog import CatalogFile, DataManagement, scope_of
 from bamboo.logic.clock import Clock
 from bamboo.logic.errors import InvalidInput
@@ -25,6 +27,11 @@ from bamboo.logic.states import TASK_FINAL
 from bamboo.logic.taskparams import DatasetPlan, RefinedTask, refine
 
 log = logging.getLogger(__name__)
+
+
+class InputNotThereYet(InvalidInput):
+    """The master input a parent task produces has no file yet: the child waits in pending."""
+
 
 BATCH = 20
 # A task is cut into at most this many input rows (files or event chunks): beyond it one refinement
@@ -48,7 +55,7 @@ async def refine_registered(conn: AsyncConnection, clock: Clock, dm: DataManagem
         except Exception:
             # One task that trips a bug must not stop the others: it breaks, with a pointer to the log.
             log.exception("task %s: refining failed", task["jediTaskID"])
-            await _set_status(
+            await task_status.change(
                 conn, clock, task, "tobroken", errorDialog="internal error while refining; see the server log"
             )
             refined = True
@@ -57,59 +64,43 @@ async def refine_registered(conn: AsyncConnection, clock: Clock, dm: DataManagem
     return changed
 
 
-async def _set_status(
-    conn: AsyncConnection, clock: Clock, task: dict[str, Any], status: str, **values: Any
-) -> None:
-    now = clock.now()
-    await tasks_db.update(
-        conn,
-        task["jediTaskID"],
-        status=status,
-        superStatus=status,
-        modificationTime=now,
-        stateChangeTime=now,
-        **values,
-    )
-    log.info(
-        "task %s: %s -> %s%s",
-        task["jediTaskID"],
-        task["status"],
-        status,
-        f" ({values['errorDialog']})" if values.get("errorDialog") else "",
-    )
-
-
 async def _refine_one(conn: AsyncConnection, clock: Clock, dm: DataManagement, task: dict[str, Any]) -> bool:
     task_id = task["jediTaskID"]
     params = orjson.loads(task["task_params"])
     try:
         refined = refine(params)
     except InvalidInput as exc:
-        await _set_status(conn, clock, task, "tobroken", errorDialog=exc.message[:500])
+        await task_status.change(conn, clock, task, "tobroken", errorDialog=exc.message[:500])
         return True
     parent_id = task["parent_tid"]
-    if parent_id is not None and parent_id != task_id and not params.get("noWaitParent"):
+    # With noWaitParent the child runs on its parent's outputs as they appear: its input stays open.
+    growing = False
+    if parent_id is not None and parent_id != task_id:
         parent_status = await tasks_db.status_of(conn, parent_id)
         if parent_status in _BAD_PARENT_END:
-            await _set_status(
+            await task_status.change(
                 conn, clock, task, "tobroken", errorDialog=f"parent task {parent_id} ended {parent_status}"
             )
             return True
         if parent_status is None:
-            await _set_status(conn, clock, task, "tobroken", errorDialog=f"parent task {parent_id} not found")
+            await task_status.change(
+                conn, clock, task, "tobroken", errorDialog=f"parent task {parent_id} not found"
+            )
             return True
-        if parent_status not in TASK_FINAL:
-            dialog = f"pending until parent task {parent_id} is done"
-            if task["status"] == "pending" and task["errorDialog"] == dialog:
-                return False
-            await _set_status(conn, clock, task, "pending", oldStatus="registered", errorDialog=dialog)
-            return True
+        growing = parent_status not in TASK_FINAL
+        if growing and not params.get("noWaitParent"):
+            return await _wait(conn, clock, task, f"pending until parent task {parent_id} is done")
     try:
-        await _create_datasets(conn, clock, dm, task, refined)
+        # Its own savepoint: a refusal leaves no half-made datasets behind (a waiting task is
+        # refined again on the next cycle).
+        async with conn.begin_nested():
+            await _create_datasets(conn, clock, dm, task, refined, growing=growing)
+    except InputNotThereYet as exc:
+        return await _wait(conn, clock, task, exc.message)
     except InvalidInput as exc:
-        await _set_status(conn, clock, task, "tobroken", errorDialog=exc.message[:500])
+        await task_status.change(conn, clock, task, "tobroken", errorDialog=exc.message[:500])
         return True
-    await _set_status(
+    await task_status.change(
         conn,
         clock,
         task,
@@ -122,6 +113,14 @@ async def _refine_one(conn: AsyncConnection, clock: Clock, dm: DataManagement, t
     return True
 
 
+async def _wait(conn: AsyncConnection, clock: Clock, task: dict[str, Any], dialog: str) -> bool:
+    """Park the task in pending (refined again every cycle); False when it already waits so."""
+    if task["status"] == "pending" and task["errorDialog"] == dialog:
+        return False
+    await task_status.change(conn, clock, task, "pending", oldStatus="registered", errorDialog=dialog)
+    return True
+
+
 def _split_rule_text(refined: RefinedTask) -> str | None:
     rule = refined.split
     tokens = [
@@ -129,6 +128,7 @@ def _split_rule_text(refined: RefinedTask) -> str | None:
         ("NF", rule.n_files_per_job),
         ("NG", rule.n_gb_per_job),
         ("MF", rule.n_max_files_per_job),
+        ("UB", 1 if refined.build is not None else None),
     ]
     return (
         ",".join(
@@ -141,18 +141,29 @@ def _split_rule_text(refined: RefinedTask) -> str | None:
 
 
 async def _create_datasets(
-    conn: AsyncConnection, clock: Clock, dm: DataManagement, task: dict[str, Any], refined: RefinedTask
+    conn: AsyncConnection,
+    clock: Clock,
+    dm: DataManagement,
+    task: dict[str, Any],
+    refined: RefinedTask,
+    *,
+    growing: bool,
 ) -> None:
-    """Insert the task's datasets and the rows of its master input, all or nothing."""
+    """Insert the task's datasets and the rows of its master input, all or nothing.
+
+    A ``growing`` master input (its parent still produces it) is left open for the feeder.
+
+    Raises:
+        InputNotThereYet: ``growing`` and the input has no usable file yet.
+        InvalidInput: the input cannot be used.
+    """
     now = clock.now()
     task_id = task["jediTaskID"]
     master_id: int | None = None
     master_rows: list[dict[str, Any]] = []
+    secondary_rows: dict[int, list[dict[str, Any]]] = {}
     for plan in refined.datasets:
         is_input = plan.type in ("input", "pseudo_input")
-        if is_input and not plan.is_master:
-            # Secondary inputs are recorded but not attached to jobs yet.
-            log.warning("task %s: secondary input %s is not used by jobs", task_id, plan.name)
         dataset_id = await tasks_db.insert_dataset(
             conn,
             {
@@ -168,7 +179,7 @@ async def _create_datasets(
                 "streamName": plan.stream,
                 "storageToken": plan.token,
                 "destination": plan.destination,
-                "attributes": ",".join(plan.attributes) or None,
+                "attributes": secondary.attributes_text(plan, secondary=is_input and not plan.is_master),
                 "filename_template": plan.filename_template,
                 "serial_nr": plan.offset + 1,
                 "nFiles": 0,
@@ -185,19 +196,32 @@ async def _create_datasets(
         )
         if is_input and plan.is_master:
             master_id = dataset_id
-            master_rows = await _master_rows(conn, dm, task, refined, plan, dataset_id, now)
+            master_rows = await _master_rows(conn, dm, task, refined, plan, dataset_id, now, growing)
+        elif plan.type == "input":
+            secondary_rows[dataset_id] = await _secondary_rows(conn, dm, task, refined, plan, dataset_id, now)
+        elif is_input:
+            # Sequence-number pseudo inputs have no generator yet; their placeholders stay unresolved.
+            log.warning("task %s: secondary pseudo input %s is not used by jobs", task_id, plan.name)
     if master_id is None:
         raise InvalidInput("the task has no master input")
-    await tasks_db.insert_files(conn, master_rows)
+    await build_jobs.create_lib_dataset(conn, task, now)
+    await tasks_db.add_files(conn, master_rows)
+    await tasks_db.add_files(conn, [row for rows in secondary_rows.values() for row in rows])
     n_events = sum(row["nEvents"] or 0 for row in master_rows)
     for dataset in await tasks_db.datasets(conn, task_id):
         values: dict[str, Any] = {"status": "ready", "modificationTime": now}
         if dataset["datasetID"] == master_id:
             values.update(
+                status=feeder_db.OPEN if growing else "ready",
                 nFiles=len(master_rows),
                 nFilesToBeUsed=len(master_rows),
                 nEvents=n_events,
                 nEventsToBeUsed=n_events,
+            )
+        elif dataset["datasetID"] in secondary_rows:
+            rows = secondary_rows[dataset["datasetID"]]
+            values.update(
+                nFiles=len(rows), nFilesToBeUsed=len(rows), nEvents=sum(r["nEvents"] or 0 for r in rows)
             )
         await tasks_db.update_dataset(conn, dataset["datasetID"], **values)
 
@@ -210,15 +234,18 @@ async def _master_rows(
     plan: DatasetPlan,
     dataset_id: int,
     now: Any,
+    growing: bool,
 ) -> list[dict[str, Any]]:
     if refined.no_input:
         files = [CatalogFile(lfn=PSEUDO_LFN, n_events=refined.n_events)]
         row_type = "pseudo_input"
     else:
         listing = await dm.list_files(conn, plan.name)
+        files = select_files(listing or [], plan, refined.n_files)
+        if not files and growing:
+            raise InputNotThereYet(f"pending until input dataset {plan.name} has files")
         if listing is None:
             raise InvalidInput(f"input dataset {plan.name} is not known to the data catalog")
-        files = _select_files(listing, plan, refined.n_files)
         if not files:
             raise InvalidInput(f"input dataset {plan.name} has no usable files")
         if len(files) > MAX_ROWS_PER_TASK:
@@ -226,6 +253,25 @@ async def _master_rows(
                 f"input dataset {plan.name} has more than {MAX_ROWS_PER_TASK} files; use nFiles"
             )
         row_type = plan.type
+    return master_file_rows(task, refined, plan, dataset_id, files, row_type, now, refined.first_event)
+
+
+def master_file_rows(
+    task: dict[str, Any],
+    refined: RefinedTask,
+    plan: DatasetPlan,
+    dataset_id: int,
+    files: list[CatalogFile],
+    row_type: str,
+    now: Any,
+    first_event: int,
+) -> list[dict[str, Any]]:
+    """The master input rows of ``files``: one per file, or one per event chunk (and file it
+    touches) when the task splits by events, numbering events from ``first_event``.
+
+    Raises:
+        InvalidInput: the chunks would make more rows than a task may have.
+    """
     base = {
         "jediTaskID": task["jediTaskID"],
         "datasetID": dataset_id,
@@ -240,20 +286,21 @@ async def _master_rows(
     }
     events_per_job = refined.split.n_events_per_job or (refined.n_events if refined.no_input else None)
     if events_per_job:
-        infos = [FileInfo(lfn=f.lfn, size=f.fsize or 0, n_events=_events_of(f, refined)) for f in files]
+        infos = [FileInfo(lfn=f.lfn, size=f.fsize or 0, n_events=events_of(f, refined)) for f in files]
         total_events = sum(info.n_events or 0 for info in infos)
-        if -(-total_events // events_per_job) + len(infos) > MAX_ROWS_PER_TASK:
+        # Each chunk is one row, plus one more wherever a chunk runs on into the next file.
+        if -(-total_events // events_per_job) + len(infos) - 1 > MAX_ROWS_PER_TASK:
             raise InvalidInput(
                 f"{total_events} events in chunks of {events_per_job} make more than {MAX_ROWS_PER_TASK} "
                 "input rows; raise nEventsPerJob or split the task"
             )
         rows = []
-        for segment in cut_events(infos, events_per_job, first_event=refined.first_event):
+        for segment in cut_events(infos, events_per_job, first_event=first_event):
             source = files[segment.file_index]
             rows.append(
                 {
                     **base,
-                    **_file_columns(source, plan),
+                    **file_columns(source, plan),
                     "nEvents": segment.n_events,
                     "startEvent": segment.start_event,
                     "endEvent": segment.end_event,
@@ -261,14 +308,46 @@ async def _master_rows(
                 }
             )
         return rows
-    return [{**base, **_file_columns(f, plan), "nEvents": _events_of(f, refined)} for f in files]
+    return [{**base, **file_columns(f, plan), "nEvents": events_of(f, refined)} for f in files]
 
 
-def _events_of(item: CatalogFile, refined: RefinedTask) -> int | None:
+async def _secondary_rows(
+    conn: AsyncConnection,
+    dm: DataManagement,
+    task: dict[str, Any],
+    refined: RefinedTask,
+    plan: DatasetPlan,
+    dataset_id: int,
+    now: Any,
+) -> list[dict[str, Any]]:
+    """One row per file of a secondary input; the task's nFiles caps only the master."""
+    listing = await dm.list_files(conn, plan.name)
+    if listing is None:
+        raise InvalidInput(f"secondary input dataset {plan.name} is not known to the data catalog")
+    files = select_files(listing, plan, None)
+    if not files:
+        raise InvalidInput(f"secondary input dataset {plan.name} has no usable files")
+    if len(files) > MAX_ROWS_PER_TASK:
+        raise InvalidInput(f"secondary input dataset {plan.name} has more than {MAX_ROWS_PER_TASK} files")
+    use = secondary.SecondaryUse.from_attributes(secondary.attributes_text(plan, secondary=True))
+    base = {
+        "jediTaskID": task["jediTaskID"],
+        "datasetID": dataset_id,
+        "creationDate": now,
+        "type": plan.type,
+        "status": "ready",
+        "attemptNr": 0,
+        "failedAttempt": 0,
+        **secondary.row_defaults(use, refined.max_attempt, refined.max_failure),
+    }
+    return [{**base, **file_columns(f, plan), "nEvents": f.n_events} for f in files]
+
+
+def events_of(item: CatalogFile, refined: RefinedTask) -> int | None:
     return item.n_events if item.n_events is not None else refined.n_events_per_file
 
 
-def _file_columns(item: CatalogFile, plan: DatasetPlan) -> dict[str, Any]:
+def file_columns(item: CatalogFile, plan: DatasetPlan) -> dict[str, Any]:
     return {
         "lfn": item.lfn,
         "GUID": item.guid,
@@ -278,7 +357,7 @@ def _file_columns(item: CatalogFile, plan: DatasetPlan) -> dict[str, Any]:
     }
 
 
-def _select_files(listing: list[CatalogFile], plan: DatasetPlan, n_files: int | None) -> list[CatalogFile]:
+def select_files(listing: list[CatalogFile], plan: DatasetPlan, n_files: int | None) -> list[CatalogFile]:
     """Apply the input item's ``files``, ``include``/``exclude`` regexes and ``offset``, then the
     task's ``nFiles`` cap, keeping catalog order."""
     selected = listing

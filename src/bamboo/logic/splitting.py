@@ -11,7 +11,7 @@ Two steps, both pure:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from bamboo.logic.errors import InvalidInput
@@ -31,6 +31,11 @@ class SplitRule:
 
     At most one of ``n_events_per_job``, ``n_files_per_job`` and ``n_gb_per_job`` is set by
     :meth:`from_params`; :func:`group_rows` looks at them in that order.
+
+    ``seconds_per_event`` (the task's cpuTime) and ``max_walltime`` (the queue's maxtime) size
+    jobs by walltime: when both are set, a size-based job also closes before its estimated
+    walltime, events times seconds per event, would pass the queue's limit (domain.md §4.2).
+    The generator fills ``max_walltime`` once the queue is known.
     """
 
     n_files_per_job: int | None = None
@@ -38,10 +43,18 @@ class SplitRule:
     n_gb_per_job: float | None = None
     n_max_files_per_job: int = DEFAULT_MAX_FILES_PER_JOB
     max_size_per_job: int = DEFAULT_MAX_SIZE_PER_JOB
+    seconds_per_event: float | None = None
+    max_walltime: int | None = None
 
     def __post_init__(self) -> None:
         # A zero or negative size would make group_rows loop or emit empty jobs.
-        for name in ("n_files_per_job", "n_events_per_job", "n_gb_per_job"):
+        for name in (
+            "n_files_per_job",
+            "n_events_per_job",
+            "n_gb_per_job",
+            "seconds_per_event",
+            "max_walltime",
+        ):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"{name} must be positive, got {value}")
@@ -78,6 +91,32 @@ class SplitRule:
         if n_gb is None or n_gb == "MAX":
             return cls(n_max_files_per_job=max_files)
         return cls(n_gb_per_job=float(n_gb), n_max_files_per_job=max_files)
+
+    def for_queue(self, queue: Mapping[str, Any], seconds_per_event: float | None) -> SplitRule:
+        """The rule at a queue: its ``maxtime`` bounds walltime, its ``maxwdir`` (MB) the input size.
+
+        ``maxwdir`` replaces the 20 GB default only; the task's nGBPerJob still wins (domain.md §4.2).
+
+        Args:
+            queue: the queue spec brokerage chose.
+            seconds_per_event: the task's cpuTime, None when unknown.
+        """
+        rule = self.with_walltime(seconds_per_event, queue.get("maxtime"))
+        work_dir = queue.get("maxwdir")
+        if work_dir and work_dir > 0:
+            rule = replace(rule, max_size_per_job=int(work_dir) * 1024**2)
+        return rule
+
+    def with_walltime(self, seconds_per_event: float | None, max_walltime: int | None) -> SplitRule:
+        """The rule with walltime sizing for a queue; unknown or non-positive values switch it off.
+
+        Args:
+            seconds_per_event: the task's cpuTime (seconds per event, from the task or its scouts).
+            max_walltime: the queue's maxtime in seconds.
+        """
+        if not seconds_per_event or seconds_per_event <= 0 or not max_walltime or max_walltime <= 0:
+            return replace(self, seconds_per_event=None, max_walltime=None)
+        return replace(self, seconds_per_event=float(seconds_per_event), max_walltime=int(max_walltime))
 
 
 @dataclass(frozen=True)
@@ -163,8 +202,9 @@ def group_rows(rows: Sequence[Row], rule: SplitRule) -> list[list[Row]]:
     * ``n_files_per_job``: consecutive groups of that many rows (the last may be smaller);
       the file cap does not apply because the user asked for an exact count.
     * ``n_gb_per_job``, or else ``max_size_per_job``: rows are added while the total size stays
-      within the limit and the count within ``n_max_files_per_job``; a row larger than the limit
-      still forms a job on its own.
+      within the limit, the count within ``n_max_files_per_job`` and, with walltime sizing, the
+      estimated walltime within ``max_walltime`` (rows without an event count add none); a row
+      over a limit on its own still forms a job.
 
     Args:
         rows: the rows in processing order.
@@ -182,7 +222,10 @@ def group_rows(rows: Sequence[Row], rule: SplitRule) -> list[list[Row]]:
         step = rule.n_files_per_job
         return [list(rows[i : i + step]) for i in range(0, len(rows), step)]
     limit = int(rule.n_gb_per_job * GIB) if rule.n_gb_per_job is not None else rule.max_size_per_job
-    return _group_by_size(rows, limit, rule.n_max_files_per_job)
+    max_events = None
+    if rule.seconds_per_event is not None and rule.max_walltime is not None:
+        max_events = rule.max_walltime / rule.seconds_per_event
+    return _group_by_size(rows, limit, rule.n_max_files_per_job, max_events)
 
 
 def _group_by_events(rows: Sequence[Row], n_events_per_job: int) -> list[list[Row]]:
@@ -202,16 +245,22 @@ def _group_by_events(rows: Sequence[Row], n_events_per_job: int) -> list[list[Ro
     return groups
 
 
-def _group_by_size(rows: Sequence[Row], max_bytes: int, max_files: int) -> list[list[Row]]:
+def _group_by_size(
+    rows: Sequence[Row], max_bytes: int, max_files: int, max_events: float | None
+) -> list[list[Row]]:
     groups: list[list[Row]] = []
     current: list[Row] = []
     total = 0
+    events = 0
     for row in rows:
-        if current and (total + row.size > max_bytes or len(current) >= max_files):
+        row_events = row.n_events or 0
+        too_long = max_events is not None and events + row_events > max_events
+        if current and (total + row.size > max_bytes or len(current) >= max_files or too_long):
             groups.append(current)
-            current, total = [], 0
+            current, total, events = [], 0, 0
         current.append(row)
         total += row.size
+        events += row_events
     if current:
         groups.append(current)
     return groups

@@ -93,8 +93,10 @@ def pilot_report(current: str, reported: str, *, has_dispatcher_diag: bool = Fal
 
 # --- tasks ----------------------------------------------------------------------------------------
 TASK_FINAL = frozenset({"done", "finished", "failed", "aborted", "broken"})
-# Tasks the job generator works on.
-TASK_GENERATING = frozenset({"ready", "running", "scouting"})
+# Tasks whose jobs run, finished by the finisher once their inputs are processed.
+TASK_PROCESSING = frozenset({"ready", "running", "scouting"})
+# Tasks the generator makes jobs for: a task in scouting waits for its scouts' verdict.
+TASK_MAKING_JOBS = frozenset({"ready", "running"})
 # Statuses the finisher turns into final ones, and what they become.
 TASK_FINAL_OF = {"tobroken": "broken", "toabort": "aborted"}
 # ``passed`` (a finish command has ended the task's jobs) gets the final-status rule.
@@ -121,7 +123,8 @@ TASK_TRANSITIONS: dict[str, frozenset[str]] = {
     "pending": frozenset(
         {"registered", "defined", "ready", "scouting", "running", "exhausted", "tobroken", "prepared"}
     ),
-    "scouting": frozenset({"scouted", "running", "pending", "tobroken", "exhausted", "prepared"}),
+    # -> ready: a reassignment killed the scouts, which start again.
+    "scouting": frozenset({"scouted", "running", "pending", "tobroken", "exhausted", "prepared", "ready"}),
     "scouted": frozenset({"running", "prepared"}),
     "running": frozenset({"running", "pending", "throttled", "exhausted", "prepared", "tobroken"}),
     "throttled": frozenset({"running", "scouting", "ready", "prepared"}),
@@ -241,12 +244,26 @@ def command_executable(command: str, status: str, *, keeps_status: bool = False)
     return doing is None or keeps_status or task_transition_allowed(status, doing)
 
 
+FULL_GOAL = 1000
+
+
+def completeness(*, n_files: int, n_files_finished: int, n_events: int, n_events_used: int) -> int:
+    """How much of the master input is processed, per mille (domain.md §2.5): by events when the
+    input counts them, else by files."""
+    if n_events:
+        return n_events_used * FULL_GOAL // n_events
+    return n_files_finished * FULL_GOAL // n_files if n_files else 0
+
+
 def final_task_status(
     *,
     n_files: int,
     n_files_finished: int,
     parent_status: str | None,
     input_mutable: bool = False,
+    done_per_mille: int | None = None,
+    goal: int | None = None,
+    fail_goal_unreached: bool = False,
 ) -> str:
     """The final status of a task whose master inputs are all processed (domain.md §2.5).
 
@@ -255,6 +272,9 @@ def final_task_status(
         n_files_finished: of those, the successfully processed ones.
         parent_status: status of the parent task, or None without parent.
         input_mutable: the master input can still grow.
+        done_per_mille: the task's :func:`completeness`; by files when not given.
+        goal: the completeness the task aims at, per mille (default all of it).
+        fail_goal_unreached: ``failWhenGoalUnreached``: a partial result below the goal fails.
     """
     if n_files and n_files == n_files_finished:
         if parent_status in ("failed", "broken", "aborted"):
@@ -264,4 +284,12 @@ def final_task_status(
         return "done"
     if n_files_finished == 0:
         return "failed"
+    if fail_goal_unreached:
+        reached = done_per_mille
+        if reached is None:
+            reached = completeness(
+                n_files=n_files, n_files_finished=n_files_finished, n_events=0, n_events_used=0
+            )
+        if reached < (goal or FULL_GOAL):
+            return "failed"
     return "finished"

@@ -14,8 +14,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bamboo.db import task_admin as admin_db
 from bamboo.db import tasks as tasks_db
-from bamboo.logic import resource_types
+from bamboo.db.schema import task_files as task_files_table
+from bamboo.db.schema import tasks as tasks_table
+from bamboo.logic import resource_types, task_status
 from bamboo.logic.clock import Clock
+from bamboo.logic.taskparams import column_problem
 
 # api-v1.md §2.1 change_attribute: the names clients send, and the task column each one sets.
 CHANGEABLE_ATTRIBUTES = {
@@ -41,6 +44,10 @@ _DEFAULT_CLONES = 2
 _JUMBO_WAITING = "W"
 _JUMBO_DISABLED = "D"
 TASK_NOT_FOUND = "Task not found"
+# Upstream's answers when the database refuses the change; we refuse values beyond their column
+# before the database does, so both backends answer alike.
+ATTRIBUTE_NOT_CHANGED = "Exception while changing the attribute"
+PRIORITY_NOT_CHANGED = "Exception while changing the priority"
 JUMBO_DONE, JUMBO_NOT_FOUND = 0, 2
 INCREASE_OK, INCREASE_NOT_FOUND, INCREASE_REJECTED = 0, 1, 2
 
@@ -101,6 +108,8 @@ async def change_attribute(conn: AsyncConnection, task_id: int, attribute: str, 
     task = await tasks_db.get(conn, task_id)
     if task is None:
         return Outcome(1, TASK_NOT_FOUND)
+    if column_problem(tasks_table.c[CHANGEABLE_ATTRIBUTES[attribute]], value):
+        return Outcome(1, ATTRIBUTE_NOT_CHANGED)
     task[CHANGEABLE_ATTRIBUTES[attribute]] = value
     resource_type = resource_types.match_job(
         await resource_types.resource_type_list(conn), task["coreCount"], _task_memory(task)
@@ -124,12 +133,17 @@ async def change_modification_time(
     conn: AsyncConnection, clock: Clock, task_id: int, hour_offset: int
 ) -> Outcome:
     """Set the task's modificationTime to now plus ``hour_offset`` hours (negative: agents act sooner)."""
-    moment = clock.now() + timedelta(hours=hour_offset)
+    try:
+        moment = clock.now() + timedelta(hours=hour_offset)
+    except OverflowError:  # beyond the years 1..9999 a datetime can hold
+        return Outcome(1, ATTRIBUTE_NOT_CHANGED)
     return _changed(await admin_db.update_task(conn, task_id, modificationTime=moment))
 
 
 async def change_priority(conn: AsyncConnection, task_id: int, priority: int) -> Outcome:
     """Set the task's currentPriority and that of its jobs not yet running."""
+    if column_problem(tasks_table.c.currentPriority, priority):
+        return Outcome(1, PRIORITY_NOT_CHANGED)
     count = await admin_db.update_task(conn, task_id, currentPriority=priority)
     if count:
         await admin_db.set_queued_job_priority(conn, task_id, priority, _QUEUED_JOB_STATUSES)
@@ -153,7 +167,9 @@ async def reactivate(conn: AsyncConnection, clock: Clock, task_id: int, *, keep_
     now = clock.now()
     count = await admin_db.reset_files(conn, task_id, _REACTIVATED_TYPES, keep_attempt_nr=keep_attempt_nr)
     await admin_db.reset_datasets(conn, task_id, _REACTIVATED_TYPES, now)
-    await admin_db.update_task(conn, task_id, status="ready", modificationTime=now, stateChangeTime=now)
+    task = await tasks_db.get(conn, task_id)
+    if task is not None:
+        await task_status.change(conn, clock, task, "ready", forced_by="reactivate")
     # The trailing space is upstream's.
     return f"updated {count} inputs and task {task_id} was reactivated "
 
@@ -163,6 +179,10 @@ async def increase_attempts(conn: AsyncConnection, clock: Clock, task_id: int, i
 
     Rows that were out of attempts become usable again and no longer count as failed.
     """
+    # The increase is added to maxAttempt in SQL; PostgreSQL refuses a bind wider than the column.
+    problem = column_problem(task_files_table.c.maxAttempt, increase)
+    if problem:
+        return Outcome(INCREASE_REJECTED, f"increase {problem}, got {increase}")
     task = await tasks_db.get(conn, task_id)
     if task is None:
         return Outcome(INCREASE_NOT_FOUND, f"jediTaskID={task_id} not found")

@@ -14,7 +14,7 @@ from bamboo.db import jobs as jobs_db
 from bamboo.db import task_admin as admin_db
 from bamboo.db import tasks as tasks_db
 from bamboo.logic import jobs, tasks
-from bamboo.logic.clock import Clock
+from bamboo.logic.clock import Clock, days_before
 from bamboo.logic.errors import NotFound
 
 _UNSUCCESSFUL = ("failed", "cancelled", "closed")
@@ -29,6 +29,8 @@ async def datasets_and_files(
     conn: AsyncConnection, task_id: int, dataset_types: Sequence[str]
 ) -> list[dict[str, Any]]:
     """The task's datasets of the given types, each with its files in fileID order."""
+    if tasks.names_no_task(task_id):
+        return []
     return [
         {
             "dataset": {"name": dataset["datasetName"], "id": dataset["datasetID"]},
@@ -144,7 +146,7 @@ async def jumbo_job_datasets(
     ago, each with its status and output dataset names."""
     now = clock.now()
     rows = await admin_db.jumbo_output_datasets(
-        conn, _JUMBO_STATUSES, now - timedelta(days=from_offset), now - timedelta(days=to_offset)
+        conn, _JUMBO_STATUSES, days_before(now, from_offset), days_before(now, to_offset)
     )
     result: dict[int, dict[str, Any]] = {}
     for row in rows:

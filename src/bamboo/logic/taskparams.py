@@ -42,6 +42,9 @@ PSEUDO_STREAM = "IN"
 #: Dataset and stream name of the random-seed pseudo dataset.
 RANDOM_SEED_STREAM = "RNDMSEED"
 
+#: prodSourceLabel of a build job when ``buildSpec`` names none.
+DEFAULT_BUILD_LABEL = "panda"
+
 _ITEM_TYPES = frozenset({"constant", "template"})
 _PARAM_TYPES = frozenset({"input", "pseudo_input", "output", "log", "number"})
 _INPUT_TYPES = frozenset({"input", "pseudo_input"})
@@ -121,6 +124,42 @@ class DatasetPlan:
 
 
 @dataclass(frozen=True)
+class BuildSpec:
+    """The task's ``buildSpec`` (prun without ``--noBuild``; the build job is in build_jobs.py)."""
+
+    archive_name: str
+    job_parameters: str
+    trans_path: str | None
+    prod_source_label: str
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> BuildSpec | None:
+        """The build spec of a task, None without one.
+
+        Raises:
+            InvalidInput: ``buildSpec`` is not an object with string ``archiveName`` and
+                ``jobParameters``.
+        """
+        spec = params.get("buildSpec")
+        if spec is None:
+            return None
+        if not isinstance(spec, Mapping):
+            raise InvalidInput("task parameter 'buildSpec' must be an object")
+        for key in ("archiveName", "jobParameters"):
+            if not isinstance(spec.get(key), str) or not spec[key]:
+                raise InvalidInput(f"task parameter 'buildSpec': {key!r} must be a non-empty string")
+        for key in ("transPath", "prodSourceLabel"):
+            if spec.get(key) is not None and not isinstance(spec[key], str):
+                raise InvalidInput(f"task parameter 'buildSpec': {key!r} must be a string")
+        return cls(
+            archive_name=spec["archiveName"],
+            job_parameters=spec["jobParameters"],
+            trans_path=spec.get("transPath"),
+            prod_source_label=spec.get("prodSourceLabel") or DEFAULT_BUILD_LABEL,
+        )
+
+
+@dataclass(frozen=True)
 class RefinedTask:
     """Everything job generation needs from a task's parameters.
 
@@ -129,7 +168,8 @@ class RefinedTask:
     the total of a noInput task or a cap otherwise; ``n_events_per_file`` is the size of each
     input file (for noInput, of the pseudo file, which holds all ``n_events`` unless the task
     gave nEventsPerFile). ``n_files`` caps the master files used. ``first_event`` is the
-    global number of the first event, ``random_seed_offset`` is added to each seed.
+    global number of the first event, ``random_seed_offset`` is added to each seed. ``build`` is
+    the build spec when the task needs a build job.
     """
 
     job_params_template: str
@@ -149,6 +189,7 @@ class RefinedTask:
     ram_unit: str | None
     base_ram_count: int
     walltime: int
+    build: BuildSpec | None = None
 
     @property
     def master(self) -> DatasetPlan:
@@ -185,7 +226,9 @@ def validate(params: Mapping[str, Any]) -> None:
     for key, minimum in _INT_KEYS.items():
         _check_int(f"task parameter {key!r}", params.get(key), minimum)
     _check_gb_per_job(params.get("nGBPerJob"))
+    BuildSpec.from_params(params)
     _check_columns(params)
+    goal_per_mille(params)
     pfn_list = _check_pfn_list(params.get("pfnList"))
 
     items = _required(params, "jobParameters")
@@ -267,6 +310,7 @@ def refine(params: Mapping[str, Any]) -> RefinedTask:
         ram_unit=params.get("ramUnit") or params.get("ramCountUnit"),
         base_ram_count=params.get("baseRamCount") or 0,
         walltime=params.get("walltime") or 0,
+        build=BuildSpec.from_params(params),
     )
 
 
@@ -571,3 +615,17 @@ def _required_in(label: str, item: Mapping[str, Any], key: str) -> Any:
 def _show(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+def goal_per_mille(params: Mapping[str, Any]) -> int | None:
+    """The task's ``goal`` (a percentage of its input) in per mille, as the task row stores it.
+
+    Raises:
+        InvalidInput: the goal is not a number in (0, 100].
+    """
+    goal = params.get("goal")
+    if goal is None:
+        return None
+    if not _is_positive_number(goal) or goal > 100:
+        raise InvalidInput(f"task parameter 'goal' must be a percentage in (0, 100], got {goal!r}")
+    return round(goal * 10)

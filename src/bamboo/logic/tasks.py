@@ -18,7 +18,7 @@ from bamboo.db import tasks as tasks_db
 from bamboo.db.schema import TASK_FIELDS
 from bamboo.db.schema import tasks as tasks_table
 from bamboo.db.types import UTCDateTime
-from bamboo.logic import taskparams
+from bamboo.logic import shares, taskparams
 from bamboo.logic.clock import Clock
 from bamboo.logic.errors import BambooError, InvalidInput
 from bamboo.logic.states import TASK_FINAL
@@ -138,6 +138,7 @@ async def submit(
         ramUnit=next((params[key] for key in _RAM_UNIT_KEYS if params.get(key)), None),
         parent_tid=params.get("parent_tid"),
         reqID=params.get("reqID") or task_id,
+        goal=taskparams.goal_per_mille(params),
         creationDate=now,
         modificationTime=now,
         stateChangeTime=now,
@@ -145,6 +146,7 @@ async def submit(
         task_params=orjson.dumps(params).decode(),
         submitter_dn=identity.dn,
     )
+    record["gshare"] = await shares.assign(conn, record)
     await tasks_db.insert(conn, record)
     await notify.announce(conn, "refiner")
     return task_id
@@ -154,7 +156,18 @@ def submission_message(task_id: int) -> str:
     return f"succeeded. new jediTaskID={task_id}"
 
 
+def names_no_task(task_id: int) -> bool:
+    """Whether ``task_id`` lies beyond the jediTaskID column, so no task can have it.
+
+    Endpoints whose task id is unannotated (upstream's) cast it with ``int()`` unbounded; such a
+    number would fail the query (SQLite cannot bind it) instead of finding nothing.
+    """
+    return taskparams.column_problem(tasks_table.c.jediTaskID, task_id) is not None
+
+
 async def status(conn: AsyncConnection, task_id: int) -> str | None:
+    if names_no_task(task_id):
+        return None
     return await tasks_db.status_of(conn, task_id)
 
 

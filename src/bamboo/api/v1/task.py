@@ -2,8 +2,8 @@
 
 Behaviour lives in ``logic/tasks.py`` (submission, reads), ``logic/commands.py`` (kill, finish,
 retry, pause, resume, reassign... executed by the commando agent), ``logic/task_admin.py``
-(attribute changes, reactivate, attempts, cloning, jumbo) and ``logic/task_queries.py`` (the
-other reads).
+(attribute changes, reactivate, attempts, cloning, jumbo), ``logic/shares.py`` (global shares) and
+``logic/task_queries.py`` (the other reads).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from bamboo.api.envelope import Reply, failure
 from bamboo.api.registry import Access, DbUse, Module
 from bamboo.api.v1 import registry
 from bamboo.auth.identity import has_production_role
-from bamboo.logic import commands, killing, task_admin, task_queries, tasks
+from bamboo.logic import commands, killing, shares, task_admin, task_queries, tasks
 from bamboo.logic.errors import InvalidInput
 
 task = Module(registry, "task")
@@ -91,7 +91,8 @@ async def retry(
     """Retry a finished, failed or exhausted task: its failed inputs get new attempts.
 
     A user task that is still running has its failed inputs retried at once instead. With
-    ``new_parameters`` the task parameters are updated first.
+    ``new_parameters`` the task parameters are updated too once the retry is accepted, answered
+    with code 3 (pbook calls a retry with new options failed on any other code).
     """
     production = _is_production(call)
     flags = (
@@ -102,22 +103,28 @@ async def retry(
         ("transcend", ignore_hard_exhausted and production),
     )
     qualifiers = [name for name, wanted in flags if wanted]
-    if new_parameters is not None:
-        try:
-            changes = orjson.loads(new_parameters) if isinstance(new_parameters, str) else new_parameters
-            if not isinstance(changes, dict):
-                raise InvalidInput("new_parameters must be a JSON object")
-            await commands.merge_task_parameters(call.db, task_id, changes)
-        except (orjson.JSONDecodeError, InvalidInput) as exc:
-            reason = exc.message if isinstance(exc, InvalidInput) else str(exc)
-            return Reply(success=False, message=f"new parameter conversion failed with {reason}", data=1)
-    result = await commands.retry(
-        call.db, call.state.clock, task_id, qualifiers, requester=call.caller.user_name, production=production
-    )
-    if result.code == commands.OK:
+    try:
+        changes = orjson.loads(new_parameters) if isinstance(new_parameters, str) else new_parameters
+        if changes is not None and not isinstance(changes, dict):
+            raise InvalidInput("new_parameters must be a JSON object")
+        result = await commands.retry(
+            call.db,
+            call.state.clock,
+            task_id,
+            qualifiers,
+            requester=call.caller.user_name,
+            production=production,
+            new_parameters=changes,
+        )
+    except (orjson.JSONDecodeError, InvalidInput) as exc:
+        reason = exc.message if isinstance(exc, InvalidInput) else str(exc)
+        return Reply(success=False, message=f"new parameter conversion failed with {reason}", data=1)
+    accepted = result.code in (commands.OK, commands.NEW_PARAMETERS_ACCEPTED)
+    if accepted:
         call.on_commit.append(lambda: call.state.wake("commando"))
         call.on_commit.append(lambda: call.state.wake("generator"))
-    return _command_reply(result)
+    # success says whether the retry was accepted (DESIGN §9.4): code 0, or 3 with new parameters.
+    return Reply(success=accepted, message=result.message, data=result.code)
 
 
 @task.endpoint(method="POST", access=Access.PRODUCTION, db=DbUse.WRITE)
@@ -304,6 +311,29 @@ async def change_priority(
 ) -> Reply:
     """Change the current priority of a task and of its jobs not yet running."""
     return _outcome_reply(await task_admin.change_priority(call.db, task_id, priority))
+
+
+# A share name longer than the gshare column cannot be a leaf; the refusal echoes this much of it.
+_ECHOED_SHARE_CHARS = 64
+
+
+@task.endpoint(method="POST", access=Access.PRODUCTION, db=DbUse.WRITE)
+async def reassign_global_share(
+    call: Call,
+    task_id_list: Annotated[list[int], "jediTaskIDs of the tasks to move."],
+    share: Annotated[str, "The leaf global share to move them to."],
+    reassign_running_jobs: Annotated[bool, "Also move the tasks' starting and running jobs."],
+) -> Reply:
+    """Move tasks and their waiting jobs to another global share (a leaf of the share tree).
+
+    ``data`` is 0 on success and 1 when ``share`` is not a leaf; unknown task ids are passed over.
+    """
+    code = await shares.reassign(call.db, task_id_list, share, reassign_running_jobs=reassign_running_jobs)
+    if code == shares.REASSIGN_NOT_LEAF:
+        # The wording and the trailing space are upstream's.
+        message = f"Share {share[:_ECHOED_SHARE_CHARS]} is not a leave share "
+        return Reply(success=False, message=message, data=code)
+    return Reply(success=True, message=None, data=code)
 
 
 @task.endpoint(method="POST", access=Access.PRODUCTION, db=DbUse.WRITE)
