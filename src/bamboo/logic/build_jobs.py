@@ -23,7 +23,6 @@ path. The finaliser's usual propagation marks the lib and log rows finished or f
 from __future__ import annotations
 
 import logging
-import re
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -39,6 +38,7 @@ from bamboo.db import tasks as tasks_db
 from bamboo.logic import resource_types, task_status
 from bamboo.logic.catalog import scope_of
 from bamboo.logic.clock import Clock
+from bamboo.logic.job_rows import task_job_row
 from bamboo.logic.jobparams import JobContext, render
 from bamboo.logic.taskparams import BuildSpec
 
@@ -47,7 +47,6 @@ log = logging.getLogger(__name__)
 LIB_TYPE = "lib"
 LIB_STREAM = "LIB"
 BUILD_MARK = "bj"
-_HOME_VERSION = re.compile(r"-(\d+\.)")
 #: Memory of a build job (domain.md §4.7: 2000 MB per core, single core here).
 BUILD_RAM_MB = 2000
 
@@ -274,62 +273,26 @@ def _job_row(
     resource_type: str,
     now: datetime,
 ) -> dict[str, Any]:
-    return {
-        "PandaID": panda_id,
-        "jobDefinitionID": task["reqID"],
-        "creationTime": now,
-        "creationHost": "bamboo",
-        "modificationTime": now,
-        "AtlasRelease": task["transUses"],
-        "transformation": spec.trans_path,
-        # As for run jobs: PanDA ships "Pkg-1.2.3" cache names as "Pkg/1.2.3".
-        "homepackage": _HOME_VERSION.sub(r"/\1", task["transHome"]) if task["transHome"] else None,
-        "prodSourceLabel": spec.prod_source_label,
-        "prodUserID": task["submitter_dn"],
-        "assignedPriority": task["currentPriority"],
-        "currentPriority": task["currentPriority"],
-        "attemptNr": attempt,
-        "maxAttempt": attempt,
-        "jobStatus": "activated",
-        "jobName": f"{task['taskName']}.{panda_id}",
-        "maxCpuCount": 0,
-        "maxDiskCount": 0,
-        "minRamCount": BUILD_RAM_MB,
-        "minRamUnit": "MB",
-        "computingSite": queue["name"],
-        "jobParameters": parameters,
-        "prodDBlock": None,
-        "destinationDBlock": dataset["datasetName"],
-        "destinationSE": queue["name"],
-        "nEvents": 0,
-        "cloud": queue.get("cloud"),
-        "taskID": task["jediTaskID"],
-        "cmtConfig": task["architecture"],
-        "stateChangeTime": now,
-        "lockedby": "jedi",
-        "relocationFlag": 0,
-        "VO": task["vo"],
-        "workingGroup": task["workingGroup"],
-        "processingType": task["processingType"],
-        "prodUserName": task["userName"],
-        "nInputFiles": 0,
-        "countryGroup": task["countryGroup"],
-        "specialHandling": BUILD_MARK,
-        "jobsetID": task["reqID"],
-        "coreCount": 1,
-        "nInputDataFiles": 0,
-        "inputFileBytes": 0,
-        "jediTaskID": task["jediTaskID"],
-        "reqID": task["reqID"],
-        "maxWalltime": queue.get("maxtime") or 0,
-        "eventService": 0,
-        "failedAttempt": 0,
-        "gshare": task["gshare"],
-        "resource_type": resource_type,
-        "container_name": task["container_name"],
-        "job_label": "user" if task["taskType"] == "anal" else "managed",
-        "origin_panda_id": panda_id,
-    }
+    row = task_job_row(
+        task,
+        queue,
+        panda_id=panda_id,
+        origin=panda_id,
+        attempt=attempt,
+        cores=1,
+        memory=BUILD_RAM_MB,
+        resource_type=resource_type,
+        parameters=parameters,
+        now=now,
+    )
+    row.update(
+        transformation=spec.trans_path,
+        homepackage=row["homepackage"] or None,
+        prodSourceLabel=spec.prod_source_label,
+        destinationDBlock=dataset["datasetName"],
+        specialHandling=BUILD_MARK,
+    )
+    return row
 
 
 def with_lib(context: JobContext, state: BuildState) -> JobContext:

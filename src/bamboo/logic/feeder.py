@@ -46,7 +46,7 @@ async def _feed_one(
 ) -> int:
     now = clock.now()
     # Read before listing: a parent that ends after this read still gets one more scan.
-    closing = task["status"] not in _FEEDING or not await _parent_active(conn, task)
+    closing = task["status"] not in _FEEDING or not await parent_active(conn, task)
     refined = refine(orjson.loads(task["task_params"]))
     plan = next(p for p in refined.datasets if p.is_master and p.name == dataset["datasetName"])
     listing = await dm.list_files(conn, dataset["datasetName"]) or []
@@ -96,7 +96,8 @@ async def _feed_one(
     return added + (1 if closing else 0)
 
 
-async def _parent_active(conn: AsyncConnection, task: dict[str, Any]) -> bool:
+async def parent_active(conn: AsyncConnection, task: dict[str, Any]) -> bool:
+    """Whether the task has a parent that has not ended yet."""
     parent_id = task["parent_tid"]
     if parent_id is None or parent_id == task["jediTaskID"]:
         return False

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import random
-import re
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -35,6 +34,7 @@ from bamboo.logic.brokerage import (
 from bamboo.logic.catalog import scope_of
 from bamboo.logic.clock import Clock
 from bamboo.logic.errors import InvalidInput
+from bamboo.logic.job_rows import task_job_row
 from bamboo.logic.jobparams import JobContext, output_file_name, render
 from bamboo.logic.splitting import Row, SplitRule, group_rows
 from bamboo.logic.states import TASK_MAKING_JOBS
@@ -52,7 +52,6 @@ JOBS_PER_TASK = 500
 JOBS_PER_CYCLE = 1000
 ROWS_PER_TASK = 5000
 _OUTPUT_TYPES = ("output", "log")
-_HOME_VERSION = re.compile(r"-(\d+\.)")
 
 
 async def generate(conn: AsyncConnection, clock: Clock, rng: random.Random | None = None) -> int:
@@ -390,63 +389,28 @@ def _job_row(
     now: Any,
 ) -> dict[str, Any]:
     data_outputs = [d for d in outputs if d["type"] == "output"]
-    real_inputs = [row for row in inputs if row["type"] != "pseudo_input"]
-    home = task["transHome"]
-    return {
-        "PandaID": panda_id,
-        "jobDefinitionID": task["reqID"],
-        "creationTime": now,
-        "creationHost": "bamboo",
-        "modificationTime": now,
-        "AtlasRelease": task["transUses"],
-        "transformation": task["transPath"],
-        # PanDA ships "Pkg-1.2.3" cache names as "Pkg/1.2.3".
-        "homepackage": _HOME_VERSION.sub(r"/\1", home) if home else home,
-        "prodSourceLabel": task["prodSourceLabel"],
-        "prodUserID": task["submitter_dn"],
-        "assignedPriority": task["currentPriority"],
-        "currentPriority": task["currentPriority"],
-        "attemptNr": attempt,
-        "maxAttempt": attempt,
-        "jobStatus": "activated",
-        "jobName": f"{task['taskName']}.{origin}",
-        "maxCpuCount": 0,
-        "maxDiskCount": 0,
-        "minRamCount": memory,
-        "minRamUnit": "MB",
-        "computingSite": queue["name"],
-        "jobParameters": parameters,
-        "prodDBlock": master["datasetName"],
-        "destinationDBlock": (data_outputs or list(outputs) or [{"datasetName": None}])[0]["datasetName"],
-        "destinationSE": queue["name"],
-        "nEvents": 0,
-        "cloud": queue.get("cloud"),
-        "taskID": task["jediTaskID"],
-        "cmtConfig": task["architecture"],
-        "stateChangeTime": now,
-        "lockedby": "jedi",
-        "relocationFlag": 0,
-        "VO": task["vo"],
-        "workingGroup": task["workingGroup"],
-        "processingType": task["processingType"],
-        "prodUserName": task["userName"],
-        "nInputFiles": len(real_inputs),
-        "countryGroup": task["countryGroup"],
-        "jobsetID": task["reqID"],
-        "coreCount": cores,
-        "nInputDataFiles": len(real_inputs),
-        "inputFileBytes": sum(row["fsize"] or 0 for row in real_inputs),
-        "jediTaskID": task["jediTaskID"],
-        "reqID": task["reqID"],
-        "maxWalltime": queue.get("maxtime") or 0,
-        "eventService": 0,
-        "failedAttempt": max(row["failedAttempt"] for row in inputs),
-        "gshare": task["gshare"],
-        "resource_type": resource_type,
-        "container_name": task["container_name"],
-        "job_label": "user" if task["taskType"] == "anal" else "managed",
-        "origin_panda_id": origin,
-    }
+    real_inputs = [item for item in inputs if item["type"] != "pseudo_input"]
+    row = task_job_row(
+        task,
+        queue,
+        panda_id=panda_id,
+        origin=origin,
+        attempt=attempt,
+        cores=cores,
+        memory=memory,
+        resource_type=resource_type,
+        parameters=parameters,
+        now=now,
+    )
+    row.update(
+        prodDBlock=master["datasetName"],
+        destinationDBlock=(data_outputs or list(outputs) or [{"datasetName": None}])[0]["datasetName"],
+        nInputFiles=len(real_inputs),
+        nInputDataFiles=len(real_inputs),
+        inputFileBytes=sum(item["fsize"] or 0 for item in real_inputs),
+        failedAttempt=max(item["failedAttempt"] for item in inputs),
+    )
+    return row
 
 
 def _input_files(

@@ -26,11 +26,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from bamboo.db import commands as commands_db
 from bamboo.db import notify
 from bamboo.db import task_watchdog as watchdog_db
-from bamboo.db import tasks as tasks_db
 from bamboo.db.schema import tasks as tasks_table
-from bamboo.logic import task_status
+from bamboo.logic import feeder, task_status
 from bamboo.logic.clock import Clock
-from bamboo.logic.states import TASK_FINAL, completeness
+from bamboo.logic.states import completeness
 from bamboo.logic.task_admin import parse_split_rule
 from bamboo.logic.taskparams import PRODUCTION_SOURCE_LABELS
 
@@ -62,7 +61,7 @@ async def _time_out_pending(conn: AsyncConnection, clock: Clock) -> int:
     for task in await watchdog_db.claim_stale(
         conn, "pending", tasks_table.c.frozenTime, now - PENDING_TIMEOUT, BATCH
     ):
-        if await _parent_running(conn, task):
+        if await feeder.parent_active(conn, task):
             continue
         since = task["frozenTime"].strftime("%Y-%m-%d %H:%M:%S")
         await task_status.change(
@@ -70,14 +69,6 @@ async def _time_out_pending(conn: AsyncConnection, clock: Clock) -> int:
         )
         changed += 1
     return changed
-
-
-async def _parent_running(conn: AsyncConnection, task: dict[str, Any]) -> bool:
-    parent_id = task["parent_tid"]
-    if parent_id is None or parent_id == task["jediTaskID"]:
-        return False
-    status = await tasks_db.status_of(conn, parent_id)
-    return status is not None and status not in TASK_FINAL
 
 
 async def _finish_exhausted(conn: AsyncConnection, clock: Clock) -> int:

@@ -1,0 +1,84 @@
+"""The job columns every job a task generates has in common (domain.md §4.6).
+
+Run jobs (the generator) and build jobs (``build_jobs``) start from :func:`task_job_row` and set
+what is theirs: inputs, outputs, labels.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+_HOME_VERSION = re.compile(r"-(\d+\.)")
+
+
+def task_job_row(
+    task: dict[str, Any],
+    queue: dict[str, Any],
+    *,
+    panda_id: int,
+    origin: int,
+    attempt: int,
+    cores: int,
+    memory: int,
+    resource_type: str,
+    parameters: str,
+    now: Any,
+) -> dict[str, Any]:
+    """An activated job of ``task`` at ``queue`` without inputs or outputs."""
+    home = task["transHome"]
+    return {
+        "PandaID": panda_id,
+        "jobDefinitionID": task["reqID"],
+        "creationTime": now,
+        "creationHost": "bamboo",
+        "modificationTime": now,
+        "AtlasRelease": task["transUses"],
+        "transformation": task["transPath"],
+        # PanDA ships "Pkg-1.2.3" cache names as "Pkg/1.2.3".
+        "homepackage": _HOME_VERSION.sub(r"/\1", home) if home else home,
+        "prodSourceLabel": task["prodSourceLabel"],
+        "prodUserID": task["submitter_dn"],
+        "assignedPriority": task["currentPriority"],
+        "currentPriority": task["currentPriority"],
+        "attemptNr": attempt,
+        "maxAttempt": attempt,
+        "jobStatus": "activated",
+        "jobName": f"{task['taskName']}.{origin}",
+        "maxCpuCount": 0,
+        "maxDiskCount": 0,
+        "minRamCount": memory,
+        "minRamUnit": "MB",
+        "computingSite": queue["name"],
+        "jobParameters": parameters,
+        "prodDBlock": None,
+        "destinationDBlock": None,
+        "destinationSE": queue["name"],
+        "nEvents": 0,
+        "cloud": queue.get("cloud"),
+        "taskID": task["jediTaskID"],
+        "cmtConfig": task["architecture"],
+        "stateChangeTime": now,
+        "lockedby": "jedi",
+        "relocationFlag": 0,
+        "VO": task["vo"],
+        "workingGroup": task["workingGroup"],
+        "processingType": task["processingType"],
+        "prodUserName": task["userName"],
+        "nInputFiles": 0,
+        "countryGroup": task["countryGroup"],
+        "jobsetID": task["reqID"],
+        "coreCount": cores,
+        "nInputDataFiles": 0,
+        "inputFileBytes": 0,
+        "jediTaskID": task["jediTaskID"],
+        "reqID": task["reqID"],
+        "maxWalltime": queue.get("maxtime") or 0,
+        "eventService": 0,
+        "failedAttempt": 0,
+        "gshare": task["gshare"],
+        "resource_type": resource_type,
+        "container_name": task["container_name"],
+        "job_label": "user" if task["taskType"] == "anal" else "managed",
+        "origin_panda_id": origin,
+    }
