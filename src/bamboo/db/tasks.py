@@ -85,6 +85,24 @@ async def get_many(conn: AsyncConnection, task_ids: Sequence[int]) -> list[dict[
 
 
 # --- datasets -------------------------------------------------------------------------------------
+#: The counters of a dataset just inserted, before any file row is added.
+EMPTY_DATASET_COUNTERS: dict[str, int] = dict.fromkeys(
+    (
+        "nFiles",
+        "nFilesToBeUsed",
+        "nFilesUsed",
+        "nFilesFinished",
+        "nFilesFailed",
+        "nFilesOnHold",
+        "nFilesMissing",
+        "nEvents",
+        "nEventsToBeUsed",
+        "nEventsUsed",
+    ),
+    0,
+)
+
+
 async def insert_dataset(conn: AsyncConnection, values: dict[str, Any]) -> int:
     result = await conn.execute(
         sa.insert(task_datasets).values(**values).returning(task_datasets.c.datasetID)

@@ -104,16 +104,7 @@ async def create_lib_dataset(conn: AsyncConnection, task: dict[str, Any], now: d
             "status": "defined",
             "streamName": LIB_STREAM,
             "serial_nr": 1,
-            "nFiles": 0,
-            "nFilesToBeUsed": 0,
-            "nFilesUsed": 0,
-            "nFilesFinished": 0,
-            "nFilesFailed": 0,
-            "nFilesOnHold": 0,
-            "nFilesMissing": 0,
-            "nEvents": 0,
-            "nEventsToBeUsed": 0,
-            "nEventsUsed": 0,
+            **tasks_db.EMPTY_DATASET_COUNTERS,
         },
     )
 

@@ -182,16 +182,7 @@ async def _create_datasets(
                 "attributes": secondary.attributes_text(plan, secondary=is_input and not plan.is_master),
                 "filename_template": plan.filename_template,
                 "serial_nr": plan.offset + 1,
-                "nFiles": 0,
-                "nFilesToBeUsed": 0,
-                "nFilesUsed": 0,
-                "nFilesFinished": 0,
-                "nFilesFailed": 0,
-                "nFilesOnHold": 0,
-                "nFilesMissing": 0,
-                "nEvents": 0,
-                "nEventsToBeUsed": 0,
-                "nEventsUsed": 0,
+                **tasks_db.EMPTY_DATASET_COUNTERS,
             },
         )
         if is_input and plan.is_master:
