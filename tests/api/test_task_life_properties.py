@@ -8,7 +8,7 @@ dataset counters equal a recount of the file rows.
 from __future__ import annotations
 
 import itertools
-from collections import defaultdict
+from collections import Counter, defaultdict
 from typing import Any
 
 import pytest
@@ -34,7 +34,7 @@ _acquire = st.tuples(st.just("acquire"), st.integers(1, 3))
 _report = st.tuples(st.just("report"), st.integers(0, 20), st.sampled_from(["running", "finished", "failed"]))
 _drain = st.tuples(st.just("drain"))
 ACTIONS = st.lists(st.one_of(_command, _acquire, _report, _report, _drain), min_size=1, max_size=14)
-SHAPES = st.sampled_from(["no_input", "input"])
+SHAPES = st.sampled_from(["no_input", "input", "merge"])
 # Examples share the test's database: each makes its own task and dataset names.
 _SERIALS = itertools.count()
 
@@ -62,6 +62,9 @@ async def new_task(api, runner, shape: str, serial: int) -> int:
         async with api.state.db.transaction() as conn:
             await api.state.dm.register_files(conn, api.state.clock, dataset, files)
         params = input_task(dataset, f"user.testuser.prop.{serial}", n_files_per_job=1)
+        if shape == "merge":
+            merge_spec = {"jobParameters": "${TRN_OUTPUT:OUTPUT} ${TRN_LOG:LOG}"}
+            params = {**params, "mergeOutput": True, "mergeSpec": merge_spec, "nFilesPerMergeJob": 2}
     task_id = await submit(api, params)
     await runner.drain()
     return task_id
@@ -154,6 +157,33 @@ async def check_invariants(api, task_id: int, written: list[str], retried: bool)
             )
             assert counted == (len(rows), finished, failed, running + finished + failed), (
                 task["status"],
+                written,
+            )
+        # Unmerged files count once they are merge inputs; those out of merge attempts are notmerged.
+        twins = (
+            await conn.execute(
+                sa.select(task_datasets).where(
+                    task_datasets.c.jediTaskID == task_id, task_datasets.c.type.in_(["trn_output", "trn_log"])
+                )
+            )
+        ).mappings()
+        for dataset in list(twins):
+            rows = (
+                await conn.execute(
+                    sa.select(task_files.c.status).where(
+                        task_files.c.datasetID == dataset["datasetID"], task_files.c.keepTrack == 1
+                    )
+                )
+            ).scalars()
+            tally = Counter(rows)
+            merged, not_merged = tally["finished"], tally["notmerged"]
+            assert (
+                dataset["nFiles"],
+                dataset["nFilesFinished"],
+                dataset["nFilesFailed"],
+                dataset["nFilesUsed"],
+            ) == (sum(tally.values()), merged, not_merged, tally["running"] + merged + not_merged), (
+                dict(tally),
                 written,
             )
     assert written and task["status"] == written[-1]

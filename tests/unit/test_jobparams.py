@@ -252,7 +252,7 @@ def test_empty_scalar_is_replaced() -> None:
 
 
 def test_not_placeholder_syntax_is_kept() -> None:
-    template = "echo ${x:-y} ${} ${a b} $HOME ${1abc} ${TRN_OUTPUT:OUTPUT}"
+    template = "echo ${x:-y} ${} ${a b} $HOME ${1abc} ${TRN:OUTPUT}"
     assert render(template, ctx()) == template
 
 
@@ -466,3 +466,34 @@ def test_lib_dataset_name() -> None:
     moment = datetime(2026, 12, 3, 7, 5, 9, 123, tzinfo=UTC)
     assert lib_dataset_name(10000042, moment) == "panda.1203070509.000123.lib._10000042"
     assert lib_dataset_name(42, moment).endswith(".lib._000042")
+
+
+# --- merge templates ------------------------------------------------------------------------
+
+
+def test_merge_pairs_list_each_merged_stream_with_its_unmerged_files_in_stream_order() -> None:
+    streams = {
+        "TRN_OUTPUT0": ["um.a.1", "um.a.2"],
+        "TRN_OUTPUT10": ["um.k.1"],
+        "TRN_OUTPUT1": ["um.b.1", "um.b.2"],
+        "OUTPUT0": ["a.1"],
+        "OUTPUT1": ["b.1"],
+        "OUTPUT10": ["k.1"],
+        "TRN_LOG0": ["um.log.1", "um.log.2"],
+        "LOG0": ["log.1"],
+    }
+    assert render("-r . ${TRN_OUTPUT:OUTPUT} ${TRN_LOG:LOG}", ctx(streams=streams)) == (
+        "-r . um.a.1,um.a.2:a.1 um.b.1,um.b.2:b.1 um.k.1:k.1 um.log.1,um.log.2:log.1"
+    )
+
+
+def test_a_merged_stream_without_unmerged_files_is_left_out() -> None:
+    streams = {"TRN_OUTPUT0": ["um.a"], "OUTPUT0": ["a"], "OUTPUT1": ["b"], "LOG0": ["log"]}
+    assert render("${TRN_OUTPUT:OUTPUT}|${TRN_LOG:LOG}|", ctx(streams=streams)) == "um.a:a||"
+
+
+def test_the_merged_log_reads_the_unmerged_logs_of_the_first_log_stream() -> None:
+    streams = {"TRN_LOG0": ["um.l1", "um.l2"], "LOG0": ["own.log"], "LOG_MERGE": ["merged.log"]}
+    assert render("${TRN_LOG_MERGE:LOG_MERGE} --log=${LOG0}", ctx(streams=streams)) == (
+        "um.l1,um.l2:merged.log --log=own.log"
+    )

@@ -73,16 +73,21 @@ def test_verdicts() -> None:
     assert verdict(["finished", "activated", "running", "running"], production=True) == scouting.WAIT
     assert verdict(["finished", "finished", "running", "running"], production=True) == scouting.AVALANCHE
     assert verdict(["finished", "finished", "running", "running"]) == scouting.WAIT
+    # A pre-merge scout waiting for its merge has run and succeeded (logic/merge_jobs.py).
+    assert verdict(["merging", "failed"]) == scouting.AVALANCHE
+    assert verdict(["merging", "running"]) == scouting.WAIT
 
 
-_STATUSES = st.sampled_from(["activated", "running", "holding", "finished", "failed", "cancelled", "closed"])
+_STATUSES = st.sampled_from(
+    ["activated", "running", "holding", "merging", "finished", "failed", "cancelled", "closed"]
+)
 
 
 @given(st.lists(_STATUSES, max_size=12), st.booleans(), st.none() | st.integers(0, 10))
 def test_verdict_rules_hold_for_any_scouts(statuses: list[str], production: bool, rate: int | None) -> None:
     result = verdict(statuses, production, rate)
-    finished = statuses.count("finished")
-    ended = sum(s in ("finished", "failed", "cancelled", "closed") for s in statuses)
+    finished = statuses.count("finished") + statuses.count("merging")
+    ended = sum(s in ("finished", "merging", "failed", "cancelled", "closed") for s in statuses)
     if result.decision == "broken":
         # Only ever once every scout has ended, and never with enough successes.
         assert ended == len(statuses) and statuses

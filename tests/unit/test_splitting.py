@@ -466,3 +466,21 @@ def test_rule_at_a_queue() -> None:
     ]
     assert keys(group_rows(rows_of([3 * GIB] * 2), rule)) == [[0], [1]]
     assert SplitRule().for_queue({"name": "Q"}, 2.5) == SplitRule()
+
+
+# --- merge jobs -----------------------------------------------------------------------------
+
+
+def test_merge_rule_defaults_to_fifty_files_and_five_gigabytes() -> None:
+    rule = SplitRule.for_merges({})
+    assert (rule.n_files_per_job, rule.n_gb_per_job, rule.n_max_files_per_job) == (None, None, 50)
+    assert rule.max_size_per_job == 5 * GIB
+    sizes = [Row(key=i, size=GIB, n_events=None) for i in range(12)]
+    assert [len(group) for group in group_rows(sizes, rule)] == [5, 5, 2]
+
+
+def test_merge_rule_takes_files_or_gigabytes_per_merge_job() -> None:
+    assert SplitRule.for_merges({"nFilesPerMergeJob": 3, "nGBPerMergeJob": 1}).n_files_per_job == 3
+    rule = SplitRule.for_merges({"nGBPerMergeJob": 2, "nMaxFilesPerMergeJob": 4})
+    assert (rule.n_gb_per_job, rule.n_max_files_per_job) == (2.0, 4)
+    assert SplitRule.for_merges({"nGBPerMergeJob": "MAX"}).n_gb_per_job is None

@@ -971,3 +971,57 @@ def test_build_spec_parsed() -> None:
 def test_bad_build_spec_refused_at_submission(spec: Any, message: str) -> None:
     with pytest.raises(InvalidInput, match=re.escape(message)):
         validate({**E2E_TASK, "buildSpec": spec})
+
+
+# --- merging tasks --------------------------------------------------------------------------
+
+
+def _merging(**overrides: Any) -> dict[str, Any]:
+    params = copy.deepcopy(ANALYSIS_TASK)
+    params.update(mergeOutput=True, mergeSpec={"jobParameters": "${TRN_OUTPUT:OUTPUT}"}, **overrides)
+    return params
+
+
+def test_a_merging_task_gives_every_output_and_log_an_unmerged_twin() -> None:
+    refined = refine(_merging())
+    assert refined.merge is not None and refined.merge.job_parameters == "${TRN_OUTPUT:OUTPUT}"
+    plain = {plan.stream: plan for plan in refine(ANALYSIS_TASK).datasets}
+    twins = [plan for plan in refined.datasets if plan.type.startswith("trn_")]
+    assert [(t.stream, t.type) for t in twins] == [
+        (f"TRN_{stream}", f"trn_{plan.type}")
+        for stream, plan in plain.items()
+        if plan.type in ("output", "log")
+    ]
+    for twin in twins:
+        merged = plain[twin.stream.removeprefix("TRN_")]
+        assert twin.name == f"panda.um.{merged.name}"
+        assert twin.filename_template == f"panda.um.{merged.filename_template}"
+        assert twin.offset == merged.offset
+    # The run jobs' command line is the same: their outputs are renamed, not the placeholders.
+    assert refined.job_params_template == refine(ANALYSIS_TASK).job_params_template
+
+
+def test_unmerged_names_at_the_end_and_the_merged_log_has_no_twin() -> None:
+    merged_log = {**ANALYSIS_TASK["log"], "dataset": "user.jdoe.ana.v1.merge_log/", "value": "m.${SN}.tgz"}
+    refined = refine(_merging(umNameAtEnd=True, log_merge=merged_log))
+    by_stream = {plan.stream: plan for plan in refined.datasets}
+    assert by_stream["LOG_MERGE"].attributes == ("mo",) and "TRN_LOG_MERGE" not in by_stream
+    assert by_stream["TRN_LOG0"].filename_template == f"{by_stream['LOG0'].filename_template}.panda.um"
+
+
+def test_without_merge_output_the_merge_spec_and_merged_log_are_ignored() -> None:
+    params = _merging(log_merge={**ANALYSIS_TASK["log"], "dataset": "x.merge_log/", "value": "m.tgz"})
+    params["mergeOutput"] = False
+    refined = refine(params)
+    assert refined.merge is None
+    assert not [
+        plan for plan in refined.datasets if plan.type.startswith("trn_") or plan.stream == "LOG_MERGE"
+    ]
+
+
+def test_a_twin_name_too_long_for_its_column_is_refused() -> None:
+    params = _merging()
+    output = next(item for item in params["jobParameters"] if item.get("param_type") == "output")
+    output["dataset"] = "u." + "x" * 250
+    with pytest.raises(InvalidInput, match="too long for its unmerged twin"):
+        refine(params)

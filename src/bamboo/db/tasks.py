@@ -9,6 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from bamboo.db import merges
 from bamboo.db.rows import skips_locked, uniform
 from bamboo.db.schema import task_datasets, task_files, tasks
 
@@ -281,10 +282,11 @@ async def file_status_counts(conn: AsyncConnection, dataset_ids: Sequence[int]) 
 
 
 async def claim_generating(
-    conn: AsyncConnection, statuses: Sequence[str], limit: int
+    conn: AsyncConnection, statuses: Sequence[str], limit: int, merge_statuses: Sequence[str] = ()
 ) -> list[dict[str, Any]]:
     """Tasks the job generator should look at: in a generating status (or pending after one) and
-    with at least one master row that a new job may take."""
+    with at least one master row that a new job may take, or, in those statuses or
+    ``merge_statuses``, an unmerged file ready for a merge job."""
     # Correlated explicitly: nested inside EXISTS, SQLAlchemy would otherwise add a FROM tasks of
     # its own and every task would look as if it had work.
     master = (
@@ -312,10 +314,16 @@ async def claim_generating(
         tasks.c.status.in_(list(statuses)),
         sa.and_(tasks.c.status == "pending", tasks.c.oldStatus.in_(list(statuses))),
     )
+    merge_status_ok = sa.or_(status_ok, tasks.c.status.in_(list(merge_statuses)))
     # Least recently served first: generation updates modificationTime, so tasks take turns.
     query = (
         sa.select(tasks)
-        .where(status_ok, has_work)
+        .where(
+            sa.or_(
+                sa.and_(status_ok, has_work),
+                sa.and_(merge_status_ok, merges.waiting_for_merge(tasks.c.jediTaskID)),
+            )
+        )
         .order_by(tasks.c.modificationTime, tasks.c.jediTaskID)
         .limit(limit)
     )
@@ -325,7 +333,8 @@ async def claim_generating(
 
 
 async def claim_completed(conn: AsyncConnection, statuses: Sequence[str], limit: int) -> list[dict[str, Any]]:
-    """Tasks whose master input has nothing left to do (every row finished or out of attempts)."""
+    """Tasks whose master input has nothing left to do (every row finished or out of attempts) and
+    whose unmerged files are all merged or out of attempts."""
     done = sa.exists(
         sa.select(task_datasets.c.datasetID).where(
             task_datasets.c.jediTaskID == tasks.c.jediTaskID,
@@ -338,7 +347,7 @@ async def claim_completed(conn: AsyncConnection, statuses: Sequence[str], limit:
     )
     query = (
         sa.select(tasks)
-        .where(tasks.c.status.in_(list(statuses)), done)
+        .where(tasks.c.status.in_(list(statuses)), done, ~merges.merges_outstanding(tasks.c.jediTaskID))
         .order_by(tasks.c.jediTaskID)
         .limit(limit)
     )

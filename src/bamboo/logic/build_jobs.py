@@ -123,6 +123,19 @@ class BuildState:
     dataset: dict[str, Any] | None = None
 
 
+async def built_lib(conn: AsyncConnection, datasets: Sequence[dict[str, Any]]) -> BuildState:
+    """The task's finished lib file for jobs made after its run jobs (merge jobs), if it has one."""
+    dataset = next((d for d in datasets if d["type"] == LIB_TYPE), None)
+    if dataset is None:
+        return BuildState(ready=True)
+    finished = [
+        row
+        for row in await aux_rows.rows_of_type(conn, dataset["datasetID"], LIB_TYPE)
+        if row["status"] == "finished"
+    ]
+    return BuildState(ready=True, lib=finished[-1], dataset=dataset) if finished else BuildState(ready=True)
+
+
 async def prepare(
     conn: AsyncConnection,
     clock: Clock,

@@ -22,7 +22,7 @@ from bamboo.db import commands as commands_db
 from bamboo.db import feeder as feeder_db
 from bamboo.db import notify
 from bamboo.db import tasks as tasks_db
-from bamboo.logic import killing, scouting, task_status, taskparams
+from bamboo.logic import killing, merge_jobs, scouting, task_status, taskparams
 from bamboo.logic.clock import Clock
 from bamboo.logic.states import (
     COMMAND_DOING_STATUS,
@@ -258,8 +258,11 @@ async def _advance(conn: AsyncConnection, clock: Clock, command: dict[str, Any],
     if name == "kill":
         changed = len(await _kill(conn, clock, task_id, None, _KILL_FOR_JEDI, requester))
     elif name == "finish":
-        only = killing.QUEUED_JOB_STATUSES if comment.startswith("soft") else None
-        changed = len(await _kill(conn, clock, task_id, only, _FORCE_KILL_FOR_JEDI, requester))
+        soft = comment.startswith("soft")
+        only = killing.QUEUED_JOB_STATUSES if soft else None
+        changed = len(
+            await _kill(conn, clock, task_id, only, _FORCE_KILL_FOR_JEDI, requester, keep_merges=soft)
+        )
     elif name == "reassign":
         return await _reassign(conn, clock, task, comment, requester)
     remaining = await commands_db.unfinished_jobs(conn, task_id, final=sorted(JOB_FINAL))
@@ -282,8 +285,13 @@ async def _kill(
     only: tuple[str, ...] | None,
     code: int,
     requester: str,
+    *,
+    keep_merges: bool = False,
 ) -> list[int]:
     jobs = await commands_db.unfinished_jobs(conn, task_id, only, final=sorted(JOB_FINAL))
+    if keep_merges:
+        # A soft finish lets the merges of finished work run: they end what those jobs began.
+        jobs = [job for job in jobs if job["processingType"] != merge_jobs.PROCESSING_TYPE]
     return await killing.kill(conn, clock, jobs, code, requester)
 
 
@@ -341,7 +349,7 @@ async def _retry(conn: AsyncConnection, clock: Clock, task: dict[str, Any], comm
             rescan = command["command"] == "incexec" and dataset["type"] == "input"
             status = feeder_db.OPEN if rescan else "ready"
             await tasks_db.update_dataset(conn, dataset["datasetID"], status=status, modificationTime=now)
-        elif dataset["type"] in ("output", "log", "lib"):
+        elif dataset["type"] in ("output", "log", "lib", *merge_jobs.TRANSIENT_TYPES):
             await tasks_db.update_dataset(conn, dataset["datasetID"], status="done", modificationTime=now)
     usable = await commands_db.usable_master_rows(conn, task_id)
     if command["command"] == "incexec":

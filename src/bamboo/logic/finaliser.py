@@ -18,10 +18,13 @@ import orjson
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bamboo.db import jobs as jobs_db
+from bamboo.db import merges as merges_db
 from bamboo.db import tasks as tasks_db
 from bamboo.db.schema import jobs as jobs_table
+from bamboo.logic import merge_jobs
 from bamboo.logic.catalog import CatalogFile, DataManagement
 from bamboo.logic.clock import Clock
+from bamboo.logic.merge_jobs import TRANSIENT_TYPES
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +127,9 @@ async def _finalise_job(
         except OutputProblem as exc:
             succeeded = False
             error = {"ddmErrorCode": DDM_OUTPUT_ERROR, "ddmErrorDiag": str(exc)[:500]}
-    final = "finished" if succeeded else "failed"
+    # A run job of a merging task waits for the merge of what it wrote (logic/merge_jobs.py).
+    writes_unmerged = any(r["outPandaID"] == job["PandaID"] and r["type"] in TRANSIENT_TYPES for r in rows)
+    final = ("merging" if writes_unmerged else "finished") if succeeded else "failed"
     if succeeded:
         await _register_outputs(conn, clock, dm, outputs, metadata)
     else:
@@ -139,7 +144,46 @@ async def _finalise_job(
         **error,
     )
     await _propagate(conn, job, rows, outputs, metadata if succeeded else {}, succeeded, now)
+    if job["processingType"] == merge_jobs.PROCESSING_TYPE:
+        await _end_pre_merge_jobs(conn, job, rows, succeeded, now)
     log.info("job %s %s", job["PandaID"], final)
+
+
+async def _end_pre_merge_jobs(
+    conn: AsyncConnection, job: dict[str, Any], rows: list[dict[str, Any]], succeeded: bool, now: datetime
+) -> None:
+    """A merge job's pre-merge jobs take over its success, or its failure once their unmerged
+    files have no merge attempt left (domain.md §4.8)."""
+    merged = [
+        r
+        for r in rows
+        if r["PandaID"] == job["PandaID"] and r["status"] == "running" and r["type"] in TRANSIENT_TYPES
+    ]
+    if succeeded:
+        producers = {r["outPandaID"] for r in merged}
+        await merges_db.end_merging(
+            conn, sorted(producers), jobStatus="finished", modificationTime=now, stateChangeTime=now
+        )
+        return
+    exhausted = {
+        r["outPandaID"] for r in merged if not _may_retry(r["attemptNr"] + 1, r["failedAttempt"] + 1, r)
+    }
+    await merges_db.end_merging(
+        conn,
+        sorted(exhausted),
+        jobStatus="failed",
+        modificationTime=now,
+        stateChangeTime=now,
+        taskBufferErrorCode=merge_jobs.MERGE_FAILED_CODE,
+        taskBufferErrorDiag=merge_jobs.MERGE_FAILED_DIAG,
+        jobSubStatus="merge_failed",
+    )
+
+
+def _may_retry(attempts: int, failures: int, row: dict[str, Any]) -> bool:
+    return (row["maxAttempt"] is None or attempts < row["maxAttempt"]) and (
+        row["maxFailure"] is None or failures < row["maxFailure"]
+    )
 
 
 async def _register_outputs(
@@ -188,35 +232,47 @@ async def _propagate(
         meta_by_file = {f["fileID"]: metadata[f["row_ID"]] for f in outputs if f["row_ID"] in metadata}
         for row in produced:
             meta = meta_by_file.get(row["fileID"], {})
-            await tasks_db.update_file(
-                conn,
-                row["fileID"],
-                status="finished",
-                GUID=meta.get("GUID"),
-                fsize=meta.get("fsize"),
-                checksum=meta.get("checksum"),
-            )
+            described = {
+                "GUID": meta.get("GUID"),
+                "fsize": meta.get("fsize"),
+                "checksum": meta.get("checksum"),
+            }
+            if row["type"] in TRANSIENT_TYPES:
+                # An unmerged file becomes an input of a merge job, with merge attempts of its own.
+                await tasks_db.update_file(
+                    conn,
+                    row["fileID"],
+                    status="ready",
+                    keepTrack=1,
+                    maxAttempt=row["attemptNr"] + merge_jobs.MERGE_ATTEMPTS,
+                    **described,
+                )
+                counters.setdefault(row["datasetID"], Counter()).update(nFiles=1, nFilesToBeUsed=1)
+                continue
+            await tasks_db.update_file(conn, row["fileID"], status="finished", **described)
             counters.setdefault(row["datasetID"], Counter()).update(nFilesFinished=1, nFiles=1)
     else:
         for row in inputs:
             attempts = row["attemptNr"] + 1
             failures = row["failedAttempt"] + 1
+            retry = _may_retry(attempts, failures, row)
+            # Master rows out of attempts stay ready (and count failed); unmerged files are notmerged.
+            exhausted = "notmerged" if row["type"] in TRANSIENT_TYPES else "ready"
             await tasks_db.update_file(
                 conn,
                 row["fileID"],
-                status="ready",
+                status="ready" if retry else exhausted,
                 attemptNr=attempts,
                 failedAttempt=failures,
                 proc_status="failed",
-            )
-            retry = (row["maxAttempt"] is None or attempts < row["maxAttempt"]) and (
-                row["maxFailure"] is None or failures < row["maxFailure"]
             )
             counters.setdefault(row["datasetID"], Counter()).update(
                 {"nFilesUsed": -1} if retry else {"nFilesFailed": 1}
             )
         for row in produced:
             await tasks_db.update_file(conn, row["fileID"], status="failed")
-            counters.setdefault(row["datasetID"], Counter()).update(nFilesFailed=1, nFiles=1)
+            if row["type"] not in TRANSIENT_TYPES:
+                # An unmerged file that was never written is no merge input: nothing to count.
+                counters.setdefault(row["datasetID"], Counter()).update(nFilesFailed=1, nFiles=1)
     for dataset_id, deltas in counters.items():
         await tasks_db.bump_dataset(conn, dataset_id, now, **dict(deltas))

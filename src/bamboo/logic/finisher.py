@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from bamboo.db import tasks as tasks_db
 from bamboo.logic import scouting, task_status
 from bamboo.logic.clock import Clock
+from bamboo.logic.merge_jobs import TRANSIENT_TYPES
 from bamboo.logic.states import (
     TASK_FINAL_OF,
     TASK_PASSED,
@@ -58,7 +59,7 @@ async def _final_status(
         else None
     )
     params = orjson.loads(task["task_params"])
-    return final_task_status(
+    status = final_task_status(
         n_files=master["nFiles"],
         n_files_finished=master["nFilesFinished"],
         parent_status=parent_status,
@@ -71,9 +72,15 @@ async def _final_status(
         goal=task["goal"],
         fail_goal_unreached=bool(params.get("failWhenGoalUnreached")),
     )
+    # Work whose merge finally failed is not done: the task is only partly so.
+    not_merged = any(d["nFilesFailed"] for d in datasets if d["type"] in TRANSIENT_TYPES)
+    return "finished" if status == "done" and not_merged else status
 
 
 def _dataset_status(final: str, dataset: dict[str, Any]) -> str:
+    if dataset["type"] in TRANSIENT_TYPES:
+        # Unmerged twins are scratch space: they end done whatever became of the task.
+        return "done"
     if final in ("failed", "broken", "aborted"):
         return "failed"
     if dataset["nFilesFinished"] < dataset["nFiles"]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import random
-import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from bamboo.db import jobs as jobs_db
 from bamboo.db import sequences
 from bamboo.db import tasks as tasks_db
-from bamboo.logic import build_jobs, resource_types, scouting, secondary, task_status
+from bamboo.logic import build_jobs, merge_jobs, resource_types, scouting, secondary, task_status
 from bamboo.logic import queues as queues_logic
 from bamboo.logic.brokerage import (
     QueueLoad,
@@ -34,7 +33,7 @@ from bamboo.logic.brokerage import (
 from bamboo.logic.catalog import scope_of
 from bamboo.logic.clock import Clock
 from bamboo.logic.errors import InvalidInput
-from bamboo.logic.job_rows import task_job_row
+from bamboo.logic.job_rows import output_files, task_job_row
 from bamboo.logic.jobparams import JobContext, output_file_name, render
 from bamboo.logic.splitting import Row, SplitRule, group_rows
 from bamboo.logic.states import TASK_MAKING_JOBS
@@ -51,12 +50,14 @@ TASKS_PER_CYCLE = 10
 JOBS_PER_TASK = 500
 JOBS_PER_CYCLE = 1000
 ROWS_PER_TASK = 5000
-_OUTPUT_TYPES = ("output", "log")
 
 
 async def generate(conn: AsyncConnection, clock: Clock, rng: random.Random | None = None) -> int:
     """Generate jobs for a batch of tasks. Returns how many jobs were made."""
-    candidates = await tasks_db.claim_generating(conn, sorted(TASK_MAKING_JOBS), TASKS_PER_CYCLE)
+    # A soft-finishing task still merges what its finished jobs wrote (logic/merge_jobs.py).
+    candidates = await tasks_db.claim_generating(
+        conn, sorted(TASK_MAKING_JOBS), TASKS_PER_CYCLE, merge_statuses=["finishing"]
+    )
     if not candidates:
         return 0
     queue_specs = await queues_logic.list_specs(conn)
@@ -166,7 +167,69 @@ async def _generate_for_task(
     refined = refine(params)
     datasets = await tasks_db.datasets(conn, task_id)
     master = next(d for d in datasets if d["masterID"] is None and d["type"] in ("input", "pseudo_input"))
-    outputs = [d for d in datasets if d["type"] in _OUTPUT_TYPES]
+    merges = 0
+    if refined.merge is not None:
+        generating = task["status"] in TASK_MAKING_JOBS or (
+            task["status"] == "pending" and task["oldStatus"] in TASK_MAKING_JOBS
+        )
+        try:
+            merges = await merge_jobs.make(
+                conn,
+                clock,
+                task,
+                params,
+                refined.merge,
+                datasets,
+                queue_specs,
+                rt_rows,
+                refined.source_url,
+                max_jobs,
+                makes_run_jobs=generating,
+            )
+        except InvalidInput as exc:
+            # The refiner checked the template, so this is rare; a finishing task cannot wait.
+            if generating:
+                await _set_pending(conn, clock, task, f"merge jobs: {exc.message}")
+            else:
+                log.warning("task %s: no merge jobs: %s", task["jediTaskID"], exc.message)
+            return 0
+        # A task that only merges (finishing, or with no input left for run jobs) needs no queue.
+        if not generating or not await tasks_db.eligible_rows(conn, master["datasetID"], 1):
+            return merges
+    return merges + await _make_run_jobs(
+        conn,
+        clock,
+        task,
+        params,
+        refined,
+        datasets,
+        master,
+        queue_specs,
+        loads,
+        rt_rows,
+        rng,
+        max_jobs - merges,
+    )
+
+
+async def _make_run_jobs(
+    conn: AsyncConnection,
+    clock: Clock,
+    task: dict[str, Any],
+    params: dict[str, Any],
+    refined: RefinedTask,
+    datasets: list[dict[str, Any]],
+    master: dict[str, Any],
+    queue_specs: list[dict[str, Any]],
+    loads: _CycleLoads,
+    rt_rows: list[dict[str, Any]],
+    rng: random.Random | None,
+    max_jobs: int,
+) -> int:
+    if max_jobs <= 0:
+        return 0
+    task_id = task["jediTaskID"]
+    outputs = merge_jobs.run_job_outputs(datasets)
     seeds = next((d for d in datasets if d["type"] == "random_seed"), None)
     needs = _needs(task, refined)
     choice = choose_queue(needs, queue_specs, await loads.for_choice(conn, needs, queue_specs), rng)
@@ -245,7 +308,8 @@ async def _generate_for_task(
                 "scope": scopes[dataset["datasetID"]],
                 "attemptNr": 0,
                 "failedAttempt": 0,
-                "keepTrack": 1,
+                # An unmerged file is tracked once it is a merge input (logic/merge_jobs.py).
+                "keepTrack": None if dataset["type"] in merge_jobs.TRANSIENT_TYPES else 1,
                 "outPandaID": panda_id,
             }
             for panda_id, (_, planned, _, _) in zip(panda_ids, plans, strict=True)
@@ -293,7 +357,7 @@ async def _generate_for_task(
         job_files.extend(secondary.job_files(task_id, panda_id, attached[index]))
         job_files.extend(build_jobs.lib_files(task_id, panda_id, build))
         produced = [(dataset, lfn, output_ids[panda_id, dataset["datasetID"]]) for dataset, _, lfn in planned]
-        job_files.extend(_output_files(task, queue, panda_id, attempt, produced))
+        job_files.extend(output_files(task_id, queue["name"], panda_id, attempt, produced))
     if scouts:
         for job in job_rows:
             scouting.mark(job, task)
@@ -355,7 +419,7 @@ def _context(
     if not pseudo:
         streams["IN"] = list(dict.fromkeys(row["lfn"] for row in inputs))
     for dataset, _, lfn in planned:
-        streams[dataset["streamName"]] = [lfn]
+        streams[merge_jobs.run_job_stream(dataset)] = [lfn]
     event_split = inputs[0]["startEvent"] is not None
     total_events = sum(row["nEvents"] or 0 for row in inputs)
     return JobContext(
@@ -388,7 +452,7 @@ def _job_row(
     parameters: str,
     now: Any,
 ) -> dict[str, Any]:
-    data_outputs = [d for d in outputs if d["type"] == "output"]
+    data_outputs = [d for d in outputs if d["type"] in ("output", "trn_output")]
     real_inputs = [item for item in inputs if item["type"] != "pseudo_input"]
     row = task_job_row(
         task,
@@ -437,31 +501,3 @@ def _input_files(
             "attemptNr": row["attemptNr"],
         }
     return list(files.values())
-
-
-def _output_files(
-    task: dict[str, Any],
-    queue: dict[str, Any],
-    panda_id: int,
-    attempt: int,
-    planned: Sequence[tuple[dict[str, Any], str, int]],
-) -> list[dict[str, Any]]:
-    return [
-        {
-            "PandaID": panda_id,
-            "GUID": str(uuid.uuid4()),
-            "lfn": lfn,
-            "type": dataset["type"],
-            "dataset": dataset["containerName"] or dataset["datasetName"],
-            "status": "unknown",
-            "destinationDBlock": dataset["datasetName"],
-            "destinationDBlockToken": dataset["storageToken"],
-            "destinationSE": queue["name"],
-            "scope": scope_of(dataset["datasetName"]),
-            "jediTaskID": task["jediTaskID"],
-            "datasetID": dataset["datasetID"],
-            "fileID": file_id,
-            "attemptNr": attempt,
-        }
-        for dataset, lfn, file_id in planned
-    ]

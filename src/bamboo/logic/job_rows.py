@@ -1,13 +1,17 @@
 """The job columns every job a task generates has in common (domain.md §4.6).
 
-Run jobs (the generator) and build jobs (``build_jobs``) start from :func:`task_job_row` and set
-what is theirs: inputs, outputs, labels.
+Run jobs (the generator), build jobs (``build_jobs``) and merge jobs (``merge_jobs``) start from
+:func:`task_job_row` and set what is theirs: inputs, outputs, labels.
 """
 
 from __future__ import annotations
 
 import re
+import uuid
+from collections.abc import Sequence
 from typing import Any
+
+from bamboo.logic.catalog import scope_of
 
 _HOME_VERSION = re.compile(r"-(\d+\.)")
 
@@ -82,3 +86,36 @@ def task_job_row(
         "job_label": "user" if task["taskType"] == "anal" else "managed",
         "origin_panda_id": origin,
     }
+
+
+# Job files know outputs and logs only; an unmerged twin dataset's files are one or the other.
+_JOB_FILE_TYPES = {"trn_output": "output", "trn_log": "log"}
+
+
+def output_files(
+    task_id: int,
+    queue_name: str,
+    panda_id: int,
+    attempt: int,
+    planned: Sequence[tuple[dict[str, Any], str, int]],
+) -> list[dict[str, Any]]:
+    """The job-file rows of a job's outputs: ``planned`` is (dataset, file name, fileID) per file."""
+    return [
+        {
+            "PandaID": panda_id,
+            "GUID": str(uuid.uuid4()),
+            "lfn": lfn,
+            "type": _JOB_FILE_TYPES.get(dataset["type"], dataset["type"]),
+            "dataset": dataset["containerName"] or dataset["datasetName"],
+            "status": "unknown",
+            "destinationDBlock": dataset["datasetName"],
+            "destinationDBlockToken": dataset["storageToken"],
+            "destinationSE": queue_name,
+            "scope": scope_of(dataset["datasetName"]),
+            "jediTaskID": task_id,
+            "datasetID": dataset["datasetID"],
+            "fileID": file_id,
+            "attemptNr": attempt,
+        }
+        for dataset, lfn, file_id in planned
+    ]

@@ -19,6 +19,10 @@ Placeholders in the template:
   value, ``#`` standing for it. Without a list decorator one file gives its name and several
   files give the compact ``head[n1,n2]tail`` form when the names differ only in digits.
 * ``${SN:fmt}``: the serial number through a Python format spec.
+* ``${TRN_OUTPUT:OUTPUT}`` (merge jobs): for every stream ``OUTPUT<n>`` of the job, the files of
+  its unmerged twin stream ``TRN_OUTPUT<n>`` and the merged file, as ``in1,in2:out``, the streams
+  separated by spaces; a stream without unmerged files is left out. ``${TRN_LOG:LOG}`` likewise,
+  and ``${TRN_LOG_MERGE:LOG_MERGE}`` merges the ``TRN_LOG0`` files into ``LOG_MERGE``.
 * ``$JEDITASKID``, ``$JOBSETID`` (6 digits), ``$PANDAID`` (5 digits), which the upstream
   server fills at insertion; here they are filled after the ``${...}`` pass, so they are also
   replaced inside the file names that pass inserted.
@@ -54,6 +58,17 @@ _BODY = re.compile(
 )
 _DECORATOR = re.compile(r"/M\[([^\]]*)\]|/([LSATFEP])")
 _SN_FORMAT = re.compile(r"SN:(.*)", re.DOTALL)
+_MERGE_PAIRS = re.compile(rf"TRN_{_NAME}:(?P<merged>{_NAME})")
+_STREAM_NUMBER = re.compile(r"[0-9]*")
+# The merged log reads the unmerged logs of the first log stream (upstream's convention).
+_MERGED_LOG_SOURCES = {"LOG_MERGE": "TRN_LOG0"}
+
+
+def unmerged_source(stream: str) -> str:
+    """The unmerged twin stream a merge job reads to write the merged ``stream``."""
+    return _MERGED_LOG_SOURCES.get(stream, f"TRN_{stream}")
+
+
 _SERIAL_IN_NAME = re.compile(r"\$\{SN(?:/P|:([^{}]*))?\}")
 # Integer presentation only, and a width of at most two digits so a spec cannot ask for a
 # gigabyte of padding.
@@ -197,6 +212,9 @@ def _resolve(body: str, ctx: JobContext, scalars: Mapping[str, str | None]) -> s
     serial_format = _SN_FORMAT.fullmatch(body)
     if serial_format is not None:
         return None if ctx.serial is None else _format_serial(ctx.serial, serial_format.group(1))
+    merge_pairs = _MERGE_PAIRS.fullmatch(body)
+    if merge_pairs is not None:
+        return _merge_pairs(merge_pairs["merged"], ctx)
     parsed = _BODY.fullmatch(body)
     if parsed is None:
         if body.startswith(_INPUT_LIKE_PREFIXES):
@@ -221,6 +239,21 @@ def _resolve(body: str, ctx: JobContext, scalars: Mapping[str, str | None]) -> s
     if not values:
         raise _unresolved(body)
     return _decorate(values, parsed["decorators"], body, _file_list_name(names[0], ctx))
+
+
+def _merge_pairs(merged: str, ctx: JobContext) -> str:
+    """``in1,in2:out`` for each merged stream ``<merged><n>`` of the job that has unmerged files."""
+    numbered = [
+        (int(suffix) if suffix else -1, name)
+        for name in ctx.streams
+        if name.startswith(merged) and _STREAM_NUMBER.fullmatch(suffix := name[len(merged) :])
+    ]
+    pairs = []
+    for _, name in sorted(numbered):
+        sources = ctx.streams.get(unmerged_source(name))
+        if sources and ctx.streams[name]:
+            pairs.append(f"{','.join(sources)}:{ctx.streams[name][0]}")
+    return " ".join(pairs)
 
 
 def _decorate(values: list[str], decorators: str, body: str, file_list_name: str) -> str:

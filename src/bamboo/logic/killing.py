@@ -5,7 +5,8 @@ diagnostic, and ``commandToPilot = tobekilled``, so a pilot still running it is 
 next heartbeat. (Upstream leaves non-forced running jobs running until the pilot reacts; ending
 them at once means no job outlives a killed task and nothing waits on a pilot that is gone.)
 The input rows a killed job held go back to ``ready`` with their attempt unchanged, so the task
-can process them again; its planned outputs are ``cancelled``.
+can process them again (for a merge job, the unmerged files it was merging); its planned outputs
+are ``cancelled``.
 """
 
 from __future__ import annotations
@@ -97,12 +98,14 @@ async def kill(
 
 async def _release_rows(conn: AsyncConnection, panda_ids: list[int], now: Any) -> None:
     held = await commands_db.rows_held_by(conn, panda_ids)
-    inputs = [row["fileID"] for row in held if row["PandaID"] in panda_ids and row["outPandaID"] is None]
-    outputs = [row["fileID"] for row in held if row["outPandaID"] in panda_ids]
-    await tasks_db.update_files(conn, inputs, status="ready", proc_status="cancelled")
-    await tasks_db.update_files(conn, outputs, status="cancelled")
-    released: Counter[int] = Counter(
-        row["datasetID"] for row in held if row["PandaID"] in panda_ids and row["outPandaID"] is None
+    # A planned output belongs to no job but its producer; an unmerged file a merge job holds is
+    # that merge job's input (logic/merge_jobs.py), whoever produced it.
+    inputs = [row for row in held if row["PandaID"] in panda_ids]
+    outputs = [row["fileID"] for row in held if row["outPandaID"] in panda_ids and row["PandaID"] is None]
+    await tasks_db.update_files(
+        conn, [row["fileID"] for row in inputs], status="ready", proc_status="cancelled"
     )
+    await tasks_db.update_files(conn, outputs, status="cancelled")
+    released: Counter[int] = Counter(row["datasetID"] for row in inputs)
     for dataset_id, count in released.items():
         await tasks_db.bump_dataset(conn, dataset_id, now, nFilesUsed=-count)

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bamboo.db import feeder as feeder_db
 from bamboo.db import tasks as tasks_db
-from bamboo.logic import build_jobs, secondary, task_status
+from bamboo.logic import build_jobs, merge_jobs, secondary, task_status
 from bamboo.logic.catalog import CatalogFile, DataManagement, scope_of
 from bamboo.logic.clock import Clock
 from bamboo.logic.errors import InvalidInput
@@ -196,6 +196,7 @@ async def _create_datasets(
     if master_id is None:
         raise InvalidInput("the task has no master input")
     await build_jobs.create_lib_dataset(conn, task, now)
+    merge_jobs.check_template(refined, task_id)
     await tasks_db.add_files(conn, master_rows)
     await tasks_db.add_files(conn, [row for rows in secondary_rows.values() for row in rows])
     n_events = sum(row["nEvents"] or 0 for row in master_rows)

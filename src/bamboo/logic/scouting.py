@@ -38,7 +38,9 @@ BATCH = 50
 SCOUTED_RULE, SCOUTED_VALUE = "US", "3"
 _SUCCESS_RATE_RULE = "SS"
 _EARLY_AVALANCHE_FRACTION = 0.5
-_FINAL_JOB_STATUSES = frozenset({"finished", "failed", "cancelled", "closed"})
+# A pre-merge scout in ``merging`` has run and been measured; only its merge is still to come.
+_SUCCEEDED = frozenset({"finished", "merging"})
+_ENDED = frozenset({"finished", "failed", "cancelled", "closed", "merging"})
 _RAM_PERCENTILE = 0.75
 _TIME_PERCENTILE = 0.95
 _DISK_PERCENTILE = 0.75
@@ -82,8 +84,8 @@ def judge(scouts: Sequence[dict[str, Any]], *, production: bool, success_rate_te
     """
     if not scouts:
         return WAIT
-    finished = sum(1 for job in scouts if job["jobStatus"] == "finished")
-    ended = sum(1 for job in scouts if job["jobStatus"] in _FINAL_JOB_STATUSES)
+    finished = sum(1 for job in scouts if job["jobStatus"] in _SUCCEEDED)
+    ended = sum(1 for job in scouts if job["jobStatus"] in _ENDED)
     if ended < len(scouts):
         early = production and finished >= math.ceil(len(scouts) * _EARLY_AVALANCHE_FRACTION)
         return AVALANCHE if early else WAIT
@@ -110,7 +112,7 @@ def measure(scouts: Sequence[dict[str, Any]], task: dict[str, Any]) -> dict[str,
     seconds per event; ``outDiskCount``: 75th percentile of output bytes per event. A unit ending in
     ``Fixed`` was set by the user and is kept; a quantity no scout measured is not written.
     """
-    finished = [job for job in scouts if job["jobStatus"] == "finished"]
+    finished = [job for job in scouts if job["jobStatus"] in _SUCCEEDED]
     base = task["baseRamCount"] or 0
     ram = [
         max(0.0, job["maxPSS"] / 1024 / max(job["coreCount"] or 1, 1) - base)

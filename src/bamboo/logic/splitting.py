@@ -24,6 +24,10 @@ DEFAULT_MAX_FILES_PER_JOB = 200
 #: Input bytes per job when neither the task nor the queue gives a limit.
 DEFAULT_MAX_SIZE_PER_JOB = 20 * GIB
 
+#: Unmerged files per merge job, and their bytes, when the task gives no limit (domain.md §4.2).
+DEFAULT_MAX_FILES_PER_MERGE_JOB = 50
+DEFAULT_MAX_SIZE_PER_MERGE_JOB = 5 * GIB
+
 
 @dataclass(frozen=True)
 class SplitRule:
@@ -91,6 +95,21 @@ class SplitRule:
         if n_gb is None or n_gb == "MAX":
             return cls(n_max_files_per_job=max_files)
         return cls(n_gb_per_job=float(n_gb), n_max_files_per_job=max_files)
+
+    @classmethod
+    def for_merges(cls, params: Mapping[str, Any]) -> SplitRule:
+        """The rule grouping pre-merge jobs' files into merge jobs: nFilesPerMergeJob, else
+        nGBPerMergeJob, within nMaxFilesPerMergeJob (50) files and 5 GB."""
+        max_files = params.get("nMaxFilesPerMergeJob") or DEFAULT_MAX_FILES_PER_MERGE_JOB
+        n_files = params.get("nFilesPerMergeJob")
+        if n_files is not None:
+            return cls(n_files_per_job=n_files, n_max_files_per_job=max_files)
+        n_gb = params.get("nGBPerMergeJob")
+        return cls(
+            n_gb_per_job=None if n_gb in (None, "MAX") else float(n_gb),
+            n_max_files_per_job=max_files,
+            max_size_per_job=DEFAULT_MAX_SIZE_PER_MERGE_JOB,
+        )
 
     def for_queue(self, queue: Mapping[str, Any], seconds_per_event: float | None) -> SplitRule:
         """The rule at a queue: its ``maxtime`` bounds walltime, its ``maxwdir`` (MB) the input size.

@@ -25,6 +25,7 @@ from bamboo.logic.splitting import SplitRule
 MAX_TASK_PARAMS_BYTES = 1024 * 1024
 
 MAX_TASK_NAME_CHARS = 256
+MAX_DATASET_NAME_CHARS = 255
 
 #: prodSourceLabel values of the production group (api-v1.md §3.7): only production may submit them.
 PRODUCTION_SOURCE_LABELS = frozenset({"managed", "prod_test"})
@@ -44,6 +45,13 @@ RANDOM_SEED_STREAM = "RNDMSEED"
 
 #: prodSourceLabel of a build job when ``buildSpec`` names none.
 DEFAULT_BUILD_LABEL = "panda"
+
+#: Prefix of an unmerged twin's dataset and file names, and of its stream and type (domain.md §1.5).
+UNMERGED_PREFIX = "panda.um."
+TRANSIENT_PREFIX = "TRN_"
+TRANSIENT_TYPES = {"output": "trn_output", "log": "trn_log"}
+#: Stream of the ``log_merge`` item: the merged log, written only by merge jobs.
+LOG_MERGE_STREAM = "LOG_MERGE"
 
 _ITEM_TYPES = frozenset({"constant", "template"})
 _PARAM_TYPES = frozenset({"input", "pseudo_input", "output", "log", "number"})
@@ -68,8 +76,12 @@ _INT_KEYS: dict[str, int | None] = {
     "walltime": None,
     "taskPriority": None,
     "parent_tid": 1,
+    "nFilesPerMergeJob": 1,
+    "nMaxFilesPerMergeJob": 1,
+    "mergeRamCount": 0,
+    "mergeCoreCount": 1,
 }
-_BOOL_KEYS = ("noInput", "disableAutoRetry")
+_BOOL_KEYS = ("noInput", "disableAutoRetry", "mergeOutput", "umNameAtEnd")
 _INT64 = (-(2**63), 2**63 - 1)
 _INT32 = (-(2**31), 2**31 - 1)
 # Parameter keys stored in a task column of another name.
@@ -160,6 +172,33 @@ class BuildSpec:
 
 
 @dataclass(frozen=True)
+class MergeSpec:
+    """The task's ``mergeSpec`` with ``mergeOutput`` (the merge jobs are in merge_jobs.py)."""
+
+    job_parameters: str
+    trans_path: str | None
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> MergeSpec | None:
+        """The merge spec of a task that merges its outputs, None for one that does not.
+
+        Raises:
+            InvalidInput: ``mergeOutput`` without a ``mergeSpec`` object holding a string
+                ``jobParameters``, or a ``transPath`` that is not a string.
+        """
+        if not params.get("mergeOutput"):
+            return None
+        spec = params.get("mergeSpec")
+        if not isinstance(spec, Mapping):
+            raise InvalidInput("task parameter 'mergeSpec' must be an object when mergeOutput is set")
+        if not isinstance(spec.get("jobParameters"), str) or not spec["jobParameters"]:
+            raise InvalidInput("task parameter 'mergeSpec': 'jobParameters' must be a non-empty string")
+        if spec.get("transPath") is not None and not isinstance(spec["transPath"], str):
+            raise InvalidInput("task parameter 'mergeSpec': 'transPath' must be a string")
+        return cls(job_parameters=spec["jobParameters"], trans_path=spec.get("transPath"))
+
+
+@dataclass(frozen=True)
 class RefinedTask:
     """Everything job generation needs from a task's parameters.
 
@@ -169,7 +208,9 @@ class RefinedTask:
     input file (for noInput, of the pseudo file, which holds all ``n_events`` unless the task
     gave nEventsPerFile). ``n_files`` caps the master files used. ``first_event`` is the
     global number of the first event, ``random_seed_offset`` is added to each seed. ``build`` is
-    the build spec when the task needs a build job.
+    the build spec when the task needs a build job; ``merge`` the merge spec when its outputs are
+    written unmerged first and merged by merge jobs (every output and log dataset then has an
+    unmerged twin among ``datasets``).
     """
 
     job_params_template: str
@@ -190,6 +231,7 @@ class RefinedTask:
     base_ram_count: int
     walltime: int
     build: BuildSpec | None = None
+    merge: MergeSpec | None = None
 
     @property
     def master(self) -> DatasetPlan:
@@ -225,8 +267,10 @@ def validate(params: Mapping[str, Any]) -> None:
             raise InvalidInput(f"task parameter {key!r} must be a boolean, got {_show(params[key])}")
     for key, minimum in _INT_KEYS.items():
         _check_int(f"task parameter {key!r}", params.get(key), minimum)
-    _check_gb_per_job(params.get("nGBPerJob"))
+    _check_gb_per_job("nGBPerJob", params.get("nGBPerJob"))
+    _check_gb_per_job("nGBPerMergeJob", params.get("nGBPerMergeJob"))
     BuildSpec.from_params(params)
+    MergeSpec.from_params(params)
     _check_columns(params)
     goal_per_mille(params)
     pfn_list = _check_pfn_list(params.get("pfnList"))
@@ -238,6 +282,8 @@ def validate(params: Mapping[str, Any]) -> None:
         _check_item(f"jobParameters[{index}]", item)
     for label, log in _log_items(params):
         _check_item(label, log, param_type="log")
+    if params.get("log_merge") is not None:
+        _check_item("log_merge", params["log_merge"], param_type="log")
 
     if params.get("noInput"):
         if params.get("nEvents") is None and pfn_list is None:
@@ -274,9 +320,12 @@ def refine(params: Mapping[str, Any]) -> RefinedTask:
             has no ``${STREAM}`` placeholder, or the template exceeds the render limit.
     """
     validate(params)
+    merge = MergeSpec.from_params(params)
     builder = _Builder(params)
     for label, log in _log_items(params):
         builder.add_top_level_log(label, log)
+    if merge is not None and params.get("log_merge") is not None:
+        builder.add_merged_log(params["log_merge"])
     for index, item in enumerate(params["jobParameters"]):
         builder.add_item(index, item)
     template = "".join(builder.text).rstrip()
@@ -294,7 +343,7 @@ def refine(params: Mapping[str, Any]) -> RefinedTask:
     core_count = params.get("coreCount")
     return RefinedTask(
         job_params_template=template,
-        datasets=builder.datasets(),
+        datasets=builder.datasets(unmerged_name_at_end=bool(params.get("umNameAtEnd")) if merge else None),
         split=SplitRule.from_params(params, n_events_per_file),
         no_input=no_input,
         n_events=n_events,
@@ -311,6 +360,7 @@ def refine(params: Mapping[str, Any]) -> RefinedTask:
         base_ram_count=params.get("baseRamCount") or 0,
         walltime=params.get("walltime") or 0,
         build=BuildSpec.from_params(params),
+        merge=merge,
     )
 
 
@@ -341,6 +391,13 @@ class _Builder:
     def add_top_level_log(self, label: str, log: Mapping[str, Any]) -> None:
         self._add_output(label, log, "log", self.logs, f"LOG{len(self.logs)}")
 
+    def add_merged_log(self, log: Mapping[str, Any]) -> None:
+        """The ``log_merge`` item: the merged log of the pre-merge jobs, which only merge jobs write."""
+        plan, _ = _output_plan("log_merge", "log", log, LOG_MERGE_STREAM)
+        self._claim(LOG_MERGE_STREAM, "log_merge")
+        attributes = plan.attributes if "mo" in plan.attributes else (*plan.attributes, "mo")
+        self.logs.append(replace(plan, attributes=attributes))
+
     def add_item(self, index: int, item: Mapping[str, Any]) -> None:
         label = f"jobParameters[{index}]"
         value: str = item["value"]
@@ -363,7 +420,10 @@ class _Builder:
         if item.get("padding", True):
             self.text.append(" ")
 
-    def datasets(self) -> tuple[DatasetPlan, ...]:
+    def datasets(self, *, unmerged_name_at_end: bool | None) -> tuple[DatasetPlan, ...]:
+        """The plans in order; with ``unmerged_name_at_end`` set (merging tasks) each output and log
+        that jobs write gets its unmerged twin, the file template prefixed (or, when true,
+        suffixed) with ``panda.um``."""
         inputs = list(self.inputs)
         if self.pseudo_master is not None:
             inputs.insert(0, self.pseudo_master)
@@ -373,6 +433,12 @@ class _Builder:
             inputs.remove(master)
             inputs.insert(0, replace(master, is_master=True))
         tail: list[DatasetPlan] = []
+        if unmerged_name_at_end is not None:
+            tail.extend(
+                _unmerged_twin(plan, unmerged_name_at_end)
+                for plan in (*self.outputs, *self.logs)
+                if "mo" not in plan.attributes
+            )
         if self.uses_random_seed:
             tail.append(DatasetPlan(name=RANDOM_SEED_STREAM, type="random_seed", stream=RANDOM_SEED_STREAM))
         return (*inputs, *self.outputs, *self.logs, *tail)
@@ -450,6 +516,25 @@ def _output_plan(label: str, kind: str, item: Mapping[str, Any], stream: str) ->
         attributes=_attributes(item),
     )
     return plan, text
+
+
+def _unmerged_twin(plan: DatasetPlan, name_at_end: bool) -> DatasetPlan:
+    template = plan.filename_template or ""
+    name = UNMERGED_PREFIX + plan.name
+    if len(name) > MAX_DATASET_NAME_CHARS:
+        raise InvalidInput(
+            f"dataset {plan.name!r} is too long for its unmerged twin {name!r} "
+            f"(at most {MAX_DATASET_NAME_CHARS} characters)"
+        )
+    return DatasetPlan(
+        name=name,
+        type=TRANSIENT_TYPES[plan.type],
+        stream=TRANSIENT_PREFIX + plan.stream,
+        offset=plan.offset,
+        filename_template=f"{template}.{UNMERGED_PREFIX[:-1]}" if name_at_end else UNMERGED_PREFIX + template,
+        token=plan.token,
+        destination=plan.destination,
+    )
 
 
 def _strip_quotes(text: str) -> str:
@@ -579,11 +664,11 @@ def _check_columns(params: Mapping[str, Any]) -> None:
             raise InvalidInput(f"task parameter {key!r} must be between {_INT64[0]} and {_INT64[1]}")
 
 
-def _check_gb_per_job(value: Any) -> None:
+def _check_gb_per_job(key: str, value: Any) -> None:
     # prun sends "MAX" for "no limit".
     if value is None or value == "MAX" or _is_positive_number(value):
         return
-    raise InvalidInput(f"task parameter 'nGBPerJob' must be a positive number or \"MAX\", got {_show(value)}")
+    raise InvalidInput(f'task parameter {key!r} must be a positive number or "MAX", got {_show(value)}')
 
 
 def _check_pfn_list(value: Any) -> list[str] | None:

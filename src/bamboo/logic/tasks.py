@@ -45,6 +45,8 @@ _COPIED = {
     "baseRamCount": "baseRamCount",
     "walltime": "walltime",
     "cpuTime": "cpuTime",
+    "mergeRamCount": "mergeRamCount",
+    "mergeCoreCount": "mergeCoreCount",
     "container_name": "container_name",
     "framework": "framework",
     "gshare": "gshare",
