@@ -119,6 +119,97 @@ class Settings(BaseSettings):
         le=500,
         description="Database connections per server process (PostgreSQL); requests beyond wait for one.",
     )
+    job_watchdog_period_seconds: float = Field(
+        300.0,
+        gt=0,
+        le=86400,
+        description="How often the job watchdog looks for jobs past their timeouts when nothing wakes "
+        "it; its timeouts count in minutes to days (domain.md 10.3).",
+    )
+    job_heartbeat_timeout_minutes: float = Field(
+        120.0,
+        gt=0,
+        description="A starting or running job whose pilot sent nothing for this long has lost its "
+        "heartbeat: it fails with jobDispatcherErrorCode 100 (production jobs at paused queues wait).",
+    )
+    job_sent_timeout_minutes: float = Field(
+        30.0,
+        gt=0,
+        description="A sent job no pilot has answered for within this time fails with "
+        "jobDispatcherErrorCode 102 (an acquire_jobs answer that never reached its pilot).",
+    )
+    job_holding_timeout_analysis_minutes: float = Field(
+        180.0,
+        gt=0,
+        description="An analysis job, or a production job with priority above 800, left in holding "
+        "without a final report for this long fails with jobDispatcherErrorCode 103.",
+    )
+    job_holding_timeout_minutes: float = Field(
+        2880.0,
+        gt=0,
+        description="Any job left in holding without a final report for this long fails with "
+        "jobDispatcherErrorCode 103.",
+    )
+    job_transferring_timeout_analysis_minutes: float = Field(
+        120.0,
+        gt=0,
+        description="An analysis job in transferring without an update for this long fails with "
+        "jobDispatcherErrorCode 104.",
+    )
+    job_transferring_timeout_minutes: float = Field(
+        2880.0,
+        gt=0,
+        description="Any other job in transferring without an update for this long fails with "
+        "jobDispatcherErrorCode 104.",
+    )
+    job_running_max_days: float = Field(
+        21.0,
+        gt=0,
+        description="A job still running this long after its creation is killed with code 2 (expire).",
+    )
+    job_defined_timeout_days: float = Field(
+        7.0,
+        gt=0,
+        description="A defined or assigned job unchanged for this long is killed with code 2 (expire).",
+    )
+    job_defined_timeout_production_hours: float = Field(
+        4.0,
+        gt=0,
+        description="A production (managed) job defined or assigned for this long is killed with code "
+        "51 (reassigned by JEDI), so its task makes a new one.",
+    )
+    job_activated_timeout_days: float = Field(
+        7.0,
+        gt=0,
+        description="An activated job no pilot took for this long is killed with code 2 (expire).",
+    )
+    job_activated_timeout_production_hours: float = Field(
+        48.0,
+        gt=0,
+        description="A production (managed) job activated for this long is killed with code 51 "
+        "(reassigned by JEDI).",
+    )
+    job_starting_timeout_production_hours: float = Field(
+        48.0,
+        gt=0,
+        description="A production (managed) job in starting since this long (stateChangeTime) is killed "
+        "with code 51 (reassigned by JEDI).",
+    )
+    job_pending_timeout_minutes: float = Field(
+        60.0,
+        gt=0,
+        description="A pending job unchanged for this long is killed with code 4 (expire in waiting).",
+    )
+    job_waiting_timeout_minutes: float = Field(
+        60.0,
+        gt=0,
+        description="A waiting job unchanged for this long is killed with code 4 (expire in waiting).",
+    )
+    job_throttled_timeout_days: float = Field(
+        7.0,
+        gt=0,
+        description="A throttled job unchanged for this long is killed with code 2 (expire).",
+    )
     log_level: str = Field("info", description="Python logging level name.")
 
     @field_validator("trusted_proxies")

@@ -183,7 +183,10 @@ def _redacted(settings: Settings) -> str:
 
 
 def _agent_runner(settings: Settings, db: Database) -> AgentRunner:
-    return AgentRunner(AgentContext(db, SystemClock(), LocalCatalog()), period=settings.agent_period_seconds)
+    return AgentRunner(
+        AgentContext(db, SystemClock(), LocalCatalog(), settings=settings),
+        period=settings.agent_period_seconds,
+    )
 
 
 async def run_agents(settings: Settings) -> None:

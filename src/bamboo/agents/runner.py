@@ -17,9 +17,19 @@ import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
+from bamboo.config import Settings
 from bamboo.db import notify
 from bamboo.db.engine import UNAVAILABLE_ERRORS, Database
-from bamboo.logic import commands, feeder, finaliser, finisher, generator, refiner, task_watchdog
+from bamboo.logic import (
+    commands,
+    feeder,
+    finaliser,
+    finisher,
+    generator,
+    job_watchdog,
+    refiner,
+    task_watchdog,
+)
 from bamboo.logic.catalog import DataManagement
 from bamboo.logic.clock import Clock
 
@@ -36,6 +46,8 @@ class AgentContext:
     clock: Clock
     dm: DataManagement
     rng: random.Random = field(default_factory=random.Random)
+    # Read from the environment unless given: the job watchdog's timeouts and period come from it.
+    settings: Settings = field(default_factory=Settings)
 
 
 @dataclass(frozen=True)
@@ -48,12 +60,14 @@ class Agent:
         wakes: agents that may have work once this one did some.
         period: seconds an idle step waits before the next, when longer than the runner's period
             (time-based rules need not be looked at every second).
+        period_setting: the Settings field holding that period, when it is configurable.
     """
 
     name: str
     step: Callable[[AgentContext], Awaitable[int]]
     wakes: tuple[str, ...] = ()
     period: float | None = None
+    period_setting: str | None = None
 
 
 async def _refine(ctx: AgentContext) -> int:
@@ -91,6 +105,12 @@ async def _watch_tasks(ctx: AgentContext) -> int:
         return await task_watchdog.watch(conn, ctx.clock)
 
 
+async def _watch_jobs(ctx: AgentContext) -> int:
+    timeouts = job_watchdog.JobTimeouts.from_settings(ctx.settings)
+    async with ctx.db.transaction() as conn:
+        return await job_watchdog.watch(conn, ctx.clock, timeouts)
+
+
 AGENTS: tuple[Agent, ...] = (
     Agent("refiner", _refine, wakes=("generator",)),
     Agent("feeder", _feed, wakes=("generator", "finisher")),
@@ -100,6 +120,13 @@ AGENTS: tuple[Agent, ...] = (
     Agent("commando", _execute_commands, wakes=("generator", "finisher", "feeder")),
     Agent(
         "task_watchdog", _watch_tasks, wakes=("generator", "commando"), period=TASK_WATCHDOG_PERIOD_SECONDS
+    ),
+    # Failed jobs wait in holding for the finaliser; killed jobs' inputs for the generator.
+    Agent(
+        "job_watchdog",
+        _watch_jobs,
+        wakes=("finaliser", "generator"),
+        period_setting="job_watchdog_period_seconds",
     ),
 )
 
@@ -154,7 +181,9 @@ class AgentRunner:
 
     async def _loop(self, name: str) -> None:
         event = self._events[name]
-        idle_period = max(self.period, self.agents[name].period or 0.0)
+        agent = self.agents[name]
+        configured = getattr(self.context.settings, agent.period_setting) if agent.period_setting else 0.0
+        idle_period = max(self.period, agent.period or 0.0, configured)
         while True:
             event.clear()
             try:

@@ -146,6 +146,10 @@ async def update_job(
     attempt = report.get("attempt_nr")
     if job is None or (attempt is not None and attempt != job["attemptNr"]):
         return {"StatusCode": 0, "command": COMMAND_KILL}, False
+    if job["jobStatus"] == "holding" and job["commandToPilot"] == COMMAND_KILL:
+        # The server gave up on this job (logic/job_watchdog.py) and decided its result: a pilot
+        # that comes back late must not overwrite it before the finaliser has ended the job.
+        return {"StatusCode": 0, "command": COMMAND_KILL}, False
     decision = pilot_report(job["jobStatus"], job_status)
     if decision.status is None and decision.reply is not None:
         return {"StatusCode": 0, "command": decision.reply}, False
