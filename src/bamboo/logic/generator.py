@@ -30,10 +30,9 @@ from bamboo.logic.brokerage import (
     job_memory,
     rejection,
 )
-from bamboo.logic.catalog import scope_of
 from bamboo.logic.clock import Clock
 from bamboo.logic.errors import InvalidInput
-from bamboo.logic.job_rows import output_files, task_job_row
+from bamboo.logic.job_rows import output_files, planned_output_row, task_job_row
 from bamboo.logic.jobparams import JobContext, output_file_name, render
 from bamboo.logic.splitting import Row, SplitRule, group_rows
 from bamboo.logic.states import TASK_MAKING_JOBS
@@ -294,24 +293,10 @@ async def _make_run_jobs(
             return 0
     # The whole batch in a few statements (one insert of the planned output rows, one executemany
     # for the input rows), not a few per job: per-job statements made the cycle's time.
-    scopes = {d["datasetID"]: scope_of(d["datasetName"]) for d in outputs}
     output_ids = await tasks_db.insert_outputs(
         conn,
         [
-            {
-                "jediTaskID": task_id,
-                "datasetID": dataset["datasetID"],
-                "creationDate": now,
-                "lfn": lfn,
-                "type": dataset["type"],
-                "status": "running",
-                "scope": scopes[dataset["datasetID"]],
-                "attemptNr": 0,
-                "failedAttempt": 0,
-                # An unmerged file is tracked once it is a merge input (logic/merge_jobs.py).
-                "keepTrack": None if dataset["type"] in merge_jobs.TRANSIENT_TYPES else 1,
-                "outPandaID": panda_id,
-            }
+            planned_output_row(task_id, dataset, lfn, panda_id, now)
             for panda_id, (_, planned, _, _) in zip(panda_ids, plans, strict=True)
             for dataset, _, lfn in planned
         ],

@@ -88,6 +88,26 @@ def task_job_row(
     }
 
 
+def planned_output_row(
+    task_id: int, dataset: dict[str, Any], lfn: str, panda_id: int, now: Any
+) -> dict[str, Any]:
+    """The task's file row of one output a new job will write (``running`` until the job ends)."""
+    return {
+        "jediTaskID": task_id,
+        "datasetID": dataset["datasetID"],
+        "creationDate": now,
+        "lfn": lfn,
+        "type": dataset["type"],
+        "status": "running",
+        "scope": scope_of(dataset["datasetName"]),
+        "attemptNr": 0,
+        "failedAttempt": 0,
+        # An unmerged file is tracked once it is a merge input (logic/merge_jobs.py).
+        "keepTrack": None if dataset["type"] in _JOB_FILE_TYPES else 1,
+        "outPandaID": panda_id,
+    }
+
+
 # Job files know outputs and logs only; an unmerged twin dataset's files are one or the other.
 _JOB_FILE_TYPES = {"trn_output": "output", "trn_log": "log"}
 

@@ -32,9 +32,8 @@ from bamboo.db import merges as merges_db
 from bamboo.db import sequences
 from bamboo.db import tasks as tasks_db
 from bamboo.logic import build_jobs, resource_types
-from bamboo.logic.catalog import scope_of
 from bamboo.logic.clock import Clock
-from bamboo.logic.job_rows import output_files, task_job_row
+from bamboo.logic.job_rows import output_files, planned_output_row, task_job_row
 from bamboo.logic.jobparams import JobContext, output_file_name, render, unmerged_source
 from bamboo.logic.splitting import Row, SplitRule, group_rows
 from bamboo.logic.taskparams import TRANSIENT_PREFIX, MergeSpec, RefinedTask
@@ -160,19 +159,7 @@ async def make(
     output_ids = await tasks_db.insert_outputs(
         conn,
         [
-            {
-                "jediTaskID": task_id,
-                "datasetID": dataset["datasetID"],
-                "creationDate": now,
-                "lfn": lfn,
-                "type": dataset["type"],
-                "status": "running",
-                "scope": scope_of(dataset["datasetName"]),
-                "attemptNr": 0,
-                "failedAttempt": 0,
-                "keepTrack": 1,
-                "outPandaID": panda_id,
-            }
+            planned_output_row(task_id, dataset, lfn, panda_id, now)
             for panda_id, _, _, planned, _, _ in plans
             for dataset, _, lfn in planned
         ],
