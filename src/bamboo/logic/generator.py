@@ -32,8 +32,8 @@ from bamboo.logic.brokerage import (
 )
 from bamboo.logic.clock import Clock
 from bamboo.logic.errors import InvalidInput
-from bamboo.logic.job_rows import output_files, planned_output_row, task_job_row
-from bamboo.logic.jobparams import JobContext, output_file_name, render
+from bamboo.logic.job_rows import output_files, planned_output_row, planned_outputs, task_job_row
+from bamboo.logic.jobparams import JobContext, render
 from bamboo.logic.splitting import Row, SplitRule, group_rows
 from bamboo.logic.states import TASK_MAKING_JOBS
 from bamboo.logic.taskparams import RefinedTask, refine
@@ -269,12 +269,7 @@ async def _make_run_jobs(
     plans = []
     for index, group in enumerate(groups):
         inputs = [row.key for row in group]
-        planned = []
-        for dataset in outputs:
-            serial = first_serials[dataset["datasetID"]] + index
-            planned.append(
-                (dataset, serial, output_file_name(dataset["filename_template"], serial, task_id=task_id))
-            )
+        planned = planned_outputs(outputs, first_serials, index, task_id)
         attempt = 1 + max(row["attemptNr"] for row in inputs)
         seed = first_seed + refined.random_seed_offset + index if first_seed is not None else None
         plans.append((inputs, planned, attempt, seed))

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from bamboo.logic.catalog import scope_of
+from bamboo.logic.jobparams import output_file_name
 
 _HOME_VERSION = re.compile(r"-(\d+\.)")
 
@@ -86,6 +87,20 @@ def task_job_row(
         "job_label": "user" if task["taskType"] == "anal" else "managed",
         "origin_panda_id": origin,
     }
+
+
+def planned_outputs(
+    datasets: Sequence[dict[str, Any]], first_serials: dict[int, int], index: int, task_id: int
+) -> list[tuple[dict[str, Any], int, str]]:
+    """(dataset, serial number, file name) of each output the ``index``-th job of a batch writes,
+    from the serial numbers the batch reserved for each dataset."""
+    planned = []
+    for dataset in datasets:
+        serial = first_serials[dataset["datasetID"]] + index
+        planned.append(
+            (dataset, serial, output_file_name(dataset["filename_template"], serial, task_id=task_id))
+        )
+    return planned
 
 
 def planned_output_row(

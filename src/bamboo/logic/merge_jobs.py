@@ -33,8 +33,8 @@ from bamboo.db import sequences
 from bamboo.db import tasks as tasks_db
 from bamboo.logic import build_jobs, resource_types
 from bamboo.logic.clock import Clock
-from bamboo.logic.job_rows import output_files, planned_output_row, task_job_row
-from bamboo.logic.jobparams import JobContext, output_file_name, render, unmerged_source
+from bamboo.logic.job_rows import output_files, planned_output_row, planned_outputs, task_job_row
+from bamboo.logic.jobparams import JobContext, render, unmerged_source
 from bamboo.logic.splitting import Row, SplitRule, group_rows
 from bamboo.logic.taskparams import TRANSIENT_PREFIX, MergeSpec, RefinedTask
 
@@ -134,12 +134,7 @@ async def make(
     now = clock.now()
     plans = []
     for index, (panda_id, (site, inputs)) in enumerate(zip(panda_ids, groups, strict=True)):
-        planned = []
-        for dataset in merged:
-            serial = first_serials[dataset["datasetID"]] + index
-            planned.append(
-                (dataset, serial, output_file_name(dataset["filename_template"], serial, task_id=task_id))
-            )
+        planned = planned_outputs(merged, first_serials, index, task_id)
         attempt = 1 + max(row["attemptNr"] for row in inputs)
         streams: dict[str, list[str]] = {}
         for row in inputs:
