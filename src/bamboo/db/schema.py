@@ -219,20 +219,27 @@ task_files = sa.Table(
     sa.Index("ix_task_files_panda", "PandaID"),
 )
 
+
+def _job_columns() -> list[sa.Column[object]]:
+    return [
+        *(
+            sa.Column(name, _column_type(code), primary_key=name == "PandaID", autoincrement=False)
+            for name, code in JOB_ATTRIBUTES
+        ),
+        # Not part of the PanDA record: the pilot's final report, kept until the finaliser decides
+        # the job's final status, and the first job of a retry chain (names the job).
+        sa.Column("reported_status", sa.String(16), nullable=True),
+        sa.Column("output_report", sa.Text, nullable=True),
+        sa.Column("pilot_log", sa.Text, nullable=True),
+        sa.Column("stdout", sa.Text, nullable=True),
+        sa.Column("origin_panda_id", sa.BigInteger, nullable=True),
+    ]
+
+
 jobs = sa.Table(
     "jobs",
     metadata,
-    *(
-        sa.Column(name, _column_type(code), primary_key=name == "PandaID", autoincrement=False)
-        for name, code in JOB_ATTRIBUTES
-    ),
-    # Not part of the PanDA record: the pilot's final report, kept until the finaliser decides the
-    # job's final status, and the first job of a retry chain (names the job).
-    sa.Column("reported_status", sa.String(16), nullable=True),
-    sa.Column("output_report", sa.Text, nullable=True),
-    sa.Column("pilot_log", sa.Text, nullable=True),
-    sa.Column("stdout", sa.Text, nullable=True),
-    sa.Column("origin_panda_id", sa.BigInteger, nullable=True),
+    *_job_columns(),
     # Matches the dispatch order (priority descending, then PandaID) so a claim reads the first
     # rows of the index instead of sorting every activated job of the queue.
     sa.Index("ix_jobs_dispatch", "jobStatus", "computingSite", sa.desc("currentPriority"), "PandaID"),
@@ -253,6 +260,127 @@ job_files = sa.Table(
         for name, code in FILE_ATTRIBUTES
     ),
     sa.Index("ix_job_files_panda", "PandaID"),
+)
+
+# Jobs in a final status move here (with their files) after a delay, so the active table, which
+# dispatch and heartbeats read, stays as small as the work in flight (domain.md §10.4). Same
+# columns as the active tables; the retention sweep reads by modificationTime.
+jobs_archive = sa.Table(
+    "jobs_archive",
+    metadata,
+    *_job_columns(),
+    sa.Index("ix_jobs_archive_task", "jediTaskID"),
+    sa.Index("ix_jobs_archive_time", "modificationTime"),
+)
+
+job_files_archive = sa.Table(
+    "job_files_archive",
+    metadata,
+    *(
+        sa.Column(
+            name,
+            sa.BigInteger().with_variant(sa.Integer, "sqlite") if code == "P" else _column_type(code),
+            primary_key=code == "P",
+            autoincrement=False,
+        )
+        for name, code in FILE_ATTRIBUTES
+    ),
+    sa.Index("ix_job_files_archive_panda", "PandaID"),
+)
+
+# The worker-node catalog pilots report into (pilot/update_worker_node, update_worker_node_gpu).
+worker_nodes = sa.Table(
+    "worker_nodes",
+    metadata,
+    sa.Column("site", sa.String(128), primary_key=True),
+    sa.Column("host_name", sa.String(128), primary_key=True),
+    sa.Column("cpu_model", sa.String(128), primary_key=True),
+    sa.Column("cpu_model_normalized", sa.String(128), nullable=True),
+    sa.Column("n_logical_cpus", sa.Integer, nullable=True),
+    sa.Column("n_sockets", sa.Integer, nullable=True),
+    sa.Column("cores_per_socket", sa.Integer, nullable=True),
+    sa.Column("threads_per_core", sa.Integer, nullable=True),
+    sa.Column("cpu_architecture", sa.String(20), nullable=True),
+    sa.Column("cpu_architecture_level", sa.String(20), nullable=True),
+    sa.Column("clock_speed", sa.Float, nullable=True),
+    sa.Column("total_memory", sa.BigInteger, nullable=True),
+    sa.Column("total_local_disk", sa.BigInteger, nullable=True),
+    sa.Column("first_seen", UTCDateTime, nullable=False),
+    sa.Column("last_seen", UTCDateTime, nullable=False),
+)
+
+worker_node_queues = sa.Table(
+    "worker_node_queues",
+    metadata,
+    sa.Column("site", sa.String(128), primary_key=True),
+    sa.Column("host_name", sa.String(128), primary_key=True),
+    sa.Column("panda_queue", sa.String(128), primary_key=True),
+    sa.Column("last_seen", UTCDateTime, nullable=False),
+)
+
+worker_node_gpus = sa.Table(
+    "worker_node_gpus",
+    metadata,
+    sa.Column("site", sa.String(128), primary_key=True),
+    sa.Column("host_name", sa.String(128), primary_key=True),
+    sa.Column("vendor", sa.String(64), primary_key=True),
+    sa.Column("model", sa.String(128), primary_key=True),
+    sa.Column("count", sa.Integer, nullable=False),
+    sa.Column("vram", sa.BigInteger, nullable=True),
+    sa.Column("architecture", sa.String(64), nullable=True),
+    sa.Column("framework", sa.String(64), nullable=True),
+    sa.Column("framework_version", sa.String(64), nullable=True),
+    sa.Column("driver_version", sa.String(64), nullable=True),
+    sa.Column("first_seen", UTCDateTime, nullable=False),
+    sa.Column("last_seen", UTCDateTime, nullable=False),
+)
+
+# Harvester workers (upstream's HARVESTER_WORKERS, domain.md §8.1), keyed by instance and worker.
+harvester_workers = sa.Table(
+    "harvester_workers",
+    metadata,
+    sa.Column("harvesterID", sa.String(50), primary_key=True),
+    sa.Column("workerID", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("batchID", sa.String(80), nullable=True),
+    sa.Column("queueName", sa.String(80), nullable=True),
+    sa.Column("status", sa.String(80), nullable=True),
+    sa.Column("computingSite", sa.String(128), nullable=True),
+    sa.Column("nCore", sa.Integer, nullable=True),
+    sa.Column("nodeID", sa.String(80), nullable=True),
+    sa.Column("submitTime", UTCDateTime, nullable=True),
+    sa.Column("startTime", UTCDateTime, nullable=True),
+    sa.Column("endTime", UTCDateTime, nullable=True),
+    sa.Column("stdOut", sa.String(250), nullable=True),
+    sa.Column("stdErr", sa.String(250), nullable=True),
+    sa.Column("batchLog", sa.String(250), nullable=True),
+    sa.Column("jdl", sa.String(250), nullable=True),
+    sa.Column("resourceType", sa.String(56), nullable=True),
+    sa.Column("nativeExitCode", sa.Integer, nullable=True),
+    sa.Column("nativeStatus", sa.String(80), nullable=True),
+    sa.Column("diagMessage", sa.String(500), nullable=True),
+    sa.Column("nJobs", sa.Integer, nullable=True),
+    sa.Column("computingElement", sa.String(128), nullable=True),
+    sa.Column("submissionHost", sa.String(128), nullable=True),
+    sa.Column("harvesterHost", sa.String(128), nullable=True),
+    sa.Column("errorCode", sa.Integer, nullable=True),
+    sa.Column("jobType", sa.String(80), nullable=True),
+    sa.Column("minRamCount", sa.Integer, nullable=True),
+    sa.Column("pilotStatus", sa.String(80), nullable=True),
+    sa.Column("pilotStartTime", UTCDateTime, nullable=True),
+    sa.Column("pilotEndTime", UTCDateTime, nullable=True),
+    sa.Column("lastUpdate", UTCDateTime, nullable=False),
+    sa.Index("ix_harvester_workers_site", "computingSite", "status"),
+)
+
+# Which jobs a Harvester worker runs (upstream's Harvester_Rel_Jobs_Workers).
+worker_jobs = sa.Table(
+    "worker_jobs",
+    metadata,
+    sa.Column("harvesterID", sa.String(50), primary_key=True),
+    sa.Column("workerID", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("PandaID", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("lastUpdate", UTCDateTime, nullable=False),
+    sa.Index("ix_worker_jobs_panda", "PandaID"),
 )
 
 # The local dataset catalog (data-management backend of the embedded server).
