@@ -23,7 +23,7 @@ from starlette.types import Message, Receive
 
 from bamboo.api.auth import AuthenticationFailed, resolve_identity
 from bamboo.api.call import Call
-from bamboo.api.envelope import Reply, envelope_response, failure, plain_error
+from bamboo.api.envelope import BareText, Reply, envelope_response, failure, plain_error, text_response
 from bamboo.api.params import (
     ParameterError,
     bool_as_declared_int,
@@ -153,7 +153,7 @@ def bind_parameters(endpoint: Endpoint, params: dict[str, Any], *, textual: bool
 async def _run(endpoint: Endpoint, call: Call, args: dict[str, Any]) -> Response:
     try:
         if endpoint.db is DbUse.NONE:
-            reply: Reply = await endpoint.handler(call, **args)
+            reply: Reply | BareText = await endpoint.handler(call, **args)
         else:
             async with call.state.db.transaction(write=endpoint.db is DbUse.WRITE) as conn:
                 call.conn = conn
@@ -164,6 +164,8 @@ async def _run(endpoint: Endpoint, call: Call, args: dict[str, Any]) -> Response
         return envelope_response(failure(exc.message, exc.data))
     for action in call.on_commit:
         action()
+    if isinstance(reply, BareText):
+        return text_response(reply)
     return envelope_response(reply)
 
 

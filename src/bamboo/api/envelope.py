@@ -22,6 +22,16 @@ class Reply:
     data: Any = None
 
 
+@dataclass(frozen=True, slots=True)
+class BareText:
+    """What the few handlers that upstream lets answer a bare string return (api-v1.md §1.3).
+
+    It is sent as a JSON string literal, as upstream does in JSON mode, never wrapped in the envelope.
+    """
+
+    text: str
+
+
 def _encode_extra(value: Any) -> Any:
     # Upstream's JSON mode: datetimes as {"__datetime__": ISO 8601 without zone}, Decimals as numbers.
     if isinstance(value, datetime):
@@ -46,6 +56,10 @@ def envelope_response(
 ) -> Response:
     body = encode_json({"success": reply.success, "message": reply.message, "data": reply.data})
     return Response(body, status_code=status_code, media_type=JSON_MEDIA_TYPE, headers=headers)
+
+
+def text_response(answer: BareText) -> Response:
+    return Response(encode_json(answer.text), media_type=JSON_MEDIA_TYPE)
 
 
 def failure(message: str, data: Any = None) -> Reply:

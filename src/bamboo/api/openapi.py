@@ -45,6 +45,19 @@ def _plain_text(description: str) -> dict[str, Any]:
     }
 
 
+def _success_answer(endpoint: Endpoint) -> dict[str, Any]:
+    envelope = {"$ref": "#/components/schemas/Envelope"}
+    if endpoint.answers_text:
+        return {
+            "description": "The answer as a bare JSON string; refused calls get the PanDA envelope.",
+            "content": {"application/json": {"schema": {"oneOf": [{"type": "string"}, envelope]}}},
+        }
+    return {
+        "description": "The PanDA envelope (also for refused calls, with success false).",
+        "content": {"application/json": {"schema": envelope}},
+    }
+
+
 def schema_of(param_type: ParamType) -> dict[str, Any]:
     if param_type.annotation is Any:
         return {}
@@ -70,10 +83,7 @@ def _operation(endpoint: Endpoint, method: str) -> dict[str, Any]:
         "summary": endpoint.summary,
         "description": "\n\n".join(filter(None, [endpoint.description, _ACCESS_TEXT[endpoint.access]])),
         "responses": {
-            "200": {
-                "description": "The PanDA envelope (also for refused calls, with success false).",
-                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Envelope"}}},
-            },
+            "200": _success_answer(endpoint),
             "400": _plain_text("A body that cannot be read: invalid JSON, gzip or form data."),
             "403": _plain_text("Unknown endpoint, failed token or banned user."),
             "405": _plain_text("An HTTP method other than GET, HEAD, POST and PUT."),

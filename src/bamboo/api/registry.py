@@ -61,6 +61,9 @@ class Endpoint:
     summary: str
     description: str
     handler: Callable[..., Awaitable[Any]]
+    # Upstream answers these with the handler's bare string instead of an envelope
+    # (api-v1.md §1.3); pipeline refusals are still envelopes.
+    answers_text: bool = False
 
     @property
     def path(self) -> str:
@@ -102,6 +105,7 @@ class Module:
         method: str | None,
         access: Access = Access.SECURE,
         db: DbUse = DbUse.READ,
+        answers_text: bool = False,
     ) -> Callable[[Callable[..., Awaitable[Any]]], Callable[..., Awaitable[Any]]]:
         """Declare the decorated coroutine as ``/api/v1/<module>/<function name>``.
 
@@ -109,6 +113,8 @@ class Module:
             method: the only HTTP method accepted (``"GET"``/``"POST"``), or None for any.
             access: public, secure (an identity is needed) or production role.
             db: the transaction to open around the call.
+            answers_text: the handler returns :class:`~bamboo.api.envelope.BareText`, sent as a
+                JSON string without the envelope.
         """
 
         def declare(handler: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
@@ -129,6 +135,7 @@ class Module:
                     summary=summary.replace("\n", " "),
                     description=description,
                     handler=handler,
+                    answers_text=answers_text,
                 )
             )
             return handler

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from bamboo.api.call import Call
-from bamboo.api.envelope import Reply, failure
+from bamboo.api.envelope import BareText, Reply, failure
 from bamboo.api.registry import Access, DbUse, Module
 from bamboo.api.v1 import registry
 from bamboo.auth.identity import has_production_role
@@ -45,19 +45,18 @@ async def get_description_incl_archive(call: Call, job_ids: JobIds) -> Reply:
     return Reply(data=await job_admin.descriptions_incl_archive(call.db, job_ids))
 
 
-@job.endpoint(method="GET", access=Access.PUBLIC)
+@job.endpoint(method="GET", access=Access.PUBLIC, answers_text=True)
 async def generate_offline_execution_script(
     call: Call,
     job_id: Annotated[int, "PandaID of the job."],
     days: Annotated[int | None, "Look back this many days (default 30)."] = None,
-) -> Reply:
-    """A bash script that re-runs the job's payload offline, in ``data``.
+) -> BareText:
+    """A bash script that re-runs the job's payload offline, as a bare JSON string (no envelope).
 
-    Upstream answers the bare script text; the dispatcher only answers envelopes, so the script is
-    the envelope's data. A job not found answers ``success: false`` with the upstream ``ERROR:`` text.
+    A job not found answers upstream's ``ERROR: Cannot get PandaID=...`` text the same way.
     """
-    found, text = await job_admin.offline_script(call.db, call.state.clock, job_id, days)
-    return Reply(data=text) if found else failure(text)
+    _, text = await job_admin.offline_script(call.db, call.state.clock, job_id, days)
+    return BareText(text)
 
 
 @job.endpoint(method="GET")
