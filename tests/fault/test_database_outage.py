@@ -8,9 +8,10 @@ a 500, a reset connection or a request hanging past a bound counts as a failure.
 accepts connections again, requests must succeed within 5 s and the agents must carry on (a task
 submitted after the outage gets its jobs and finishes), all without restarting Bamboo.
 
-A second test walks the windows where PostgreSQL is neither up nor down, each forced on purpose:
-requests cut off mid-query by the shutdown, the shutdown refusing new sessions, pooled
-connections gone stale, the port closed, and a server refusing sessions while it recovers.
+Two more tests force, one by one, the windows where PostgreSQL is neither up nor down, which a
+timed outage meets only by chance: requests cut off mid-query by a shutdown, a shutdown refusing
+new sessions, the port closed, a server refusing sessions until it is ready (a standby being
+promoted), and a server process killed, which drops every session and replays the WAL.
 
 ``BAMBOO_FAULT_FULL=1`` (set by ``python -m tests.fault --full``) runs the load test bigger.
 """
@@ -20,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import ssl
 import time
 import uuid
@@ -400,33 +402,60 @@ def _check_outage(outage_site: OutageSite, tally: Tally, outage: Outage, mode: s
     assert duplicates == 0, f"{duplicates} jobs dispatched twice; {summary}"
 
 
+class Probe:
+    """Bursts of concurrent ``acquire_jobs`` requests, every answer tallied."""
+
+    def __init__(self, pilots: httpx.AsyncClient) -> None:
+        self.pilots = pilots
+        self.tally = Tally()
+
+    async def burst(self, count: int) -> list[Answer]:
+        request = {"site_name": QUEUE, "prod_source_label": "user", "node": "wn-outage"}
+        results = await asyncio.gather(
+            *(call(self.pilots, self.tally, "pilot/acquire_jobs", request) for _ in range(count))
+        )
+        return [answer for answer, _ in results]
+
+    async def success(self) -> float | None:
+        """When a burst got a 200, or None."""
+        answers = await self.burst(2)
+        return max(answer.received for answer in answers) if any(answer.ok for answer in answers) else None
+
+    def check(self, outage_site: OutageSite, summary: str) -> None:
+        assert not self.tally.others(), (
+            f"{summary}; e.g. {[answer.describe() for answer in self.tally.others()[:5]]}\n"
+            f"{outage_site.server_problems()}"
+        )
+
+
+async def block_requests(
+    outage_site: OutageSite, probe: Probe, count: int
+) -> tuple[asyncpg.Connection, asyncpg.Connection, asyncio.Task[list[Answer]]]:
+    """Lock the jobs table from a session of ours and send ``count`` requests that wait on the lock.
+
+    Returns an admin session, the lock holder's session and the task of the waiting requests, so
+    that what happens next finds those requests in the middle of a query.
+    """
+    admin = await asyncpg.connect(outage_site.dsn, timeout=30)
+    holder = await asyncpg.connect(outage_site.dsn, timeout=30)
+    await holder.execute("BEGIN")
+    await holder.execute("LOCK TABLE jobs IN ACCESS EXCLUSIVE MODE")
+    blocked = asyncio.create_task(probe.burst(count))
+    await wait_until("requests waiting on the jobs lock", lambda: _lock_waiters(admin, count), 60)
+    return admin, holder, blocked
+
+
 def test_shutdown_and_startup_windows(outage_site: OutageSite) -> None:
     asyncio.run(_windows(outage_site))
 
 
 async def _windows(outage_site: OutageSite) -> None:
-    """Force each in-between state of PostgreSQL in turn; every answer must be 503 + Retry-After."""
-    tally = Tally()
-    request = {"site_name": QUEUE, "prod_source_label": "user", "node": "wn-outage"}
+    """Force each in-between state of a stop and start in turn: every answer is 503 + Retry-After."""
     async with outage_site.pilots() as pilots:
-
-        async def burst(count: int) -> list[Answer]:
-            results = await asyncio.gather(
-                *(call(pilots, tally, "pilot/acquire_jobs", request) for _ in range(count))
-            )
-            return [answer for answer, _ in results]
-
+        probe = Probe(pilots)
         # Fill the server's pool, so stale connections are there to be found later.
-        assert all(answer.ok for answer in await burst(PILOTS)), tally.counts()
-        admin = await asyncpg.connect(outage_site.dsn, timeout=30)
-        holder = await asyncpg.connect(outage_site.dsn, timeout=30)
-        ours = {admin.get_server_pid(), holder.get_server_pid()}
-        holding = holder.transaction()
-        await holding.start()
-        # Requests wait on this lock, so the shutdown finds them in the middle of a query.
-        await holder.execute("LOCK TABLE jobs IN ACCESS EXCLUSIVE MODE")
-        blocked = asyncio.create_task(burst(4))
-        await wait_until("requests waiting on the jobs lock", lambda: _lock_waiters(admin, 4), 60)
+        assert all(answer.ok for answer in await probe.burst(PILOTS)), probe.tally.counts()
+        admin, holder, blocked = await block_requests(outage_site, probe, 4)
         # A smart shutdown refuses new sessions ("the database system is shutting down") until our
         # two sessions end; terminating the server's sessions cuts the waiting requests off.
         outage_site.cluster.stop("smart", wait=False)
@@ -434,45 +463,77 @@ async def _windows(outage_site: OutageSite) -> None:
         await admin.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
             "WHERE backend_type = 'client backend' AND pid <> ALL($1::int[])",
-            list(ours),
+            [admin.get_server_pid(), holder.get_server_pid()],
         )
         cut_off = await blocked
-        shutting_down = await burst(PILOTS * 3)
-        await holding.rollback()
+        shutting_down = await probe.burst(PILOTS * 3)
         await holder.close()
         await admin.close()
         await wait_until(
             "PostgreSQL stopped", lambda: asyncio.to_thread(lambda: not outage_site.cluster.is_running())
         )
-        down = await burst(4)
+        down = await probe.burst(4)
         # A standby with hot standby off runs but refuses every session, like a server that is
         # still starting up; promoting it ends that state.
         outage_site.cluster.start(standby=True)
-        starting = await burst(4)
+        starting = await probe.burst(4)
         promoted = time.monotonic()
         await asyncio.to_thread(outage_site.cluster.promote)
-        back = await wait_until("a success after the promotion", lambda: _any_ok(burst))
-        recovery = back - promoted
-    log = "".join(outage_site.server.output)
+        recovery = await wait_until("a success after the promotion", probe.success) - promoted
     summary = (
-        f"{tally.counts()}; cut off mid-query: {_kinds(cut_off)}; shutting down: {_kinds(shutting_down)}; "
-        f"down: {_kinds(down)}; starting: {_kinds(starting)}; success {recovery:.2f} s after the promotion"
+        f"{probe.tally.counts()}; cut off mid-query: {_kinds(cut_off)}; "
+        f"shutting down: {_kinds(shutting_down)}; down: {_kinds(down)}; starting: {_kinds(starting)}; "
+        f"first success {recovery:.2f} s after the promotion"
     )
     print(summary)
-    assert not tally.others(), (
-        f"{summary}; e.g. {[answer.describe() for answer in tally.others()[:5]]}\n"
-        f"{outage_site.server_problems()}"
-    )
+    probe.check(outage_site, summary)
     for phase in (cut_off, shutting_down, down, starting):
         assert all(answer.unavailable for answer in phase), summary
     # Each window really was met, so each mapping was exercised.
-    for message in (
+    _met(
+        outage_site,
+        summary,
         "terminating connection due to administrator command",
         "the database system is shutting down",
         "the database system is not accepting connections",
-    ):
-        assert message in log, f"the server never met {message!r}; {summary}"
+    )
     assert recovery <= RECOVERY_SECONDS, summary
+
+
+def test_server_process_crash(outage_site: OutageSite) -> None:
+    asyncio.run(_crash(outage_site))
+
+
+async def _crash(outage_site: OutageSite) -> None:
+    """A PostgreSQL process killed (as by the OOM killer): 503s through the crash restart."""
+    async with outage_site.pilots() as pilots:
+        probe = Probe(pilots)
+        admin, holder, blocked = await block_requests(outage_site, probe, 4)
+        victim = await admin.fetchval(
+            "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query ILIKE '%jobs%' LIMIT 1"
+        )
+        # PostgreSQL then drops every other session without a word, refuses new ones while it
+        # replays the WAL ("in recovery mode", "not yet accepting connections"), and carries on.
+        os.kill(victim, signal.SIGKILL)
+        killed = time.monotonic()
+        cut_off = await blocked
+        holder.terminate()
+        admin.terminate()
+        back = await wait_until("a success after the crash", probe.success) - killed
+    summary = (
+        f"{probe.tally.counts()}; cut off by the crash: {_kinds(cut_off)}; "
+        f"first success {back:.2f} s after the kill"
+    )
+    print(summary)
+    probe.check(outage_site, summary)
+    assert all(answer.unavailable for answer in cut_off), summary
+    _met(outage_site, summary, "connection was closed in the middle of operation")
+
+
+def _met(outage_site: OutageSite, summary: str, *messages: str) -> None:
+    log = "".join(outage_site.server.output)
+    for message in messages:
+        assert message in log, f"the server never met {message!r}; {summary}"
 
 
 async def _lock_waiters(admin: asyncpg.Connection, count: int) -> bool:
@@ -489,11 +550,6 @@ async def _refused(dsn: str) -> bool:
         return True
     await connection.close()
     return False
-
-
-async def _any_ok(burst: Any) -> float | None:
-    answers = await burst(2)
-    return max(answer.received for answer in answers) if any(answer.ok for answer in answers) else None
 
 
 def _kinds(answers: list[Answer]) -> str:
