@@ -59,7 +59,9 @@ class PostgresCluster:
         self.bindir = bindir
         self.port = free_port()
         self._as_service = os.geteuid() == 0
-        self.root = Path(tempfile.mkdtemp(prefix="bamboo-pg-"))
+        # Under /tmp rather than $TMPDIR: the postgres account must reach it, and a unix socket
+        # path must stay under about 100 bytes.
+        self.root = Path(tempfile.mkdtemp(prefix="bamboo-pg-", dir="/tmp" if Path("/tmp").is_dir() else None))
         self.data = self.root / "data"
         self.log = self.root / "postgres.log"
         if self._as_service:
