@@ -5,8 +5,10 @@ timeout for writers of other processes, and writes start with ``BEGIN IMMEDIATE`
 in-process lock: SQLite has one writer at a time anyway, and taking the write lock up front avoids
 the deadlock-and-retry dance of upgrading a read transaction. PostgreSQL goes through asyncpg with
 a fixed pool. There is no pre-ping (it costs three round trips per transaction with asyncpg):
-after a database restart each stale pooled connection fails one request with 503 and is replaced,
-and clients retry.
+after a database restart a request meeting a stale pooled connection fails with 503, the pool
+replaces its older connections, and clients retry. Errors of a server that is shutting down,
+starting up or has ended the session are re-raised as ``OperationalError`` (see
+:func:`_configure_postgresql`), so they too count as unavailable.
 Connections go back to the pool without the usual extra ROLLBACK: every use is inside
 :meth:`Database.transaction`, which always ends its transaction.
 """
@@ -35,6 +37,11 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     ConnectionError,
     OSError,
 )
+# SQLSTATEs of PostgreSQL refusing or ending sessions: class 08 (connection exception, which
+# asyncpg also uses for a session cut off mid-query), 57P01 admin shutdown (terminated or fast
+# shutdown), 57P02 crash shutdown, 57P03 cannot connect now (shutting down, starting up, recovering).
+_UNAVAILABLE_SQLSTATE_CLASS = "08"
+_UNAVAILABLE_SQLSTATES = frozenset({"57P01", "57P02", "57P03"})
 
 
 class Database:
@@ -66,6 +73,7 @@ class Database:
                 pool_recycle=3600,
                 pool_reset_on_return=None,
             )
+            _configure_postgresql(self.engine)
 
     @property
     def is_sqlite(self) -> bool:
@@ -97,6 +105,28 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+
+
+def _configure_postgresql(engine: AsyncEngine) -> None:
+    @event.listens_for(engine.sync_engine, "handle_error")
+    def _on_error(context: sa.engine.ExceptionContext) -> BaseException | None:
+        # SQLAlchemy wraps these asyncpg errors in a bare DBAPIError, the type of any failed
+        # statement, so without this they would answer 500 instead of 503. Also runs for failed
+        # connection attempts.
+        error = context.sqlalchemy_exception
+        if not isinstance(error, sa.exc.DBAPIError) or isinstance(error, UNAVAILABLE_ERRORS):
+            return None
+        sqlstate = getattr(context.original_exception, "sqlstate", None) or ""
+        lost = context.is_disconnect or sqlstate.startswith(_UNAVAILABLE_SQLSTATE_CLASS)
+        if not (lost or sqlstate in _UNAVAILABLE_SQLSTATES):
+            return None
+        return sa.exc.OperationalError(
+            error.statement,
+            error.params,
+            error.orig,
+            hide_parameters=error.hide_parameters,
+            connection_invalidated=context.is_disconnect,
+        )
 
 
 def _configure_sqlite(engine: AsyncEngine) -> None:
