@@ -78,7 +78,8 @@ def load_size(ci: LoadSize, full: LoadSize) -> LoadSize:
 
 def child_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
     """The environment of every bamboo process the harness starts."""
-    env = {**os.environ, "BAMBOO_TOKEN_OVER_HTTP": "true", "BAMBOO_LOG_LEVEL": "info"}
+    # Warnings only: access lines for every request would cost the loaded machine CPU and disk.
+    env = {**os.environ, "BAMBOO_TOKEN_OVER_HTTP": "true", "BAMBOO_LOG_LEVEL": "warning"}
     # A home or database from the caller's environment would be written to: every command gets
     # --home and --database-url explicitly instead.
     for name in ("BAMBOO_DATABASE_URL", "BAMBOO_HOME", "BAMBOO_HOST"):

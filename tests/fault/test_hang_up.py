@@ -43,6 +43,8 @@ SENT_TIMEOUT_SECONDS = 6
 SHORT_SENT_TIMEOUT = {
     "BAMBOO_JOB_SENT_TIMEOUT_MINUTES": str(SENT_TIMEOUT_SECONDS / 60),
     "BAMBOO_JOB_WATCHDOG_PERIOD_SECONDS": "2",
+    # The rollbacks are counted in the server's log, where they are written at INFO.
+    "BAMBOO_LOG_LEVEL": "info",
 }
 
 
