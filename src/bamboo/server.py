@@ -2,7 +2,8 @@
 
 One process serves plain HTTP and HTTPS from one event loop. With ``--workers N`` the parent binds
 both ports once and forks N children that share the listening sockets; the parent only supervises
-(restarting a child that dies) and forwards SIGTERM. SIGTERM makes every listener stop accepting,
+(restarting a child that dies) and forwards SIGTERM; children stop by themselves when the parent
+dies without forwarding it (SIGKILL). SIGTERM makes every listener stop accepting,
 lets in-flight requests finish, and the process exits 0.
 """
 
@@ -15,6 +16,7 @@ import signal
 import socket
 import ssl
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -41,6 +43,8 @@ log = logging.getLogger("bamboo.server")
 
 GRACEFUL_SHUTDOWN_SECONDS = 30
 _RESTART_BACKOFF_SECONDS = 1.0
+# How soon a worker notices that its supervisor died.
+_ORPHAN_POLL_SECONDS = 0.5
 
 
 class ServerStartError(Exception):
@@ -256,10 +260,28 @@ async def _serve_process(
     log.info("stopped")
 
 
+def _stop_when_orphaned(supervisor: int) -> None:
+    """In a forked child: stop as on SIGTERM once the supervisor is gone, however it died.
+
+    A supervisor killed with SIGKILL cannot forward anything; children left serving would keep the
+    shared ports, and the restarted server would fail with "Address already in use". The child
+    is re-parented when its parent dies, so a thread watches the parent pid and sends the child
+    the SIGTERM the supervisor would have forwarded (its listeners close, requests in flight end).
+    """
+
+    def watch() -> None:
+        while os.getppid() == supervisor:
+            time.sleep(_ORPHAN_POLL_SECONDS)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="orphan-watch", daemon=True).start()
+
+
 def _supervise(jobs: list[Callable[[], Any]]) -> None:
     """Fork one child per job and keep them running until SIGTERM/SIGINT, then stop them all."""
     children: dict[int, int] = {}
     stopping = False
+    supervisor = os.getpid()
 
     def spawn(slot: int) -> None:
         run_child = jobs[slot]
@@ -267,6 +289,7 @@ def _supervise(jobs: list[Callable[[], Any]]) -> None:
         if pid == 0:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
+            _stop_when_orphaned(supervisor)
             code = 0
             try:
                 run_child()

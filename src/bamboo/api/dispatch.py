@@ -48,6 +48,10 @@ RETRY_AFTER_SECONDS = "5"
 _VERSIONS = ("v1", "latest")  # latest is an alias of v1 (DESIGN §9.6)
 
 
+class ClientGone(Exception):
+    """The client hung up before its answer: the write is rolled back instead of committed."""
+
+
 class BadRequest(Exception):
     """The body cannot be read as parameters: HTTP 400 (or 413) plain text."""
 
@@ -155,13 +159,23 @@ async def _run(endpoint: Endpoint, call: Call, args: dict[str, Any]) -> Response
         if endpoint.db is DbUse.NONE:
             reply: Reply | BareText = await endpoint.handler(call, **args)
         else:
-            async with call.state.db.transaction(write=endpoint.db is DbUse.WRITE) as conn:
+            writes = endpoint.db is DbUse.WRITE
+            async with call.state.db.transaction(write=writes) as conn:
                 call.conn = conn
                 if endpoint.access is Access.OWNER and not await _owns_task(call, args.get("task_id")):
                     return envelope_response(failure(NOT_TASK_OWNER))
                 reply = await endpoint.handler(call, **args)
+                # An answer nobody will read must not change anything: jobs acquire_jobs claimed
+                # for a pilot that hung up would otherwise stay `sent` until the watchdog fails
+                # them. Checked last, just before the commit; a hang-up after this point is the
+                # case the `sent` watchdog recovers.
+                if writes and await call.request.is_disconnected():
+                    raise ClientGone
     except BambooError as exc:
         return envelope_response(failure(exc.message, exc.data))
+    except ClientGone:
+        log.info("client hung up before the answer of %s: rolled back", endpoint.path)
+        return plain_error(400, "client disconnected before the answer; nothing was changed")
     for action in call.on_commit:
         action()
     if isinstance(reply, BareText):

@@ -6,6 +6,8 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bamboo.db.schema import catalog_datasets, catalog_files
@@ -17,8 +19,18 @@ async def dataset_exists(conn: AsyncConnection, name: str) -> bool:
 
 
 async def ensure_dataset(conn: AsyncConnection, name: str, scope: str | None, now: datetime) -> None:
-    if not await dataset_exists(conn, name):
-        await conn.execute(sa.insert(catalog_datasets).values(name=name, scope=scope, created_at=now))
+    """Create the dataset unless it exists.
+
+    Agents of several processes register outputs of one task at once, so two transactions may
+    both find the dataset missing: the insert skips a row another one made (and, on PostgreSQL,
+    waits for that one to commit or roll back) instead of failing on the primary key.
+    """
+    insert = sqlite_insert if conn.dialect.name == "sqlite" else postgresql_insert
+    await conn.execute(
+        insert(catalog_datasets)
+        .values(name=name, scope=scope, created_at=now)
+        .on_conflict_do_nothing(index_elements=[catalog_datasets.c.name])
+    )
 
 
 async def files(conn: AsyncConnection, dataset: str) -> list[dict[str, Any]]:
