@@ -166,7 +166,7 @@ async def test_description_incl_archive_of_an_archived_job(world) -> None:
 
 async def test_a_retry_of_an_archived_job_keeps_its_chain(world) -> None:
     api, runner = world
-    await submit(api, {**NO_INPUT_TASK, "nEvents": 2})
+    task_id = await submit(api, {**NO_INPUT_TASK, "nEvents": 2})
     await runner.drain()
     (failed,) = await acquire(api)
     await run_job(api, failed, final="failed")
@@ -179,6 +179,12 @@ async def test_a_retry_of_an_archived_job_keeps_its_chain(world) -> None:
     # The job name carries the first attempt's PandaID, read from the archive.
     assert retry["PandaID"] != failed["PandaID"]
     assert retry["jobName"] == failed["jobName"] == f"{NO_INPUT_TASK['taskName']}.{failed['PandaID']}"
+    # The task's final status comes from its file counters: archived attempts change nothing.
+    await run_job(api, retry)
+    await runner.drain()
+    assert await task_status(api, task_id) == "done"
+    listed = (await task_get(api, "get_job_ids", task_id=task_id))["data"]
+    assert listed == [failed["PandaID"], retry["PandaID"]]
 
 
 async def test_scouts_archived_while_the_task_scouts_still_count(world) -> None:
