@@ -6,7 +6,9 @@ The measurements, in order, each against the same server:
 2. ``pilot/acquire_jobs`` with n_jobs=1 and n_jobs=10, on jobs the agents generated beforehand;
 3. ``pilot/update_job`` heartbeats (``running``) on the jobs dispatched in 2;
 4. the latency from a task submission's answer to its first activated job;
-5. how fast the agents turn one large task (100,000 jobs by default) into activated jobs.
+5. how fast the agents turn one large task (100,000 jobs by default) into activated jobs;
+6. dispatch and heartbeats again beside 10,000 active jobs, with an empty job archive and then
+   with 1,000,000 archived jobs (written straight into the database), compared in the same run.
 
 Every rate is also given as a ratio to the is_alive rate of the same run, which takes out much of
 what the machine contributes; the CPU columns show what the client and the server each used.
@@ -27,7 +29,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +78,19 @@ LARGE_TASK_JOBS = 100_000
 QUICK_LARGE_TASK_JOBS = 10_000
 LARGE_TASK_POLL_SECONDS = 0.25
 LARGE_TASK_TIMEOUT_SECONDS = 600.0
+# The archive rows: dispatch and heartbeats beside this many active jobs, with an empty archive and
+# with a full one, which must not slow them by more than a fifth (the project issue's aim).
+ARCHIVE_JOBS = 1_000_000
+QUICK_ARCHIVE_JOBS = 50_000
+ARCHIVE_ACTIVE_JOBS = 10_000
+QUICK_ARCHIVE_ACTIVE_JOBS = 2_000
+ARCHIVE_AIM = 0.8
+# Archived rows get PandaIDs and file row ids from here up (a thousand jobs per jediTaskID), far
+# above what the server's sequences hand out during a run, so they never collide with jobs the
+# archiver moves.
+ARCHIVE_ID_BASE = 10**12
+# Rows written per statement (and, on SQLite, per transaction) while filling the archive.
+ARCHIVE_CHUNK = 100_000
 
 
 @dataclass(frozen=True)
@@ -88,6 +103,7 @@ class Options:
     submissions: int
     quick: bool
     large_task_jobs: int
+    archive_jobs: int = 0
 
 
 @dataclass
@@ -173,6 +189,8 @@ class Bench:
         self.tasks_submitted = 0
         self.user_headers: dict[str, str] = {}
         self.production_headers: dict[str, str] = {}
+        # Activated jobs left in the queue by the dispatch loads so far.
+        self.queued = 0
 
     def issue_tokens(self) -> None:
         user = self.server.token("Bench User")
@@ -323,27 +341,30 @@ class Bench:
             name=f"generate {count:,} jobs (agents)", jobs=count, elapsed=elapsed, jobs_per_s=count / elapsed
         )
 
-    async def measure_acquire(self, client: httpx.AsyncClient, alive: Row) -> tuple[list[Row], list[int]]:
+    async def measure_acquire(
+        self, client: httpx.AsyncClient, alive: Row, *, suffix: str = "", min_pool: int = MIN_POOL_JOBS
+    ) -> tuple[list[Row], list[int]]:
         """Dispatch with n_jobs=1, then n_jobs=10, each from a queue filled beforehand.
 
-        A queue holds a little more than the load can take: a single-job call is not expected to
-        beat is_alive, and a call for ten jobs not to beat ten single-job calls.
+        A queue holds a little more than the load can take (at least ``min_pool`` jobs): a
+        single-job call is not expected to beat is_alive, and a call for ten jobs not to beat ten
+        single-job calls. ``suffix`` ends the row names.
         """
         rows: list[Row] = []
         dispatched: list[int] = []
-        activated = 0
+        activated = self.queued
         duration = self.options.duration
         expected_jobs_per_s = alive.ops_per_s or 0.0
         for n_jobs in (1, 10):
             wanted = min(
-                MAX_POOL_JOBS, max(MIN_POOL_JOBS, math.ceil(duration * expected_jobs_per_s * POOL_MARGIN))
+                MAX_POOL_JOBS, max(min_pool, math.ceil(duration * expected_jobs_per_s * POOL_MARGIN))
             )
             if wanted > activated:
                 rows.append(await self.create_jobs(client, wanted - activated))
             pool = max(wanted, activated)
             self.say(f"pilot/acquire_jobs n_jobs={n_jobs} for {duration:g} s on {pool:,} jobs")
             row, result = await self.load(
-                f"acquire n_jobs={n_jobs}",
+                f"acquire n_jobs={n_jobs}{suffix}",
                 "acquire",
                 duration=duration,
                 # Enough requests to empty the queue, plus the ones that find it empty.
@@ -359,15 +380,17 @@ class Bench:
             dispatched.extend(result.acquired)
             rows.append(row)
             expected_jobs_per_s = 10 * (row.ops_per_s or 0.0)
+        self.queued = activated
         return rows, dispatched
 
-    async def measure_heartbeats(self, dispatched: list[int]) -> Row:
+    async def measure_heartbeats(self, dispatched: list[int], suffix: str = "") -> Row:
         duration = self.options.duration
+        name = f"update_job heartbeat{suffix}"
         if not dispatched:
-            return Row(name="update_job heartbeat", notes=["skipped: no job was dispatched"])
+            return Row(name=name, notes=["skipped: no job was dispatched"])
         self.say(f"pilot/update_job heartbeats for {duration:g} s over {len(dispatched):,} dispatched jobs")
         row, _ = await self.load(
-            "update_job heartbeat",
+            name,
             "heartbeat",
             duration=duration,
             max_requests=int(duration * REQUESTS_PER_SECOND_BUDGET),
@@ -467,6 +490,64 @@ class Bench:
             row.notes.append(f"server CPU {server_cores * elapsed / count * 1e6:,.0f} µs per job")
         return row
 
+    async def measure_archive(self, client: httpx.AsyncClient, alive: Row) -> list[Row]:
+        """Dispatch and heartbeats with an empty job archive, then with a full one, in this run.
+
+        Each phase dispatches from a queue of at least the active-job count (topped up by the
+        agents); the archive is filled straight in the database, as fast as the database takes
+        rows, and emptied again afterwards so the rows after these run as without it. The full
+        archive's rows carry their rate as a share of the empty archive's: the aim is 80 %.
+        """
+        size = self.options.archive_jobs
+        active = QUICK_ARCHIVE_ACTIVE_JOBS if self.options.quick else ARCHIVE_ACTIVE_JOBS
+        phases = (("empty archive", 0), (f"{size:,}-job archive", size))
+        rows: list[Row] = []
+        measured: dict[str, dict[str, Row]] = {}
+        try:
+            for label, fill in phases:
+                if fill:
+                    rows.append(await self.fill_archive(fill))
+                suffix = f", {label}"
+                acquire_rows, dispatched = await self.measure_acquire(
+                    client, alive, suffix=suffix, min_pool=active
+                )
+                phase_rows = [*acquire_rows, await self.measure_heartbeats(dispatched, suffix)]
+                rows += phase_rows
+                measured[label] = {
+                    row.name.removesuffix(suffix): row for row in phase_rows if row.name.endswith(suffix)
+                }
+        finally:
+            await _empty_archive(self.server)
+        empty, full = (measured.get(label, {}) for label, _ in phases)
+        for name, row in full.items():
+            baseline = empty.get(name)
+            if baseline is None or name.startswith("generate"):
+                continue
+            rate, base_rate = _rate(row), _rate(baseline)
+            if rate is None or not base_rate:
+                continue
+            share = rate / base_rate
+            row.aim, row.aim_met = f"≥ {ARCHIVE_AIM:.0%} of the empty archive's rate", share >= ARCHIVE_AIM
+            row.notes.append(f"{share:.0%} of the empty archive's rate")
+            cost, base_cost = _server_ms_per_request(row), _server_ms_per_request(baseline)
+            if cost is not None and base_cost is not None:
+                # On a shared machine the server's CPU share moves the rate; its CPU per request less.
+                row.notes.append(f"server CPU {cost:.2f} ms per request (empty archive: {base_cost:.2f})")
+        return rows
+
+    async def fill_archive(self, size: int) -> Row:
+        """Write ``size`` finished jobs, one log file each, into the archive tables directly."""
+        self.say(f"filling the job archive with {size:,} jobs (one log file each) in the database")
+        start = time.perf_counter()
+        await _fill_archive(self.server, size)
+        elapsed = time.perf_counter() - start
+        return Row(
+            name=f"fill archive with {size:,} jobs",
+            jobs=size,
+            elapsed=elapsed,
+            notes=[f"{elapsed:.1f} s ({size / elapsed:,.0f} jobs/s) straight into the database"],
+        )
+
     async def run(self) -> list[Row]:
         rows = await self.measure_is_alive()
         alive = rows[0]
@@ -476,6 +557,8 @@ class Bench:
             acquire_rows, dispatched = await self.measure_acquire(client, alive)
             rows += acquire_rows
             rows.append(await self.measure_heartbeats(dispatched))
+            if self.options.archive_jobs:
+                rows += await self.measure_archive(client, alive)
             rows.append(await self.measure_activation(client))
             if self.options.large_task_jobs:
                 rows.append(await self.measure_large_task(client))
@@ -520,6 +603,109 @@ async def _job_counter(server: Server) -> AsyncIterator[Callable[[int], Awaitabl
 
     try:
         yield count_sqlite
+    finally:
+        database.close()
+
+
+def _rate(row: Row) -> float | None:
+    return row.jobs_per_s if row.jobs_per_s is not None else row.ops_per_s
+
+
+def _server_ms_per_request(row: Row) -> float | None:
+    if row.server_cores is None or not row.requests:
+        return None
+    return row.server_cores * row.elapsed / row.requests * 1000
+
+
+# The archived jobs: finished (one in ten failed), a thousand per task, modified a day before the
+# run, each with one log file, at the benchmark's queue (SITE); as many columns set as a real
+# job's description reads. Constant statements: the id range and the time are parameters.
+_PG_ARCHIVE_JOBS = """
+INSERT INTO jobs_archive ("PandaID", "jobDefinitionID", "jediTaskID", "jobStatus", "prodSourceLabel",
+    "computingSite", "jobName", "attemptNr", "currentPriority", "assignedPriority", "prodUserName",
+    "transformation", "jobParameters", "creationTime", "modificationTime", "startTime", "endTime",
+    "stateChangeTime", "origin_panda_id")
+SELECT g, 1, g / 1000, CASE WHEN g % 10 = 0 THEN 'failed' ELSE 'finished' END, 'user', 'BENCH_PQ',
+    'bench.archived.' || g, 1, 1000, 1000, 'benchuser', 'run', 'echo', $3, $3, $3, $3, $3, g
+FROM generate_series($1::bigint, $2::bigint) AS g
+"""
+_PG_ARCHIVE_FILES = """
+INSERT INTO job_files_archive ("row_ID", "PandaID", "jediTaskID", "lfn", "type", "status", "dataset",
+    "scope", "fsize")
+SELECT g, g, g / 1000, 'bench.archived.' || g || '.log.tgz', 'log', 'ready', 'bench.archived.log/',
+    'bench', 1000
+FROM generate_series($1::bigint, $2::bigint) AS g
+"""
+_SQLITE_ARCHIVE_JOBS = """
+WITH RECURSIVE s(g) AS (SELECT ? UNION ALL SELECT g + 1 FROM s WHERE g < ?)
+INSERT INTO jobs_archive ("PandaID", "jobDefinitionID", "jediTaskID", "jobStatus", "prodSourceLabel",
+    "computingSite", "jobName", "attemptNr", "currentPriority", "assignedPriority", "prodUserName",
+    "transformation", "jobParameters", "creationTime", "modificationTime", "startTime", "endTime",
+    "stateChangeTime", "origin_panda_id")
+SELECT g, 1, g / 1000, CASE WHEN g % 10 = 0 THEN 'failed' ELSE 'finished' END, 'user', 'BENCH_PQ',
+    'bench.archived.' || g, 1, 1000, 1000, 'benchuser', 'run', 'echo', ?3, ?3, ?3, ?3, ?3, g
+FROM s
+"""
+_SQLITE_ARCHIVE_FILES = """
+WITH RECURSIVE s(g) AS (SELECT ? UNION ALL SELECT g + 1 FROM s WHERE g < ?)
+INSERT INTO job_files_archive ("row_ID", "PandaID", "jediTaskID", "lfn", "type", "status", "dataset",
+    "scope", "fsize")
+SELECT g, g, g / 1000, 'bench.archived.' || g || '.log.tgz', 'log', 'ready', 'bench.archived.log/',
+    'bench', 1000
+FROM s
+"""
+
+
+def _archive_chunks(size: int) -> list[tuple[int, int]]:
+    """The id ranges (first, last) the archive is filled in."""
+    end = ARCHIVE_ID_BASE + size
+    return [(low, min(low + ARCHIVE_CHUNK, end) - 1) for low in range(ARCHIVE_ID_BASE, end, ARCHIVE_CHUNK)]
+
+
+async def _fill_archive(server: Server, size: int) -> None:
+    """Insert ``size`` archived jobs and their files: set-based statements, in chunks."""
+    at = datetime.now(UTC) - timedelta(days=1)
+    if server.database_url:
+        connection = await asyncpg.connect(server.database_url.replace("postgresql+asyncpg", "postgresql"))
+        try:
+            for low, high in _archive_chunks(size):
+                await connection.execute(_PG_ARCHIVE_JOBS, low, high, at)
+                await connection.execute(_PG_ARCHIVE_FILES, low, high)
+            # Fresh statistics, as autovacuum would give a table this size in production.
+            await connection.execute("ANALYZE jobs_archive, job_files_archive")
+        finally:
+            await connection.close()
+        return
+    # SQLite: timestamps in the text form the server's driver writes.
+    stamp = at.strftime("%Y-%m-%d %H:%M:%S.%f")
+    database = sqlite3.connect(server.home / "bamboo.db", timeout=60)
+    try:
+        for low, high in _archive_chunks(size):
+            with database:
+                database.execute(_SQLITE_ARCHIVE_JOBS, (low, high, stamp))
+                database.execute(_SQLITE_ARCHIVE_FILES, (low, high))
+        # No ANALYZE: the server never runs one on SQLite. The fill's write-ahead log is set-up
+        # work: checkpoint it now, not during the measured loads.
+        database.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        database.close()
+
+
+async def _empty_archive(server: Server) -> None:
+    """Delete the archived jobs the benchmark wrote."""
+    if server.database_url:
+        connection = await asyncpg.connect(server.database_url.replace("postgresql+asyncpg", "postgresql"))
+        try:
+            await connection.execute('DELETE FROM job_files_archive WHERE "row_ID" >= $1', ARCHIVE_ID_BASE)
+            await connection.execute('DELETE FROM jobs_archive WHERE "PandaID" >= $1', ARCHIVE_ID_BASE)
+        finally:
+            await connection.close()
+        return
+    database = sqlite3.connect(server.home / "bamboo.db", timeout=60)
+    try:
+        with database:
+            database.execute('DELETE FROM job_files_archive WHERE "row_ID" >= ?', (ARCHIVE_ID_BASE,))
+            database.execute('DELETE FROM jobs_archive WHERE "PandaID" >= ?', (ARCHIVE_ID_BASE,))
     finally:
         database.close()
 
@@ -579,18 +765,31 @@ def parse_options(argv: Sequence[str] | None) -> Options:
         metavar="JOBS",
         help=f"jobs of the large task (default {LARGE_TASK_JOBS:,}, quick {QUICK_LARGE_TASK_JOBS:,}, 0 none)",
     )
+    parser.add_argument(
+        "--archive",
+        type=int,
+        default=None,
+        metavar="JOBS",
+        help=f"archived jobs beside the active ones (default {ARCHIVE_JOBS:,}, quick {QUICK_ARCHIVE_JOBS:,}, "
+        "0 none)",
+    )
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 s loads, small job pools")
     args = parser.parse_args(argv)
     if args.workers < 1 or args.concurrency < 1 or args.clients < 1 or args.submissions < 1:
         parser.error("--workers, --concurrency, --clients and --submissions must be at least 1")
     if args.large_task is not None and args.large_task < 0:
         parser.error("--large-task must not be negative")
+    if args.archive is not None and not 0 <= args.archive <= 100_000_000:
+        parser.error("--archive must be between 0 and 100,000,000")
     if not 0 < args.duration <= 600:
         parser.error("--duration must be more than 0 and at most 600 seconds")
     quick = args.quick
     large_task = args.large_task
     if large_task is None:
         large_task = QUICK_LARGE_TASK_JOBS if quick else LARGE_TASK_JOBS
+    archive_jobs = args.archive
+    if archive_jobs is None:
+        archive_jobs = QUICK_ARCHIVE_JOBS if quick else ARCHIVE_JOBS
     return Options(
         database=args.database,
         workers=args.workers,
@@ -600,6 +799,7 @@ def parse_options(argv: Sequence[str] | None) -> Options:
         submissions=min(args.submissions, 5) if quick else args.submissions,
         quick=quick,
         large_task_jobs=large_task,
+        archive_jobs=archive_jobs,
     )
 
 

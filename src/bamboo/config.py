@@ -210,6 +210,41 @@ class Settings(BaseSettings):
         gt=0,
         description="A throttled job unchanged for this long is killed with code 2 (expire).",
     )
+    job_archive_delay_hours: float = Field(
+        6.0,
+        ge=1.0,
+        le=24 * 365,
+        description="A job in a final status (finished, failed, cancelled, closed) moves from the "
+        "active tables to the archive this long after its last change, so dispatch and heartbeats "
+        "read a table as small as the work in flight. Upstream keeps final jobs a few days in its "
+        "active archive (domain.md 10.4) because its tools read them there; in Bamboo every read "
+        "that may need a final job also reads the archive (logic/archive.py lists them), and what "
+        "reads only the active table needs live jobs or jobs final for less than an hour "
+        "(job/get_status), hence the floor of one hour; six hours leave a margin for a pilot's late "
+        "final report and for operators looking at the day's failures.",
+    )
+    job_archive_batch_size: int = Field(
+        1000,
+        ge=1,
+        le=10_000,
+        description="Jobs the archiver moves (or deletes past retention) per transaction, with their "
+        "files: large enough to keep up with thousands of jobs a second (an archiver that did work "
+        "runs again at once), small enough that a batch holds its locks for a fraction of a second.",
+    )
+    job_archive_retention_days: float = Field(
+        90.0,
+        ge=0,
+        description="Archived jobs and their files are deleted this long after their last change; "
+        "90 days as the window of upstream's long-term archive reads (api-v1.md 2.1, 2.2). 0 keeps "
+        "them forever.",
+    )
+    job_archive_period_seconds: float = Field(
+        60.0,
+        gt=0,
+        le=86400,
+        description="How often the archiver looks for jobs to archive or delete when it found none "
+        "the last time; its delays count in hours and days.",
+    )
     log_level: str = Field("info", description="Python logging level name.")
 
     @field_validator("trusted_proxies")

@@ -21,6 +21,7 @@ from bamboo.config import Settings
 from bamboo.db import notify
 from bamboo.db.engine import UNAVAILABLE_ERRORS, Database
 from bamboo.logic import (
+    archive,
     commands,
     feeder,
     finaliser,
@@ -111,6 +112,12 @@ async def _watch_jobs(ctx: AgentContext) -> int:
         return await job_watchdog.watch(conn, ctx.clock, timeouts)
 
 
+async def _archive(ctx: AgentContext) -> int:
+    policy = archive.ArchivePolicy.from_settings(ctx.settings)
+    async with ctx.db.transaction() as conn:
+        return await archive.archive(conn, ctx.clock, policy)
+
+
 AGENTS: tuple[Agent, ...] = (
     Agent("refiner", _refine, wakes=("generator",)),
     Agent("feeder", _feed, wakes=("generator", "finisher")),
@@ -128,6 +135,8 @@ AGENTS: tuple[Agent, ...] = (
         wakes=("finaliser", "generator"),
         period_setting="job_watchdog_period_seconds",
     ),
+    # Moves old final jobs out of the tables dispatch and heartbeats read; wakes nobody.
+    Agent("archiver", _archive, period_setting="job_archive_period_seconds"),
 )
 
 

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bamboo.db.rows import skips_locked
-from bamboo.db.schema import jobs
+from bamboo.db.schema import jobs, jobs_archive
 
 # What the permission and state rules of the administration endpoints look at.
 _ADMIN_COLUMNS = (
@@ -46,16 +46,20 @@ async def set_columns(conn: AsyncConnection, panda_ids: Sequence[int], **values:
 async def finished_metadata(
     conn: AsyncConnection, task_id: int, labels: Sequence[str], limit: int
 ) -> list[tuple[int, str]]:
-    """(PandaID, metadata) of the task's finished jobs with these labels that carry metadata."""
-    query = (
-        sa.select(jobs.c.PandaID, jobs.c.metadata)
-        .where(
-            jobs.c.jediTaskID == task_id,
-            jobs.c.jobStatus == "finished",
-            jobs.c.prodSourceLabel.in_(list(labels)),
-            jobs.c.metadata.is_not(None),
+    """(PandaID, metadata) of the task's finished jobs, active and archived, with these labels that
+    carry metadata: the first ``limit`` by PandaID."""
+    found: list[tuple[int, str]] = []
+    for table in (jobs, jobs_archive):
+        query = (
+            sa.select(table.c.PandaID, table.c.metadata)
+            .where(
+                table.c.jediTaskID == task_id,
+                table.c.jobStatus == "finished",
+                table.c.prodSourceLabel.in_(list(labels)),
+                table.c.metadata.is_not(None),
+            )
+            .order_by(table.c.PandaID)
+            .limit(limit)
         )
-        .order_by(jobs.c.PandaID)
-        .limit(limit)
-    )
-    return [(row[0], row[1]) for row in await conn.execute(query)]
+        found.extend((row[0], row[1]) for row in await conn.execute(query))
+    return sorted(found)[:limit]

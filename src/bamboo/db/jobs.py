@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bamboo.db.rows import skips_locked, uniform
-from bamboo.db.schema import job_files, jobs
+from bamboo.db.schema import job_files, jobs, jobs_archive
 from bamboo.db.types import UTCDateTime
 
 
@@ -110,17 +110,26 @@ async def update_files_of_job(
 
 
 async def ids_of_task(conn: AsyncConnection, task_id: int) -> list[int]:
-    query = sa.select(jobs.c.PandaID).where(jobs.c.jediTaskID == task_id).order_by(jobs.c.PandaID)
-    return list((await conn.execute(query)).scalars())
+    """PandaIDs of all the task's jobs, active and archived, ascending."""
+    found: list[int] = []
+    for table in (jobs, jobs_archive):
+        query = sa.select(table.c.PandaID).where(table.c.jediTaskID == task_id)
+        found.extend((await conn.execute(query)).scalars())
+    return sorted(found)
 
 
 async def status_counts_of_task(conn: AsyncConnection, task_id: int) -> dict[str, int]:
-    query = (
-        sa.select(jobs.c.jobStatus, sa.func.count())
-        .where(jobs.c.jediTaskID == task_id)
-        .group_by(jobs.c.jobStatus)
-    )
-    return {row[0]: row[1] for row in await conn.execute(query)}
+    """How many of the task's jobs, active and archived, are in each status."""
+    counts: dict[str, int] = {}
+    for table in (jobs, jobs_archive):
+        query = (
+            sa.select(table.c.jobStatus, sa.func.count())
+            .where(table.c.jediTaskID == task_id)
+            .group_by(table.c.jobStatus)
+        )
+        for status, count in await conn.execute(query):
+            counts[status] = counts.get(status, 0) + count
+    return counts
 
 
 async def status_counts_by_site(conn: AsyncConnection, statuses: Sequence[str]) -> dict[tuple[str, str], int]:

@@ -9,7 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from bamboo.db.schema import jobs, task_datasets, task_files
+from bamboo.db.schema import jobs, jobs_archive, task_datasets, task_files
 
 #: File-row and dataset types of unmerged twins (domain.md §3.1).
 TRANSIENT_TYPES = ("trn_output", "trn_log")
@@ -62,11 +62,18 @@ def merges_outstanding(task_id: Any) -> sa.Exists:
 
 async def ready_inputs(conn: AsyncConnection, task_id: int, limit: int) -> list[dict[str, Any]]:
     """Unmerged files ready for a merge job, with the site of the job that wrote them
-    (``computingSite``), in the order their jobs were made."""
+    (``computingSite``), in the order their jobs were made.
+
+    The writer is normally still ``merging`` (active), but one whose other unmerged file ran out
+    of merge attempts has failed and may be archived while this file waits (a paused task).
+    """
+    site = sa.func.coalesce(jobs.c.computingSite, jobs_archive.c.computingSite)
     query = (
-        sa.select(task_files, jobs.c.computingSite)
-        .join(jobs, jobs.c.PandaID == task_files.c.outPandaID)
+        sa.select(task_files, site.label("computingSite"))
+        .outerjoin(jobs, jobs.c.PandaID == task_files.c.outPandaID)
+        .outerjoin(jobs_archive, jobs_archive.c.PandaID == task_files.c.outPandaID)
         .where(
+            sa.or_(jobs.c.PandaID.is_not(None), jobs_archive.c.PandaID.is_not(None)),
             _transient_rows(task_id),
             task_files.c.status == "ready",
             task_files.c.keepTrack == 1,

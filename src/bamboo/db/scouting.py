@@ -9,19 +9,20 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bamboo.db.rows import skips_locked
-from bamboo.db.schema import jobs, tasks
+from bamboo.db.schema import jobs, jobs_archive, tasks
 
 _SCOUT_COLUMNS = (
-    jobs.c.PandaID,
-    jobs.c.jediTaskID,
-    jobs.c.jobStatus,
-    jobs.c.coreCount,
-    jobs.c.maxPSS,
-    jobs.c.startTime,
-    jobs.c.endTime,
-    jobs.c.cpuConsumptionTime,
-    jobs.c.nEvents,
-    jobs.c.outputFileBytes,
+    "PandaID",
+    "jediTaskID",
+    "jobStatus",
+    "coreCount",
+    "maxPSS",
+    "startTime",
+    "endTime",
+    "cpuConsumptionTime",
+    "nEvents",
+    "outputFileBytes",
+    "specialHandling",
 )
 
 
@@ -36,14 +37,16 @@ async def claim_scouting(conn: AsyncConnection, limit: int) -> list[dict[str, An
 async def scout_jobs(
     conn: AsyncConnection, task_ids: Sequence[int], mark: str
 ) -> dict[int, list[dict[str, Any]]]:
-    """The jobs flagged ``mark`` in ``specialHandling`` of each task (tasks without any are absent)."""
+    """The jobs flagged ``mark`` in ``specialHandling`` of each task (tasks without any are absent),
+    active and archived: a task may wait in scouting past the archive delay of its first scouts."""
     if not task_ids:
         return {}
-    query = sa.select(*_SCOUT_COLUMNS, jobs.c.specialHandling).where(
-        jobs.c.jediTaskID.in_(list(task_ids)), jobs.c.specialHandling.like(f"%{mark}%")
-    )
     found: dict[int, list[dict[str, Any]]] = {}
-    for row in (await conn.execute(query)).mappings():
-        if mark in (row["specialHandling"] or "").split(","):
-            found.setdefault(row["jediTaskID"], []).append(dict(row))
+    for table in (jobs, jobs_archive):
+        query = sa.select(*(table.c[name] for name in _SCOUT_COLUMNS)).where(
+            table.c.jediTaskID.in_(list(task_ids)), table.c.specialHandling.like(f"%{mark}%")
+        )
+        for row in (await conn.execute(query)).mappings():
+            if mark in (row["specialHandling"] or "").split(","):
+                found.setdefault(row["jediTaskID"], []).append(dict(row))
     return found

@@ -9,7 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from bamboo.db.schema import jobs, task_datasets, task_files, tasks
+from bamboo.db.schema import jobs, jobs_archive, task_datasets, task_files, tasks
 
 _INPUT_TYPES = ("input", "pseudo_input")
 _MODIFIED_SINCE_COLUMNS = (
@@ -166,11 +166,15 @@ async def datasets_with_files(
 
 
 async def job_ids_of_task(conn: AsyncConnection, task_id: int, statuses: Sequence[str] | None) -> list[int]:
-    """PandaIDs of the task's jobs, ascending; only those in ``statuses`` when given."""
-    query = sa.select(jobs.c.PandaID).where(jobs.c.jediTaskID == task_id)
-    if statuses is not None:
-        query = query.where(jobs.c.jobStatus.in_(list(statuses)))
-    return list((await conn.execute(query.order_by(jobs.c.PandaID))).scalars())
+    """PandaIDs of the task's jobs, active and archived, ascending; only those in ``statuses`` when
+    given."""
+    found: list[int] = []
+    for table in (jobs, jobs_archive):
+        query = sa.select(table.c.PandaID).where(table.c.jediTaskID == task_id)
+        if statuses is not None:
+            query = query.where(table.c.jobStatus.in_(list(statuses)))
+        found.extend((await conn.execute(query)).scalars())
+    return sorted(found)
 
 
 async def tasks_modified_since(

@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from bamboo.db import archive as archive_db
 from bamboo.db import commands as commands_db
 from bamboo.db import feeder as feeder_db
 from bamboo.db import notify
@@ -165,6 +166,7 @@ async def kill_unfinished_jobs(
     """Kill every job of the task with ``code``; one boolean per job id, in PandaID order.
 
     A job is killed when the caller owns it or has the production role and it is not final yet.
+    Archived jobs are final: they are listed, never killed.
     """
     if code not in killing.KILL_CODES:
         raise ValueError(f"unknown kill code {code}")
@@ -173,7 +175,9 @@ async def kill_unfinished_jobs(
     killed = set(await killing.kill(conn, clock, allowed, code, requester))
     if killed:
         await notify.announce(conn, "generator")
-    return [job["PandaID"] in killed for job in all_jobs]
+    answers = {job["PandaID"]: job["PandaID"] in killed for job in all_jobs}
+    answers.update((panda_id, False) for panda_id in await archive_db.archived_ids_of_task(conn, task_id))
+    return [answers[panda_id] for panda_id in sorted(answers)]
 
 
 def _merged_parameters(task: dict[str, Any], new_parameters: dict[str, Any]) -> dict[str, Any]:

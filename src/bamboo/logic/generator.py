@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from bamboo.db import archive as archive_db
 from bamboo.db import jobs as jobs_db
 from bamboo.db import sequences
 from bamboo.db import tasks as tasks_db
@@ -258,7 +259,9 @@ async def _make_run_jobs(
         d["datasetID"]: await tasks_db.reserve_serials(conn, d["datasetID"], count) for d in outputs
     }
     first_seed = await tasks_db.reserve_serials(conn, seeds["datasetID"], count) if seeds else None
-    previous = await jobs_db.get_many(
+    # The previous attempts name the retry chain; a task retried long after they failed finds
+    # them archived.
+    previous = await archive_db.get_many_incl_archive(
         conn,
         sorted({row.key["PandaID"] for group in groups for row in group if row.key["PandaID"] is not None}),
     )

@@ -1,9 +1,11 @@
 """Job administration (api-v1.md §2.2): kill, reassign, pilot commands, debug mode, direct submission,
 the offline execution script, the archive-inclusive description and analysis metadata.
 
-Bamboo keeps every job, live or final, in the one ``jobs`` table (there is no separate defined,
-waiting or archive table yet), so the "table" rules of the contract are expressed on job statuses:
-the *archived* jobs are those in a final status (``JOB_FINAL``).
+Bamboo has no separate defined or waiting table, and final jobs stay in the active ``jobs`` table
+until the archiver moves them to ``jobs_archive`` (logic/archive.py), so the "table" rules of the
+contract are expressed on job statuses: the *archived* jobs are those in a final status
+(``JOB_FINAL``), wherever they are. Commands (kill, set_command, debug mode) act on active jobs
+only; an archived job is final anyway.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bamboo.auth.dn import clean_user_id
 from bamboo.auth.identity import Identity, primary_working_group, working_group_production_roles
+from bamboo.db import archive as archive_db
 from bamboo.db import job_admin as admin_db
 from bamboo.db import jobs as jobs_db
 from bamboo.db import notify, sequences
@@ -39,10 +42,10 @@ log = logging.getLogger(__name__)
 async def descriptions_incl_archive(
     conn: AsyncConnection, job_ids: Sequence[int]
 ) -> list[dict[str, Any] | None]:
-    """job/get_description_incl_archive.
+    """job/get_description_incl_archive: the records of active and archived jobs.
 
-    There is no long-term archive table yet: final jobs stay in the ``jobs`` table, so this reads
-    the same rows as job/get_description (which already includes final jobs).
+    Bamboo has one archive, which job/get_description reads as well (see there), so both answer
+    the same; archived jobs are kept ``job_archive_retention_days`` days.
     """
     return await job_reads.descriptions(conn, job_ids)
 
@@ -95,12 +98,12 @@ async def offline_script(
     """
     if days is not None and not 1 <= days <= MAX_SCRIPT_DAYS:
         return False, f"ERROR: days must be between 1 and {MAX_SCRIPT_DAYS}"
-    found = await jobs_db.get_many(conn, [job_id])
+    found = await archive_db.get_many_incl_archive(conn, [job_id])
     job = found.get(job_id)
     since = clock.now() - timedelta(days=days or DEFAULT_SCRIPT_DAYS)
     if job is None or (job["modificationTime"] is not None and job["modificationTime"] < since):
         return False, _not_found(job_id, days)
-    files = (await jobs_db.files_of(conn, [job_id]))[job_id]
+    files = (await archive_db.files_of_incl_archive(conn, [job_id]))[job_id]
     return True, render_script(job, files)
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from bamboo.db import archive as archive_db
 from bamboo.db import jobs as jobs_db
 from bamboo.db import notify
 from bamboo.logic.clock import Clock
@@ -175,8 +176,8 @@ async def update_job(
 
 
 async def job_statuses(conn: AsyncConnection, job_ids: Sequence[int]) -> list[dict[str, Any]]:
-    """pilot/get_job_status: status and attempt of each job, in the order asked."""
-    found = await jobs_db.statuses(conn, job_ids)
+    """pilot/get_job_status: status and attempt of each job, active or archived, in the order asked."""
+    found = await archive_db.statuses_incl_archive(conn, job_ids)
     return [
         {"job_id": job_id, "status": found[job_id]["jobStatus"], "attempt_number": found[job_id]["attemptNr"]}
         if job_id in found

@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bamboo.auth.dn import clean_user_id
-from bamboo.db import jobs as jobs_db
+from bamboo.db import archive as archive_db
 from bamboo.db import task_admin as admin_db
 from bamboo.db import tasks as tasks_db
 from bamboo.logic import jobs, tasks
@@ -65,11 +65,12 @@ def _duration(job: dict[str, Any]) -> int | None:
 async def job_descriptions(
     conn: AsyncConnection, task_id: int, *, unsuccessful_only: bool
 ) -> list[dict[str, Any]]:
-    """Full records of the task's jobs (at most :data:`jobs.MAX_DESCRIPTIONS`), in PandaID order."""
+    """Full records of the task's jobs, active and archived (at most :data:`jobs.MAX_DESCRIPTIONS`),
+    in PandaID order."""
     ids = await admin_db.job_ids_of_task(conn, task_id, _UNSUCCESSFUL if unsuccessful_only else None)
     ids = ids[: jobs.MAX_DESCRIPTIONS]
-    found = await jobs_db.get_many(conn, ids)
-    files = await jobs_db.files_of(conn, ids)
+    found = await archive_db.get_many_incl_archive(conn, ids)
+    files = await archive_db.files_of_incl_archive(conn, ids)
     records = []
     for panda_id in ids:
         job = found[panda_id]

@@ -39,8 +39,8 @@ async def get_description(call: Call, job_ids: JobIds) -> Reply:
 async def get_description_incl_archive(call: Call, job_ids: JobIds) -> Reply:
     """The full record of each job with its files, including archived jobs (null for unknown ones).
 
-    Bamboo has no separate long-term archive table yet: final jobs stay in the jobs table, which
-    this reads, so the answer is the same as get_description's.
+    Reads the active jobs and the job archive (logic/archive.py); get_description reads both too,
+    Bamboo's one archive standing for upstream's recent and long-term ones, so the answers agree.
     """
     return Reply(data=await job_admin.descriptions_incl_archive(call.db, job_ids))
 
