@@ -86,6 +86,7 @@ FIELD_MAP: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "cpu_consumption_unit": ("cpuConsumptionUnit", _text(128)),
     "cpu_conversion_factor": ("cpuConversion", float),
     "core_count": ("actualCoreCount", _integer),
+    "mean_core_count": ("meanCoreCount", _integer),
     "max_rss": ("maxRSS", _rounded),
     "max_vmem": ("maxVMEM", _rounded),
     "max_swap": ("maxSWAP", _rounded),
