@@ -519,6 +519,8 @@ async def test_update_worker_status_refusals(world) -> None:
         "message": "Failed to update worker status: worker_id must be an integer",
         "data": None,
     }
+    huge = await post(api, "update_worker_status", **{**base, "worker_id": str(2**64)})
+    assert huge["message"] == "Failed to update worker status: worker_id must be a 64-bit integer"
     assert await post(api, "update_worker_status", as_user=OWNER, role=None, **base) == PRODUCTION_REQUIRED
     missing = await post(api, "update_worker_status", worker_id=1, status="started")
     assert missing["message"] == "Argument error: missing a required argument: 'harvester_id'"
@@ -662,3 +664,51 @@ async def test_filters_leave_the_jobs_they_do_not_hand_out_untouched(world) -> N
     async with api.state.db.transaction(write=False) as conn:
         status = (await conn.execute(sa.select(jobs.c.jobStatus).where(jobs.c.PandaID == second))).scalar()
     assert status == "sent"
+
+
+# --- get_job_status, update_jobs_bulk: callers and parameters --------------------------------------
+
+
+async def test_get_job_status_answers(world) -> None:
+    api, (first, _) = await two_jobs(world)
+    taken(await take(api))
+    async with api.client(headers=api.token_headers(OWNER)) as client:
+        found = envelope(await client.get("/api/v1/pilot/get_job_status", params={"job_ids": [first, 5]}))
+        bad = envelope(await client.get("/api/v1/pilot/get_job_status", params={"job_ids": "first"}))
+    assert found == {
+        "success": True,
+        "message": "",
+        "data": [
+            {"job_id": first, "status": "sent", "attempt_number": 1},
+            {"job_id": 5, "status": "not found", "attempt_number": 0},
+        ],
+    }
+    assert bad["success"] is False and "'job_ids'" in bad["message"]
+    async with api.client() as client:
+        anonymous = envelope(await client.get("/api/v1/pilot/get_job_status", params={"job_ids": [first]}))
+    assert anonymous == SECURE_REQUIRED
+
+
+async def test_update_jobs_bulk_callers_and_parameters(world) -> None:
+    api, (first, _) = await two_jobs(world)
+    taken(await take(api))
+    entry = {"job_id": first, "job_status": "running"}
+    as_user = await post(api, "update_jobs_bulk", as_user=OWNER, role=None, job_list=[entry])
+    assert as_user == PRODUCTION_REQUIRED
+    not_a_list = await post(api, "update_jobs_bulk", job_list={"job_id": first})
+    assert not_a_list == {
+        "success": False,
+        "message": "Type error: 'job_list' must be of type list, got dict.",
+        "data": None,
+    }
+    mixed = await post(
+        api, "update_jobs_bulk", job_list=[entry, {"job_id": first, "job_status": "running", "n_events": "x"}]
+    )
+    assert mixed["data"] == [
+        {"success": True, "message": "", "data": {"StatusCode": 0, "command": "NULL"}},
+        {
+            "success": False,
+            "message": "Type error: 'n_events' must be of type int | NoneType, got str.",
+            "data": None,
+        },
+    ]

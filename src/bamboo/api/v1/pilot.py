@@ -12,7 +12,7 @@ from typing import Annotated, Any
 from bamboo.api.call import Call
 from bamboo.api.dispatch import bind_parameters
 from bamboo.api.envelope import Reply, failure
-from bamboo.api.params import ParameterError
+from bamboo.api.params import INT_MAX, INT_MIN, ParameterError
 from bamboo.api.registry import Access, DbUse, Module
 from bamboo.api.v1 import registry
 from bamboo.auth.dn import clean_user_id
@@ -234,6 +234,8 @@ async def update_worker_status(
         worker = int(worker_id)
     except (TypeError, ValueError, OverflowError):
         return failure(f"{WORKER_STATUS_FAILED}: worker_id must be an integer")
+    if not INT_MIN <= worker <= INT_MAX:
+        return failure(f"{WORKER_STATUS_FAILED}: worker_id must be a 64-bit integer")
     if isinstance(worker_id, bool) or not isinstance(harvester_id, str) or not harvester_id:
         return failure(f"{WORKER_STATUS_FAILED}: worker_id and harvester_id must name a worker")
     node = str(node_id) if node_id is not None else None
