@@ -198,6 +198,9 @@ async def test_n_sent_counts_production_jobs_already_sent(world) -> None:
     second_body = await take(api, prod_source_label=None)
     assert [job["nSent"] for job in first_body["data"]["jobs"]] == [0]
     assert [job["nSent"] for job in second_body["data"]["jobs"]] == [1]
+    async with api.state.db.transaction(write=False) as conn:
+        assert await jobs_db.count_sent(conn, "TEST_PQ", dispatch.N_SENT_LABELS, 5) == 2
+        assert await jobs_db.count_sent(conn, "TEST_PQ", dispatch.N_SENT_LABELS, 1) == 1  # the cap
     # Analysis requests are not told.
     _, (user_job, _) = await two_jobs(world, taskName="user.testuser.n_sent/")
     assert [job["nSent"] for job in (await take(api))["data"]["jobs"]] == [0]

@@ -37,7 +37,7 @@ TEST_PROCESSING_TYPE = "gangarobot"
 # Labels whose callers are told how many production jobs the queue has sent (nSent), and the
 # most that count goes to (it is read on every such call, so its cost stays bounded).
 N_SENT_LABELS = ("managed", "test")
-MAX_N_SENT = 10_000
+MAX_N_SENT = 1_000
 # Length of the harvesterID column of the worker tables.
 MAX_HARVESTER_ID = 50
 
