@@ -3,6 +3,7 @@ rule, update_job's field mapping, the worker status and the worker-node catalog.
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -603,6 +604,22 @@ async def test_worker_node_gpu_catalog_upserts(world) -> None:
         "first_seen": T0,
         "last_seen": T0 + timedelta(hours=1),
     }
+
+
+async def test_concurrent_reports_of_one_node_leave_one_row(world) -> None:
+    api, _ = world
+    gpu = {"site": "CERN", "host_name": "wn042.cern.ch", "vendor": "NVIDIA", "model": "A100", "count": 4}
+    nodes = [post(api, "update_worker_node", **NODE) for _ in range(8)]
+    gpus = [post(api, "update_worker_node_gpu", **gpu) for _ in range(8)]
+    answers = await asyncio.gather(*nodes, *gpus)
+    assert {answer["message"] for answer in answers[:8]} == {"Inserted new worker node."}
+    assert sorted(answer["message"] for answer in answers[8:]) == [
+        "Inserted new worker node GPU.",
+        *["Updated existing worker node GPU."] * 7,
+    ]
+    assert len(await catalog(api, worker_nodes)) == 1
+    assert len(await catalog(api, worker_node_gpus)) == 1
+    assert len(await catalog(api, worker_node_queues)) == 1
 
 
 async def test_worker_node_refusals(world) -> None:
