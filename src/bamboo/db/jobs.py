@@ -26,7 +26,12 @@ async def insert(conn: AsyncConnection, rows: list[dict[str, Any]], files: list[
 # running it (parameters are bound at execution).
 _REPORT_VIEW = (
     sa.select(
-        jobs.c.PandaID, jobs.c.jobStatus, jobs.c.attemptNr, jobs.c.commandToPilot, jobs.c.specialHandling
+        jobs.c.PandaID,
+        jobs.c.jobStatus,
+        jobs.c.attemptNr,
+        jobs.c.commandToPilot,
+        jobs.c.specialHandling,
+        jobs.c.batchID,
     )
     .where(jobs.c.PandaID == sa.bindparam("panda_id"))
     .with_for_update()
@@ -165,6 +170,10 @@ class DispatchFilter:
     resource_type: str | None = None
     task_id: int | None = None
     user_name: str | None = None
+    # Only jobs flagged to run in the background (jobExecutionID = BACKGROUND_EXECUTION).
+    background: bool = False
+    # Jobs of this processingType also match, whatever their label (test pilots with a CE).
+    also_processing_type: str | None = None
     # Global shares in the order dispatch serves them at this queue (logic/shares.py); jobs of
     # any other share come after them. Empty: order by priority alone.
     share_order: tuple[str, ...] = ()
@@ -237,6 +246,9 @@ _MARK_SENT = (
 )
 
 
+# jobExecutionID of a job meant to run in the background (acquire_jobs ``background=true``).
+BACKGROUND_EXECUTION = 1
+
 _PICK_FILTERS = {
     "memory": lambda: sa.func.coalesce(jobs.c.minRamCount, 0) <= sa.bindparam("memory"),
     "disk_space": lambda: sa.func.coalesce(jobs.c.maxDiskCount, 0) <= sa.bindparam("disk_space"),
@@ -244,6 +256,7 @@ _PICK_FILTERS = {
     "resource_type": lambda: jobs.c.resource_type == sa.bindparam("resource_type"),
     "task_id": lambda: jobs.c.jediTaskID == sa.bindparam("task_id"),
     "user_name": lambda: jobs.c.prodUserName == sa.bindparam("user_name"),
+    "background": lambda: jobs.c.jobExecutionID == BACKGROUND_EXECUTION,
 }
 # Which jobs of the queue one pick reads: all of them, those of one share, or those of any share
 # but the ones named in the share order.
@@ -254,7 +267,7 @@ _SHARE_CONDITIONS = {
         jobs.c.gshare.is_(None), jobs.c.gshare.not_in(sa.bindparam("ranked", expanding=True))
     ),
 }
-_pick_cache: dict[tuple[tuple[str, ...], bool, str], sa.Select[Any]] = {}
+_pick_cache: dict[tuple[tuple[str, ...], bool, str, bool], sa.Select[Any]] = {}
 
 
 def _active_filters(selection: DispatchFilter) -> tuple[str, ...]:
@@ -268,13 +281,19 @@ def _active_filters(selection: DispatchFilter) -> tuple[str, ...]:
 
 def _pick_statement(selection: DispatchFilter, skip_locked: bool, shares: str = _ALL) -> sa.Select[Any]:
     """The selection of a claim, built once per combination of filters and share condition."""
-    key = (_active_filters(selection), skip_locked, shares)
+    by_processing = selection.also_processing_type is not None
+    key = (_active_filters(selection), skip_locked, shares, by_processing)
     statement = _pick_cache.get(key)
     if statement is None:
+        label_condition: Any = jobs.c.prodSourceLabel.in_(sa.bindparam("labels", expanding=True))
+        if by_processing:
+            label_condition = sa.or_(
+                label_condition, jobs.c.processingType == sa.bindparam("processing_type")
+            )
         statement = sa.select(jobs.c.PandaID).where(
             jobs.c.jobStatus == "activated",
             jobs.c.computingSite == sa.bindparam("site"),
-            jobs.c.prodSourceLabel.in_(sa.bindparam("labels", expanding=True)),
+            label_condition,
             *(_PICK_FILTERS[name]() for name in key[0]),
         )
         if shares != _ALL:
@@ -290,8 +309,11 @@ def _pick_statement(selection: DispatchFilter, skip_locked: bool, shares: str = 
 
 def _pick_parameters(selection: DispatchFilter, limit: int) -> dict[str, Any]:
     parameters: dict[str, Any] = {"site": selection.site, "labels": list(selection.labels), "limit": limit}
+    if selection.also_processing_type is not None:
+        parameters["processing_type"] = selection.also_processing_type
     for name in _active_filters(selection):
-        parameters[name] = getattr(selection, name)
+        if name != "background":  # a constant in the statement
+            parameters[name] = getattr(selection, name)
     return parameters
 
 
@@ -350,3 +372,22 @@ async def claim_activated(
     rank = {panda_id: index for index, panda_id in enumerate(picked)}
     claimed.sort(key=lambda job: rank[job["PandaID"]])
     return claimed
+
+
+_COUNT_SENT = sa.select(sa.func.count()).select_from(
+    sa.select(jobs.c.PandaID)
+    .where(
+        jobs.c.jobStatus == "sent",
+        jobs.c.computingSite == sa.bindparam("site"),
+        jobs.c.prodSourceLabel.in_(sa.bindparam("labels", expanding=True)),
+    )
+    .limit(sa.bindparam("cap"))
+    .subquery()
+)
+
+
+async def count_sent(conn: AsyncConnection, site: str, labels: Sequence[str], cap: int) -> int:
+    """How many jobs with these labels a queue has handed out and not heard of since (``sent``),
+    counting at most ``cap`` so the cost stays bounded however many there are."""
+    parameters = {"site": site, "labels": list(labels), "cap": cap}
+    return int((await conn.execute(_COUNT_SENT, parameters)).scalar_one())

@@ -233,6 +233,9 @@ def _job_columns() -> list[sa.Column[object]]:
         sa.Column("pilot_log", sa.Text, nullable=True),
         sa.Column("stdout", sa.Text, nullable=True),
         sa.Column("origin_panda_id", sa.BigInteger, nullable=True),
+        # Reported by pilots (update_job mean_core_count, domain.md §5.4) but absent from the
+        # record's attribute list (api-v1.md §3.10).
+        sa.Column("meanCoreCount", sa.Integer, nullable=True),
     ]
 
 

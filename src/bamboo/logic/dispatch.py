@@ -2,6 +2,12 @@
 
 A job goes to at most one caller: the claim is a single UPDATE over a locked selection
 (see :func:`bamboo.db.jobs.claim_activated`).
+
+Queue statuses on the acquire side (domain.md §6.1): every status is served, because the status
+says what brokerage may send to a queue, not whether the jobs already there may run (``brokeroff``
+queues keep serving pilots, ``paused`` only stops the timeouts, and jobs still activated at an
+``offline`` queue are left to re-brokerage). A ``test`` queue serves test jobs only: the labels
+user, managed and unified are rewritten to ``test``.
 """
 
 from __future__ import annotations
@@ -15,15 +21,25 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bamboo.db import jobs as jobs_db
 from bamboo.db import queues as queues_db
+from bamboo.db import workers as workers_db
 from bamboo.db.jobs import ClaimStamp, DispatchFilter
 from bamboo.logic import shares
 from bamboo.logic.clock import Clock
+from bamboo.logic.errors import InvalidInput
 
 MAX_JOBS_PER_CALL = 1000
 NO_JOBS = "No jobs in PanDA"
 USER_LABELS = ("user", "panda", "install")
 PRODUCTION_LABELS = ("managed", "test", "prod_test", "install")
 TEST_LABELS = ("prod_test", "install", "test")
+# A test pilot with a CE also takes the site-validation (HammerCloud) jobs, whatever their label.
+TEST_PROCESSING_TYPE = "gangarobot"
+# Labels whose callers are told how many production jobs the queue has sent (nSent), and the
+# most that count goes to (it is read on every such call, so its cost stays bounded).
+N_SENT_LABELS = ("managed", "test")
+MAX_N_SENT = 1_000
+# Length of the harvesterID column of the worker tables.
+MAX_HARVESTER_ID = 50
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +56,9 @@ class AcquireRequest:
     computing_element: str | None = None
     scheduler_id: str | None = None
     user_name: str | None = None
+    background: bool = False
+    harvester_id: str | None = None
+    worker_id: int | None = None
 
 
 def labels_for(label: str | None, computing_element: str | None) -> tuple[str, ...]:
@@ -53,6 +72,20 @@ def labels_for(label: str | None, computing_element: str | None) -> tuple[str, .
     if label == "test" and computing_element:
         return TEST_LABELS
     return (label,)
+
+
+def seconds(value: Any) -> int | None:
+    """``remaining_time`` as sent (it has no declared type upstream): a number or numeric text;
+    anything else counts as not given."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    if number != number or number in (float("inf"), float("-inf")):
+        return None
+    return int(number)
 
 
 def _positive(value: int | None) -> int:
@@ -98,10 +131,16 @@ async def acquire(
 
     Jobs of the most under-used global share go first, then by priority (domain.md §5.3, §6.4).
     """
+    worker = None
+    if request.harvester_id and request.worker_id is not None:
+        if len(request.harvester_id) > MAX_HARVESTER_ID:
+            raise InvalidInput(f"harvester_id must be at most {MAX_HARVESTER_ID} characters")
+        worker = (request.harvester_id, request.worker_id)
     label = request.prod_source_label
     if label in ("user", "managed", "unified") and await statuses.status(conn, request.site_name) == "test":
         label = "test"
     labels = labels_for(label, request.computing_element)
+    test_with_ce = label == "test" and bool(request.computing_element)
     selection = DispatchFilter(
         site=request.site_name,
         labels=labels,
@@ -111,8 +150,14 @@ async def acquire(
         resource_type=request.resource_type,
         task_id=request.task_id,
         user_name=request.user_name,
+        background=bool(request.background),
+        also_processing_type=TEST_PROCESSING_TYPE if test_with_ce else None,
         share_order=await statuses.share_order(conn, request.site_name),
     )
+    # Counted before the claim: the jobs sent earlier and not yet heard of.
+    n_sent = 0
+    if label in (None, "managed"):
+        n_sent = await jobs_db.count_sent(conn, request.site_name, N_SENT_LABELS, MAX_N_SENT)
     stamp = ClaimStamp(
         now=clock.now(),
         node=request.node[:128] if request.node else None,
@@ -123,8 +168,11 @@ async def acquire(
     claimed = await jobs_db.claim_activated(conn, selection, limit, stamp)
     if not claimed:
         return []
-    files = await jobs_db.files_of(conn, [job["PandaID"] for job in claimed])
-    return [job_dict(job, files[job["PandaID"]]) for job in claimed]
+    panda_ids = [job["PandaID"] for job in claimed]
+    if worker is not None:
+        await workers_db.relate_jobs(conn, *worker, panda_ids, stamp.now)
+    files = await jobs_db.files_of(conn, panda_ids)
+    return [job_dict(job, files[job["PandaID"]], n_sent) for job in claimed]
 
 
 def _joined(files: Sequence[dict[str, Any]], key: str) -> str:
@@ -136,8 +184,12 @@ def _text(value: Any) -> Any:
     return "NULL" if value is None else value
 
 
-def job_dict(job: dict[str, Any], files: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """The job description a pilot runs from (clients.md §3.4; comma-joined file fields)."""
+def job_dict(job: dict[str, Any], files: Sequence[dict[str, Any]], n_sent: int = 0) -> dict[str, Any]:
+    """The job description a pilot runs from (clients.md §3.4; comma-joined file fields).
+
+    ``n_sent``: for production requests, how many managed/test jobs the queue had already sent
+    and not yet heard of when this one was claimed (capped at ``MAX_N_SENT``); 0 otherwise.
+    """
     seen: set[str] = set()
     inputs = []
     for f in files:
@@ -201,7 +253,7 @@ def job_dict(job: dict[str, Any], files: Sequence[dict[str, Any]]) -> dict[str, 
         "resource_type": _text(job["resource_type"]),
         "ioIntensity": job["diskIO"] or 0,
         "ioIntensityUnit": "kBPerS",
-        "nSent": 0,
+        "nSent": n_sent,
     }
     if job["container_name"]:
         description["container_name"] = job["container_name"]

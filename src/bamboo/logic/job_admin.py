@@ -111,10 +111,28 @@ def _quoted(value: Any) -> str:
     return shlex.quote("" if value is None else str(value))
 
 
+# How much of the pilot's last log and of the payload's stdout the script carries, from their end.
+MAX_SCRIPT_REPORT_CHARS = 20_000
+
+
+def _commented(title: str, text: str | None) -> list[str]:
+    """``text`` (its end) as bash comment lines under a title; control characters but tabs are
+    dropped, so nothing in it can end a comment early or reach the terminal."""
+    if not text:
+        return []
+    cut = len(text) > MAX_SCRIPT_REPORT_CHARS
+    lines = [f"# --- {title}{' (end only)' if cut else ''} ---"]
+    for line in text[-MAX_SCRIPT_REPORT_CHARS:].split("\n"):
+        clean = "".join(ch for ch in line if ch == "\t" or ch.isprintable())
+        lines.append(f"# {clean}".rstrip())
+    return lines
+
+
 def render_script(job: Mapping[str, Any], files: Sequence[Mapping[str, Any]]) -> str:
     """A bash script that re-runs the job's payload in the current directory, as the pilot would:
     fetch the transformation when it is a URL, check that the input files are present, then run
-    the transformation with the job parameters (which are shell words, as the pilot treats them)."""
+    the transformation with the job parameters (which are shell words, as the pilot treats them).
+    The pilot's last log and the payload's stdout, when the pilot sent them, follow as comments."""
     inputs = [f["lfn"] for f in files if f["type"] == "input"]
     outputs = [f["lfn"] for f in files if f["type"] in ("output", "log")]
     transformation = job["transformation"] or ""
@@ -146,6 +164,8 @@ def render_script(job: Mapping[str, Any], files: Sequence[Mapping[str, Any]]) ->
         "    ;;",
         "esac",
         'eval "$(printf %q "$TRANSFORMATION") $JOB_PARAMETERS"',
+        *_commented("pilot log of the last attempt", job.get("pilot_log")),
+        *_commented("payload stdout of the last attempt", job.get("stdout")),
         "",
     ]
     return "\n".join(lines)

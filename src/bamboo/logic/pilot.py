@@ -9,19 +9,31 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bamboo.db import archive as archive_db
 from bamboo.db import jobs as jobs_db
 from bamboo.db import notify
+from bamboo.db import workers as workers_db
 from bamboo.logic.clock import Clock
 from bamboo.logic.states import COMMAND_KILL, COMMAND_NONE, PILOT_REPORTABLE, pilot_report
 
 # The largest value an I/O counter column keeps, in kB (upstream caps at ten digits).
 _MAX_KB = 10**10 - 1
 _TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
+# Bounds of the texts a report stores whole (the columns are unbounded TEXT). Of the pilot log and
+# the payload's stdout the end is kept, where the errors are; metadata is JSON, useless cut, so
+# larger metadata is refused with the contract's "Failed to add meta_data".
+MAX_PILOT_LOG_CHARS = 1_000_000
+MAX_STDOUT_CHARS = 1_000_000
+MAX_METADATA_CHARS = 1_000_000
+METADATA_FAILED = "Failed to add meta_data"
+# StatusCode of an answer whose report could not be stored (upstream's database error code).
+STATUS_NOT_STORED = 30
+# supErrorCode of a job that got a report from another batch job than the one running it.
+SUPERVISOR_BATCH_MISMATCH = 1
 
 
 def _text(limit: int) -> Callable[[Any], str]:
@@ -49,6 +61,10 @@ def _timestamp(value: Any) -> datetime:
     return datetime.strptime(str(value), _TIME_FORMAT).replace(tzinfo=UTC)
 
 
+def _tail(limit: int) -> Callable[[Any], str]:
+    return lambda value: str(value)[-limit:]
+
+
 # update_job parameter -> (job column, conversion). Values that are None or "" or fail to convert
 # are skipped, as upstream does.
 FIELD_MAP: dict[str, tuple[str, Callable[[Any], Any]]] = {
@@ -71,6 +87,7 @@ FIELD_MAP: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "cpu_consumption_unit": ("cpuConsumptionUnit", _text(128)),
     "cpu_conversion_factor": ("cpuConversion", float),
     "core_count": ("actualCoreCount", _integer),
+    "mean_core_count": ("meanCoreCount", _integer),
     "max_rss": ("maxRSS", _rounded),
     "max_vmem": ("maxVMEM", _rounded),
     "max_swap": ("maxSWAP", _rounded),
@@ -93,9 +110,29 @@ FIELD_MAP: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "destination_site": ("destinationSite", _text(36)),
     "job_metrics": ("jobMetrics", _text(500)),
     "meta_data": ("metadata", str),
-    "pilot_log": ("pilot_log", str),
-    "stdout": ("stdout", str),
+    "pilot_log": ("pilot_log", _tail(MAX_PILOT_LOG_CHARS)),
+    "stdout": ("stdout", _tail(MAX_STDOUT_CHARS)),
 }
+
+
+def memory_leak(job_metrics: str) -> dict[str, Any]:
+    """The memory-leak columns a ``leak=<slope>`` / ``chi2=<fit>`` pair in jobMetrics sets.
+
+    jobMetrics is a blank-separated ``key=value`` list; unreadable values are ignored.
+    """
+    values: dict[str, Any] = {}
+    for item in job_metrics.split():
+        key, _, raw = item.partition("=")
+        try:
+            if key == "leak":
+                values["memory_leak"] = int(float(raw))
+            elif key == "chi2":
+                chi2 = float(raw)
+                if chi2 == chi2 and abs(chi2) != float("inf"):
+                    values["memory_leak_x2"] = chi2
+        except (ValueError, OverflowError):
+            continue
+    return values
 
 
 def columns_from_report(report: Mapping[str, Any]) -> dict[str, Any]:
@@ -109,7 +146,21 @@ def columns_from_report(report: Mapping[str, Any]) -> dict[str, Any]:
             values[column] = convert(raw)
         except (TypeError, ValueError, OverflowError):
             continue
+    if report.get("job_metrics"):
+        values.update(memory_leak(str(report["job_metrics"])))
     return values
+
+
+def _batch_conflict(stored: str | None, reported: Any) -> bool:
+    """Whether a report comes from another batch job than the one that runs the job.
+
+    Purely numeric IDs may legitimately differ (a batch system renumbering a requeued job), so
+    only a mismatch involving a non-numeric ID counts.
+    """
+    if not stored or stored == "NULL" or reported is None or str(reported) in ("", "NULL"):
+        return False
+    reported = str(reported)[:80]
+    return reported != stored and not (reported.isdigit() and stored.isdigit())
 
 
 def _command(job: dict[str, Any], override: str | None) -> str:
@@ -123,13 +174,22 @@ def _command(job: dict[str, Any], override: str | None) -> str:
     return ",".join(parts) or COMMAND_NONE
 
 
+class UpdateAnswer(NamedTuple):
+    """What a pilot report is answered: the envelope's data and message, and whether a final
+    report was recorded (the finaliser should look at the job)."""
+
+    data: dict[str, Any]
+    final: bool = False
+    message: str = ""
+
+
 async def update_job(
     conn: AsyncConnection,
     clock: Clock,
     job_id: int,
     job_status: str,
     report: Mapping[str, Any],
-) -> tuple[dict[str, Any], bool]:
+) -> UpdateAnswer:
     """Apply one pilot report.
 
     Args:
@@ -138,23 +198,33 @@ async def update_job(
         report: the other update_job parameters, by their API names.
 
     Returns:
-        The answer's data (``{"StatusCode": 0, "command": ...}``) and whether a final report was
-        recorded (the finaliser should look at the job).
+        The answer: data ``{"StatusCode": 0, "command": ...}`` (``StatusCode`` 30 and nothing
+        stored when the metadata is over ``MAX_METADATA_CHARS``).
     """
     if job_status not in PILOT_REPORTABLE:
         raise ValueError(job_status)
     job = await jobs_db.lock_for_report(conn, job_id)
     attempt = report.get("attempt_nr")
     if job is None or (attempt is not None and attempt != job["attemptNr"]):
-        return {"StatusCode": 0, "command": COMMAND_KILL}, False
+        return UpdateAnswer({"StatusCode": 0, "command": COMMAND_KILL})
     if job["jobStatus"] == "holding" and job["commandToPilot"] == COMMAND_KILL:
         # The server gave up on this job (logic/job_watchdog.py) and decided its result: a pilot
         # that comes back late must not overwrite it before the finaliser has ended the job.
-        return {"StatusCode": 0, "command": COMMAND_KILL}, False
+        return UpdateAnswer({"StatusCode": 0, "command": COMMAND_KILL})
+    if len(str(report.get("meta_data") or "")) > MAX_METADATA_CHARS:
+        diag = {"StatusCode": STATUS_NOT_STORED, "ErrorDiag": METADATA_FAILED}
+        return UpdateAnswer(diag, message=METADATA_FAILED)
+    now = clock.now()
+    if _batch_conflict(job["batchID"], report.get("batch_id")):
+        # Two batch jobs run the same PanDA job: the one reporting now is told to stop, and the
+        # job keeps the trace.
+        diag = f"update from batch job {str(report['batch_id'])[:80]} while the job runs in {job['batchID']}"
+        mismatch = {"supErrorCode": SUPERVISOR_BATCH_MISMATCH, "supErrorDiag": diag[:250]}
+        await jobs_db.update(conn, job_id, modificationTime=now, **mismatch)
+        return UpdateAnswer({"StatusCode": 0, "command": COMMAND_KILL})
     decision = pilot_report(job["jobStatus"], job_status)
     if decision.status is None and decision.reply is not None:
-        return {"StatusCode": 0, "command": decision.reply}, False
-    now = clock.now()
+        return UpdateAnswer({"StatusCode": 0, "command": decision.reply})
     values = columns_from_report(report)
     values["modificationTime"] = now
     if decision.status is not None and decision.status != job["jobStatus"]:
@@ -172,7 +242,7 @@ async def update_job(
     await jobs_db.update(conn, job_id, **values)
     if decision.final_report:
         await notify.announce(conn, "finaliser")
-    return {"StatusCode": 0, "command": _command(job, decision.reply)}, decision.final_report
+    return UpdateAnswer({"StatusCode": 0, "command": _command(job, decision.reply)}, decision.final_report)
 
 
 async def job_statuses(conn: AsyncConnection, job_ids: Sequence[int]) -> list[dict[str, Any]]:
@@ -184,3 +254,30 @@ async def job_statuses(conn: AsyncConnection, job_ids: Sequence[int]) -> list[di
         else {"job_id": job_id, "status": "not found", "attempt_number": 0}
         for job_id in job_ids
     ]
+
+
+WORKER_PILOT_STATUSES = ("started", "finished")
+INVALID_WORKER_STATE = (
+    "Invalid worker state. The worker state has to be in "
+    f"({', '.join(repr(status) for status in WORKER_PILOT_STATUSES)})"
+)
+# Length of the nodeID column of harvester_workers.
+MAX_NODE_ID = 80
+
+
+async def update_worker_status(
+    conn: AsyncConnection, clock: Clock, harvester_id: str, worker_id: int, status: str, node_id: str | None
+) -> bool:
+    """pilot/update_worker_status: the pilot inside a Harvester worker started or finished.
+
+    Sets the worker's pilotStatus, nodeID (when given) and pilotStartTime or pilotEndTime. An
+    unknown worker is not an error (Harvester may not have reported it yet): False, nothing stored.
+    """
+    if status not in WORKER_PILOT_STATUSES:
+        raise ValueError(status)
+    now = clock.now()
+    values: dict[str, Any] = {"pilotStatus": status}
+    values["pilotStartTime" if status == "started" else "pilotEndTime"] = now
+    if node_id:
+        values["nodeID"] = node_id[:MAX_NODE_ID]
+    return await workers_db.set_pilot_status(conn, harvester_id, worker_id, values)

@@ -1,4 +1,9 @@
-"""``/api/v1/pilot/*``: job dispatch to pilots and Harvester, and their status reports."""
+"""``/api/v1/pilot/*``: job dispatch to pilots and Harvester, and their status reports.
+
+Behaviour lives in ``logic/dispatch.py`` (acquire_jobs), ``logic/pilot.py`` (update_job,
+update_jobs_bulk, get_job_status, update_worker_status) and ``logic/worker_nodes.py`` (the
+worker-node catalog: update_worker_node, update_worker_node_gpu).
+"""
 
 from __future__ import annotations
 
@@ -7,13 +12,14 @@ from typing import Annotated, Any
 from bamboo.api.call import Call
 from bamboo.api.dispatch import bind_parameters
 from bamboo.api.envelope import Reply, failure
-from bamboo.api.params import ParameterError
+from bamboo.api.params import INT_MAX, INT_MIN, ParameterError
 from bamboo.api.registry import Access, DbUse, Module
 from bamboo.api.v1 import registry
 from bamboo.auth.dn import clean_user_id
 from bamboo.auth.identity import has_production_role
-from bamboo.logic import dispatch
+from bamboo.logic import dispatch, worker_nodes
 from bamboo.logic import pilot as pilot_logic
+from bamboo.logic.errors import InvalidInput
 from bamboo.logic.states import PILOT_REPORTABLE
 
 pilot = Module(registry, "pilot")
@@ -30,29 +36,36 @@ async def acquire_jobs(
     call: Call,
     site_name: Annotated[str, "The PanDA queue asking for work."],
     timeout: Annotated[int, "Accepted for compatibility; not used."] = 60,
-    memory: Annotated[int | None, "Memory available, MB (jobs needing more are not given)."] = None,
-    disk_space: Annotated[int | None, "Scratch space available, MB."] = None,
-    prod_source_label: Annotated[str | None, "user, managed, unified, test... (which jobs to take)."] = None,
-    node: Annotated[str | None, "Worker node name."] = None,
+    memory: Annotated[int | None, "Memory available, MB (jobs needing more are not given; 0: any)."] = None,
+    disk_space: Annotated[int | None, "Scratch space available, MB (0: any)."] = None,
+    prod_source_label: Annotated[
+        str | None, "user, managed (default), unified, test or an exact label: which jobs to take."
+    ] = None,
+    node: Annotated[str | None, "Worker node name (stored as the job's modificationHost)."] = None,
     computing_element: Annotated[str | None, "Computing element of the worker."] = None,
     prod_user_id: Annotated[
-        str | None, "Only jobs of this user (DN); forced to the caller without role."
+        str | None, "Only jobs of this user (DN); forced to the caller without production role."
     ] = None,
-    get_proxy_key: Annotated[str | None, "Accepted for compatibility; proxies are not handed out."] = None,
+    get_proxy_key: Annotated[
+        str | None,
+        "Ask for the job owner's proxy key (production role only); no key is sent while the "
+        "server stores no proxies.",
+    ] = None,
     task_id: Annotated[int | None, "Only jobs of this task."] = None,
-    n_jobs: Annotated[int, "How many jobs at most."] = 1,
-    background: Annotated[bool | None, "Accepted for compatibility; not used."] = None,
+    n_jobs: Annotated[int, f"How many jobs at most (1 to {dispatch.MAX_JOBS_PER_CALL})."] = 1,
+    background: Annotated[bool | None, "true: only jobs flagged to run in the background."] = None,
     resource_type: Annotated[str | None, "Only jobs of this resource type."] = None,
     harvester_id: Annotated[
-        str | None, "Accepted for compatibility; worker bookkeeping is not kept yet."
+        str | None,
+        "The Harvester instance (default: scheduler_id); with worker_id, the jobs are related to the worker.",
     ] = None,
-    worker_id: Annotated[
-        int | None, "Accepted for compatibility; worker bookkeeping is not kept yet."
-    ] = None,
+    worker_id: Annotated[int | None, "The Harvester worker the jobs will run in."] = None,
     scheduler_id: Annotated[str | None, "Who submitted the pilot."] = None,
-    job_type: Annotated[str | None, "Accepted for compatibility; not used."] = None,
+    job_type: Annotated[str | None, "Accepted for compatibility; not used for selection."] = None,
     via_topic: Annotated[bool | None, "Accepted for compatibility; not used."] = None,
-    remaining_time: Annotated[Any, "Seconds the worker has left (jobs needing more are not given)."] = None,
+    remaining_time: Annotated[
+        Any, "Seconds the worker has left (jobs needing more walltime are not given; 0: any)."
+    ] = None,
 ) -> Reply:
     """Hand activated jobs of a queue to a pilot or Harvester; each job goes to one caller only."""
     identity = call.caller
@@ -62,23 +75,22 @@ async def acquire_jobs(
         if prod_source_label != "user":
             return failure(NO_ROLE)
         owner = identity.user_name
-    try:
-        remaining = int(remaining_time) if remaining_time not in (None, "") else None
-    except (TypeError, ValueError):
-        remaining = None
     request = dispatch.AcquireRequest(
         site_name=site_name,
         prod_source_label=prod_source_label,
         n_jobs=n_jobs,
         memory=memory,
         disk_space=disk_space,
-        remaining_time=remaining,
+        remaining_time=dispatch.seconds(remaining_time),
         resource_type=resource_type,
         task_id=task_id,
         node=node,
         computing_element=computing_element,
         scheduler_id=scheduler_id,
         user_name=owner,
+        background=bool(background),
+        harvester_id=harvester_id if harvester_id is not None else scheduler_id,
+        worker_id=worker_id,
     )
     jobs = await dispatch.acquire(call.db, call.state.clock, request, call.state.queue_statuses)
     if not jobs:
@@ -99,10 +111,10 @@ async def get_job_status(
 async def _apply_update(call: Call, job_id: int, job_status: str, report: dict[str, Any]) -> Reply:
     if job_status not in PILOT_REPORTABLE:
         return failure(f"Invalid job status: {job_status}", {"StatusCode": STATUS_INVALID})
-    data, final = await pilot_logic.update_job(call.db, call.state.clock, job_id, job_status, report)
-    if final:
+    answer = await pilot_logic.update_job(call.db, call.state.clock, job_id, job_status, report)
+    if answer.final:
         call.on_commit.append(lambda: call.state.wake("finaliser"))
-    return Reply(data=data)
+    return Reply(data=answer.data, message=answer.message)
 
 
 @pilot.endpoint(method="POST", access=Access.PRODUCTION, db=DbUse.WRITE)
@@ -201,3 +213,107 @@ async def update_jobs_bulk(
 
 def _envelope(reply: Reply) -> dict[str, Any]:
     return {"success": reply.success, "message": reply.message, "data": reply.data}
+
+
+WORKER_STATUS_FAILED = "Failed to update worker status"
+
+
+@pilot.endpoint(method="POST", access=Access.PRODUCTION, db=DbUse.WRITE)
+async def update_worker_status(
+    call: Call,
+    worker_id: Annotated[Any, "The Harvester worker's workerID (an integer)."],
+    harvester_id: Annotated[Any, "The Harvester instance the worker belongs to."],
+    status: Annotated[Any, "started or finished: the pilot in the worker began or ended."],
+    timeout: Annotated[Any, "Accepted for compatibility; not used."] = 60,
+    node_id: Annotated[Any, "The node the worker runs on."] = None,
+) -> Reply:
+    """Record that the pilot in a Harvester worker started or finished (an unknown worker is no error)."""
+    if status not in pilot_logic.WORKER_PILOT_STATUSES:
+        return failure(pilot_logic.INVALID_WORKER_STATE)
+    try:
+        worker = int(worker_id)
+    except (TypeError, ValueError, OverflowError):
+        return failure(f"{WORKER_STATUS_FAILED}: worker_id must be an integer")
+    if not INT_MIN <= worker <= INT_MAX:
+        return failure(f"{WORKER_STATUS_FAILED}: worker_id must be a 64-bit integer")
+    if isinstance(worker_id, bool) or not isinstance(harvester_id, str) or not harvester_id:
+        return failure(f"{WORKER_STATUS_FAILED}: worker_id and harvester_id must name a worker")
+    node = str(node_id) if node_id is not None else None
+    await pilot_logic.update_worker_status(call.db, call.state.clock, harvester_id, worker, status, node)
+    return Reply()
+
+
+@pilot.endpoint(method="POST", access=Access.PRODUCTION, db=DbUse.WRITE)
+async def update_worker_node(
+    call: Call,
+    site: Annotated[str, "Site (PanDA site) of the node."],
+    host_name: Annotated[str, "Host name (a batch slot prefix such as slot1@ is removed)."],
+    cpu_model: Annotated[str, "CPU model as the node reports it."],
+    panda_queue: Annotated[str | None, "The queue the pilot serves (recorded with the node)."] = None,
+    n_logical_cpus: Annotated[int | None, "Logical CPUs."] = None,
+    n_sockets: Annotated[int | None, "CPU sockets."] = None,
+    cores_per_socket: Annotated[int | None, "Cores per socket."] = None,
+    threads_per_core: Annotated[int | None, "Hardware threads per core."] = None,
+    cpu_architecture: Annotated[str | None, "e.g. x86_64."] = None,
+    cpu_architecture_level: Annotated[str | None, "e.g. x86-64-v3."] = None,
+    clock_speed: Annotated[float | None, "Clock speed, MHz."] = None,
+    total_memory: Annotated[int | None, "Memory of the node, MB."] = None,
+    total_local_disk: Annotated[int | None, "Local disk of the node, GB."] = None,
+    timeout: Annotated[int, "Accepted for compatibility; not used."] = 60,
+) -> Reply:
+    """Register a worker node in the catalog, or refresh when it was last seen."""
+    report = worker_nodes.NodeReport(
+        site=site,
+        host_name=host_name,
+        cpu_model=cpu_model,
+        panda_queue=panda_queue,
+        n_logical_cpus=n_logical_cpus,
+        n_sockets=n_sockets,
+        cores_per_socket=cores_per_socket,
+        threads_per_core=threads_per_core,
+        cpu_architecture=cpu_architecture,
+        cpu_architecture_level=cpu_architecture_level,
+        clock_speed=clock_speed,
+        total_memory=total_memory,
+        total_local_disk=total_local_disk,
+    )
+    try:
+        message = await worker_nodes.report_node(call.db, call.state.clock, report)
+    except InvalidInput as exc:
+        return failure(f"Worker node update failed with InvalidInput {exc.message}")
+    return Reply(message=message)
+
+
+@pilot.endpoint(method="POST", access=Access.PRODUCTION, db=DbUse.WRITE)
+async def update_worker_node_gpu(
+    call: Call,
+    site: Annotated[str, "Site (PanDA site) of the node."],
+    host_name: Annotated[str, "Host name (a batch slot prefix such as slot1@ is removed)."],
+    vendor: Annotated[str, "GPU vendor."],
+    model: Annotated[str, "GPU model."],
+    count: Annotated[int, "How many GPUs of this model the node has."],
+    vram: Annotated[int | None, "Memory per GPU, MB."] = None,
+    architecture: Annotated[str | None, "GPU architecture."] = None,
+    framework: Annotated[str | None, "Compute framework (e.g. CUDA)."] = None,
+    framework_version: Annotated[str | None, "Version of the framework."] = None,
+    driver_version: Annotated[str | None, "Driver version."] = None,
+    timeout: Annotated[int, "Accepted for compatibility; not used."] = 60,
+) -> Reply:
+    """Register a node's GPUs in the catalog, or refresh their count, framework and last-seen time."""
+    report = worker_nodes.GpuReport(
+        site=site,
+        host_name=host_name,
+        vendor=vendor,
+        model=model,
+        count=count,
+        vram=vram,
+        architecture=architecture,
+        framework=framework,
+        framework_version=framework_version,
+        driver_version=driver_version,
+    )
+    try:
+        message = await worker_nodes.report_gpu(call.db, call.state.clock, report)
+    except InvalidInput as exc:
+        return failure(exc.message)
+    return Reply(message=message)
