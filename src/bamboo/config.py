@@ -210,6 +210,34 @@ class Settings(BaseSettings):
         gt=0,
         description="A throttled job unchanged for this long is killed with code 2 (expire).",
     )
+    brokerage_pilot_activity_hours: float = Field(
+        3.0,
+        gt=0,
+        description="A queue no pilot or Harvester talked to for this long (no job dispatched or "
+        "updated there, no worker or worker-node report) is left out of brokerage while another queue "
+        "can take the work (catchall allow_no_pilot and test tasks are exempt), and its queued "
+        "analysis jobs are re-brokered (see job_rebrokerage_analysis_hours).",
+    )
+    job_rebrokerage_analysis_hours: float = Field(
+        3.0,
+        gt=0,
+        description="ANALY_TIMEOUT: an analysis job defined, assigned or activated for this long at a "
+        "queue without recent pilot activity is re-brokered (kill code 51, its task makes a new job "
+        "elsewhere).",
+    )
+    job_rebrokerage_high_priority_hours: float = Field(
+        4.0,
+        gt=0,
+        description="A job with priority 800 or more, activated or starting for this long at a queue "
+        "that started no job within job_rebrokerage_no_job_start_hours (or is offline or in test), is "
+        "re-brokered (kill code 51).",
+    )
+    job_rebrokerage_no_job_start_hours: float = Field(
+        2.0,
+        gt=0,
+        description="A queue where no job started for this long counts as inactive for the re-brokerage "
+        "of high-priority jobs.",
+    )
     log_level: str = Field("info", description="Python logging level name.")
 
     @field_validator("trusted_proxies")
