@@ -130,7 +130,7 @@ class Settings(BaseSettings):
         120.0,
         gt=0,
         description="A starting or running job whose pilot sent nothing for this long has lost its "
-        "heartbeat: it fails with jobDispatcherErrorCode 100 (production jobs at paused queues wait).",
+        "heartbeat: it fails with jobDispatcherErrorCode 100 (jobs at paused queues wait).",
     )
     job_sent_timeout_minutes: float = Field(
         30.0,
@@ -237,6 +237,24 @@ class Settings(BaseSettings):
         gt=0,
         description="A queue where no job started for this long counts as inactive for the re-brokerage "
         "of high-priority jobs.",
+    )
+    job_fast_rebrokerage_min_queued: int = Field(
+        100,
+        ge=1,
+        description="Fast re-brokerage: a queue is overloaded for a global share when it holds more "
+        "activated production jobs of that share than this and than job_fast_rebrokerage_ratio times "
+        "its running ones; the excess is re-brokered with kill code 10.",
+    )
+    job_fast_rebrokerage_ratio: float = Field(
+        2.0,
+        gt=0,
+        description="Fast re-brokerage: the queued / running ratio (per queue and global share) above "
+        "which a queue is overloaded.",
+    )
+    job_fast_rebrokerage_min_age_minutes: float = Field(
+        60.0,
+        gt=0,
+        description="Fast re-brokerage moves only jobs activated at least this long ago.",
     )
     log_level: str = Field("info", description="Python logging level name.")
 

@@ -279,3 +279,54 @@ def test_limits_come_from_the_settings(monkeypatch) -> None:
     assert RebrokerageLimits.from_settings(Settings()) == RebrokerageLimits()
     monkeypatch.setenv("BAMBOO_JOB_REBROKERAGE_ANALYSIS_HOURS", "1.5")
     assert RebrokerageLimits.from_settings(Settings()).analysis == timedelta(hours=1.5)
+
+
+async def test_disable_reassign_exempts_production_jobs_from_reassignment_timeouts(world) -> None:
+    api, runner = world
+    job = await queued_job(api, runner)
+    await set_job(api, job["PandaID"], jobStatus="defined", prodSourceLabel="managed", currentPriority=900)
+    await set_queue(api, "TEST_PQ", catchall="disableReassign")
+    # Past the production defined timeout (4 h, code 51) and the high-priority rule.
+    assert await watch(api, timedelta(hours=5)) == 0
+    await set_queue(api, "TEST_PQ", catchall=None)
+    assert await watch(api, timedelta(hours=5)) == 1
+    assert (await job_row(api, job["PandaID"]))["jobSubStatus"] == "toreassign"
+
+
+async def test_an_overloaded_queue_sheds_its_excess_by_fast_rebrokerage(world, monkeypatch) -> None:
+    monkeypatch.setenv("BAMBOO_JOB_FAST_REBROKERAGE_MIN_QUEUED", "2")
+    api, runner = world
+    files = [CatalogFile(lfn=f"fast.{i}.root", fsize=10, n_events=1) for i in range(5)]
+    async with api.state.db.transaction() as conn:
+        await api.state.dm.register_files(conn, api.state.clock, DATASET, files)
+    task_id = await submit(api, anywhere(DATASET, "user.testuser.fast.v1", n_files_per_job=1))
+    await runner.drain()
+    (running,) = await acquire(api)
+    await pilot_says(api, running, "running")
+    async with api.state.db.transaction() as conn:
+        await conn.execute(
+            sa.update(jobs).where(jobs.c.jediTaskID == task_id).values(prodSourceLabel="managed")
+        )
+    await put_queue(api, name=OTHER)
+    await pilots_seen(api, timedelta(hours=2), site=OTHER)
+    # 4 queued for 1 running: more than 2 and more than twice the running, so 2 too many.
+    assert await watch(api, timedelta(minutes=59)) == 0
+    assert await watch(api, timedelta(minutes=61)) == 2
+    assert await watch(api, timedelta(minutes=61)) == 0, "the rest is within the limits"
+    async with api.state.db.transaction(write=False) as conn:
+        query = sa.select(jobs).where(jobs.c.jediTaskID == task_id, jobs.c.jobStatus == "closed")
+        moved = [dict(row) for row in (await conn.execute(query)).mappings()]
+    assert len(moved) == 2
+    for row in moved:
+        assert (row["taskBufferErrorCode"], row["taskBufferErrorDiag"]) == (
+            130,
+            "fast rebrokerage due to Nq/Nr overshoot",
+        )
+        assert row["computingSite"] == "TEST_PQ"
+    await runner.drain()
+    async with api.state.db.transaction(write=False) as conn:
+        query = sa.select(jobs.c.computingSite).where(
+            jobs.c.jediTaskID == task_id, jobs.c.jobStatus == "activated"
+        )
+        sites = sorted((await conn.execute(query)).scalars())
+    assert sites == ["OTHER_PQ", "OTHER_PQ", "TEST_PQ", "TEST_PQ"]

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bamboo.db.job_watchdog import claim_stale
-from bamboo.db.schema import harvester_workers, jobs, task_files, worker_node_queues
+from bamboo.db.schema import harvester_workers, jobs, task_files, tasks, worker_node_queues
 
 # Statuses a job reaches only through a pilot (or after one): a recent change in one of them means
 # a pilot talked to the server about a job of that queue.
@@ -82,3 +82,25 @@ async def claim_queued_at(
     if condition is not None:
         where = sa.and_(where, condition)
     return await claim_stale(conn, statuses, column, before, limit, condition=where)
+
+
+async def share_counts(
+    conn: AsyncConnection, statuses: Sequence[str], labels: Sequence[str]
+) -> dict[tuple[str, str | None, str], int]:
+    """Jobs with ``labels`` in ``statuses``, counted per (queue, global share, status)."""
+    query = (
+        sa.select(jobs.c.computingSite, jobs.c.gshare, jobs.c.jobStatus, sa.func.count())
+        .where(jobs.c.jobStatus.in_(list(statuses)), jobs.c.prodSourceLabel.in_(list(labels)))
+        .group_by(jobs.c.computingSite, jobs.c.gshare, jobs.c.jobStatus)
+    )
+    return {(row[0], row[1], row[2]): row[3] for row in await conn.execute(query)}
+
+
+def of_share(share: str | None) -> sa.ColumnElement[bool]:
+    """Jobs of one global share (None: jobs without one)."""
+    return jobs.c.gshare.is_(None) if share is None else jobs.c.gshare == share
+
+
+def of_unsited_task() -> sa.ColumnElement[bool]:
+    """Jobs whose task does not name its queue (``site``), so brokerage may choose another."""
+    return jobs.c.jediTaskID.in_(sa.select(tasks.c.jediTaskID).where(tasks.c.site.is_(None)))

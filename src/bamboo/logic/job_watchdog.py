@@ -249,7 +249,11 @@ async def _expire_waiting_jobs(
         )
         if not claimed:
             continue
-        killed = set(await killing.kill(conn, clock, claimed, rule.code, REQUESTER))
+        if rule.code == REASSIGNED_BY_JEDI:
+            # Reassignment is re-brokerage: closed/toreassign, the task brokers the inputs again.
+            killed = set(await rebrokerage.rebroker(conn, clock, claimed, REQUESTER))
+        else:
+            killed = set(await killing.kill(conn, clock, claimed, rule.code, REQUESTER))
         if rule.code in (EXPIRE, EXPIRE_IN_WAITING):
             # The kill code's own diagnostic is the bare word; §3.6 names the status and since when.
             await watchdog_db.set_kill_diagnostics(

@@ -13,7 +13,12 @@ re-brokerage rules of domain.md §10.3 (:func:`watch`):
 * production jobs with priority >= 800 activated or starting for
   :attr:`RebrokerageLimits.high_priority` at a queue where no job started within
   :attr:`RebrokerageLimits.no_job_start`, or that is offline or in ``test`` (analysis jobs, whose
-  priorities start at 1000, have the rule above).
+  priorities start at 1000, have the rule above);
+* fast re-brokerage of overloaded queues: when a queue holds more than
+  :attr:`RebrokerageLimits.fast_min_queued` activated production jobs of one global share and more
+  than :attr:`RebrokerageLimits.fast_ratio` times as many as it runs, the oldest of the excess
+  (activated for at least :attr:`RebrokerageLimits.fast_min_age`, of tasks that do not name the
+  queue) end ``closed`` with kill code 10 (taskBufferErrorCode 130) and are brokered again.
 
 Queues in ``paused`` status or with the catchall ``disableReassign`` are exempt from all of them.
 """
@@ -43,6 +48,7 @@ from bamboo.logic.taskparams import PRODUCTION_SOURCE_LABELS
 log = logging.getLogger(__name__)
 
 REASSIGN_CODE = 51
+FAST_REBROKERAGE_CODE = 10
 REASSIGNED_SUB_STATUS = "toreassign"
 REQUESTER = "bamboo rebrokerage"
 BATCH = 200
@@ -62,6 +68,9 @@ class RebrokerageLimits:
     analysis: timedelta = timedelta(hours=3)
     high_priority: timedelta = timedelta(hours=4)
     no_job_start: timedelta = timedelta(hours=2)
+    fast_min_queued: int = 100
+    fast_ratio: float = 2.0
+    fast_min_age: timedelta = timedelta(hours=1)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RebrokerageLimits:
@@ -70,17 +79,26 @@ class RebrokerageLimits:
             analysis=timedelta(hours=settings.job_rebrokerage_analysis_hours),
             high_priority=timedelta(hours=settings.job_rebrokerage_high_priority_hours),
             no_job_start=timedelta(hours=settings.job_rebrokerage_no_job_start_hours),
+            fast_min_queued=settings.job_fast_rebrokerage_min_queued,
+            fast_ratio=settings.job_fast_rebrokerage_ratio,
+            fast_min_age=timedelta(minutes=settings.job_fast_rebrokerage_min_age_minutes),
         )
 
 
 async def rebroker(
-    conn: AsyncConnection, clock: Clock, jobs: Sequence[dict[str, Any]], requester: str
+    conn: AsyncConnection,
+    clock: Clock,
+    jobs: Sequence[dict[str, Any]],
+    requester: str,
+    code: int = REASSIGN_CODE,
 ) -> list[int]:
-    """Re-broker these jobs (rows with PandaID and jobStatus): kill code 51, ``toreassign``, their
-    inputs back to ``ready`` and the generator woken. Returns the PandaIDs re-brokered."""
-    done = await killing.kill(conn, clock, jobs, REASSIGN_CODE, requester)
-    if done:
+    """Re-broker these jobs (rows with PandaID and jobStatus): kill code 51 (``toreassign``) or 10
+    (fast re-brokerage), their inputs back to ``ready`` and the generator woken. Returns the
+    PandaIDs re-brokered."""
+    done = await killing.kill(conn, clock, jobs, code, requester)
+    if done and code == REASSIGN_CODE:
         await admin_db.set_columns(conn, done, jobSubStatus=REASSIGNED_SUB_STATUS)
+    if done:
         await notify.announce(conn, "generator")
     return done
 
@@ -155,6 +173,50 @@ async def watch(conn: AsyncConnection, clock: Clock, limits: RebrokerageLimits) 
         ),
         column=jobs_table.c.stateChangeTime,
     )
+    return done + await _fast_rebrokerage(conn, clock, now, limits, movable)
+
+
+async def _fast_rebrokerage(
+    conn: AsyncConnection,
+    clock: Clock,
+    now: datetime,
+    limits: RebrokerageLimits,
+    movable: Sequence[dict[str, Any]],
+) -> int:
+    """Kill code 10 for the excess of overloaded (queue, share) pairs, oldest first."""
+    names = {spec["name"] for spec in movable}
+    counts = await brokerage_db.share_counts(conn, ("activated", "running"), sorted(PRODUCTION_SOURCE_LABELS))
+    done = 0
+    for (site, share, status), queued in sorted(counts.items(), key=lambda item: str(item[0])):
+        if status != "activated" or site not in names or queued <= limits.fast_min_queued:
+            continue
+        running = counts.get((site, share, "running"), 0)
+        excess = queued - max(limits.fast_min_queued, int(limits.fast_ratio * running))
+        if excess <= 0:
+            continue
+        claimed = await brokerage_db.claim_queued_at(
+            conn,
+            ("activated",),
+            [site],
+            now - limits.fast_min_age,
+            min(BATCH, excess),
+            condition=sa.and_(
+                jobs_table.c.prodSourceLabel.in_(sorted(PRODUCTION_SOURCE_LABELS)),
+                brokerage_db.of_share(share),
+                brokerage_db.of_unsited_task(),
+            ),
+        )
+        moved = await rebroker(conn, clock, claimed, REQUESTER, FAST_REBROKERAGE_CODE)
+        if moved:
+            log.info(
+                "fast re-brokerage of %s (share %s, %d queued, %d running): %d jobs",
+                site,
+                share,
+                queued,
+                running,
+                len(moved),
+            )
+        done += len(moved)
     return done
 
 
