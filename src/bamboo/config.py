@@ -130,7 +130,7 @@ class Settings(BaseSettings):
         120.0,
         gt=0,
         description="A starting or running job whose pilot sent nothing for this long has lost its "
-        "heartbeat: it fails with jobDispatcherErrorCode 100 (production jobs at paused queues wait).",
+        "heartbeat: it fails with jobDispatcherErrorCode 100 (jobs at paused queues wait).",
     )
     job_sent_timeout_minutes: float = Field(
         30.0,
@@ -244,6 +244,52 @@ class Settings(BaseSettings):
         le=86400,
         description="How often the archiver looks for jobs to archive or delete when it found none "
         "the last time; its delays count in hours and days.",
+    )
+    brokerage_pilot_activity_hours: float = Field(
+        3.0,
+        gt=0,
+        description="A queue no pilot or Harvester talked to for this long (no job dispatched or "
+        "updated there, no worker or worker-node report) is left out of brokerage while another queue "
+        "can take the work (catchall allow_no_pilot and test tasks are exempt), and its queued "
+        "analysis jobs are re-brokered (see job_rebrokerage_analysis_hours).",
+    )
+    job_rebrokerage_analysis_hours: float = Field(
+        3.0,
+        gt=0,
+        description="ANALY_TIMEOUT: an analysis job defined, assigned or activated for this long at a "
+        "queue without recent pilot activity is re-brokered (kill code 51, its task makes a new job "
+        "elsewhere).",
+    )
+    job_rebrokerage_high_priority_hours: float = Field(
+        4.0,
+        gt=0,
+        description="A job with priority 800 or more, activated or starting for this long at a queue "
+        "that started no job within job_rebrokerage_no_job_start_hours (or is offline or in test), is "
+        "re-brokered (kill code 51).",
+    )
+    job_rebrokerage_no_job_start_hours: float = Field(
+        2.0,
+        gt=0,
+        description="A queue where no job started for this long counts as inactive for the re-brokerage "
+        "of high-priority jobs.",
+    )
+    job_fast_rebrokerage_min_queued: int = Field(
+        100,
+        ge=1,
+        description="Fast re-brokerage: a queue is overloaded for a global share when it holds more "
+        "activated production jobs of that share than this and than job_fast_rebrokerage_ratio times "
+        "its running ones; the excess is re-brokered with kill code 10.",
+    )
+    job_fast_rebrokerage_ratio: float = Field(
+        2.0,
+        gt=0,
+        description="Fast re-brokerage: the queued / running ratio (per queue and global share) above "
+        "which a queue is overloaded.",
+    )
+    job_fast_rebrokerage_min_age_minutes: float = Field(
+        60.0,
+        gt=0,
+        description="Fast re-brokerage moves only jobs activated at least this long ago.",
     )
     log_level: str = Field("info", description="Python logging level name.")
 

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from bamboo.agents.runner import AGENTS, AgentContext, AgentRunner
 from bamboo.config import Settings
 from bamboo.db import jobs as jobs_db
-from bamboo.db.schema import task_files
+from bamboo.db.schema import task_files, worker_node_queues
 from bamboo.logic import job_watchdog, queues
 from bamboo.logic.catalog import CatalogFile
 from bamboo.logic.job_watchdog import JobTimeouts
@@ -51,6 +51,17 @@ async def set_job(api, panda_id: int, **values) -> None:
     """Put a job where no API call of ours leaves one (pending, waiting, throttled...)."""
     async with api.state.db.transaction() as conn:
         await jobs_db.update(conn, panda_id, **values)
+
+
+async def pilots_seen(api, until: timedelta, site: str = "TEST_PQ") -> None:
+    """A pilot at ``site`` reported its worker node ``until`` from now: the queue stays active (so
+    the re-brokerage of jobs at idle queues, logic/rebrokerage.py, leaves its jobs alone)."""
+    async with api.state.db.transaction() as conn:
+        await conn.execute(
+            sa.insert(worker_node_queues).values(
+                site=site, host_name="wn01", panda_queue=site, last_seen=datetime.now(UTC) + until
+            )
+        )
 
 
 async def input_rows(api, job: dict) -> list[dict]:
@@ -247,7 +258,10 @@ async def test_stale_queued_jobs_are_killed_and_regenerated(
     # Codes 2, 4 and 51 all close the job (api-v1.md §3.6); the task makes a new one.
     api, runner = world
     job = await one_job(api, runner)
-    await set_job(api, job["PandaID"], jobStatus=status, prodSourceLabel=label)
+    # An active queue and a modest priority: the re-brokerage rules (logic/rebrokerage.py) do not
+    # apply, the timeouts under test do.
+    await set_job(api, job["PandaID"], jobStatus=status, prodSourceLabel=label, currentPriority=500)
+    await pilots_seen(api, expired)
     since = (await job_row(api, job["PandaID"]))["modificationTime"]
     before = await input_rows(api, job)
     assert await watch(api, not_yet) == 0
@@ -273,7 +287,8 @@ async def test_managed_job_starting_for_two_days_is_reassigned(world) -> None:
     api, runner = world
     job = await one_job(api, runner)
     await pilot_says(api, job, "starting")
-    await set_job(api, job["PandaID"], prodSourceLabel="managed")
+    # Below the priority of the re-brokerage of high-priority jobs (logic/rebrokerage.py).
+    await set_job(api, job["PandaID"], prodSourceLabel="managed", currentPriority=500)
     # Heartbeats keep coming; only the time since the status changed counts.
     await set_job(api, job["PandaID"], modificationTime=datetime.now(UTC) + timedelta(hours=49))
     assert await watch(api, timedelta(hours=47)) == 0

@@ -16,6 +16,7 @@ import logging
 import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 from bamboo.config import Settings
 from bamboo.db import notify
@@ -28,6 +29,7 @@ from bamboo.logic import (
     finisher,
     generator,
     job_watchdog,
+    rebrokerage,
     refiner,
     task_watchdog,
 )
@@ -78,7 +80,12 @@ async def _refine(ctx: AgentContext) -> int:
 
 async def _generate(ctx: AgentContext) -> int:
     async with ctx.db.transaction() as conn:
-        return await generator.generate(conn, ctx.clock, ctx.rng)
+        return await generator.generate(
+            conn,
+            ctx.clock,
+            ctx.rng,
+            pilot_activity=timedelta(hours=ctx.settings.brokerage_pilot_activity_hours),
+        )
 
 
 async def _finalise(ctx: AgentContext) -> int:
@@ -108,8 +115,10 @@ async def _watch_tasks(ctx: AgentContext) -> int:
 
 async def _watch_jobs(ctx: AgentContext) -> int:
     timeouts = job_watchdog.JobTimeouts.from_settings(ctx.settings)
+    limits = rebrokerage.RebrokerageLimits.from_settings(ctx.settings)
     async with ctx.db.transaction() as conn:
-        return await job_watchdog.watch(conn, ctx.clock, timeouts)
+        done = await job_watchdog.watch(conn, ctx.clock, timeouts)
+        return done + await rebrokerage.watch(conn, ctx.clock, limits)
 
 
 async def _archive(ctx: AgentContext) -> int:

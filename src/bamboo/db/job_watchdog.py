@@ -13,6 +13,8 @@ from bamboo.db.rows import skips_locked
 from bamboo.db.schema import jobs, queues
 from bamboo.db.types import UTCDateTime
 
+PAUSED = "paused"
+
 # What a claim returns: enough to decide and to write the diagnostics, not the ~130 columns.
 _CLAIM_COLUMNS = (
     jobs.c.PandaID,
@@ -40,10 +42,15 @@ async def claim_stale(
     """Jobs in ``statuses`` whose ``column`` (a time) is older than ``before``, locked, oldest first.
 
     On PostgreSQL rows another transaction holds (a pilot report, a kill) are skipped: whoever holds
-    them is about to change them, and the next watchdog step sees them again if not.
+    them is about to change them, and the next watchdog step sees them again if not. Jobs at a
+    ``paused`` queue are never claimed: such a queue holds its jobs as they are, with every job
+    timeout and reassignment disabled (domain.md §6.1).
     """
     query = sa.select(*_CLAIM_COLUMNS).where(
-        jobs.c.jobStatus.in_(list(statuses)), column.isnot(None), column < before
+        jobs.c.jobStatus.in_(list(statuses)),
+        column.isnot(None),
+        column < before,
+        sa.not_(at_queue_in_status(PAUSED)),
     )
     if condition is not None:
         query = query.where(condition)

@@ -12,29 +12,34 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bamboo.db import archive as archive_db
+from bamboo.db import brokerage as brokerage_db
 from bamboo.db import jobs as jobs_db
 from bamboo.db import sequences
 from bamboo.db import tasks as tasks_db
 from bamboo.logic import build_jobs, merge_jobs, resource_types, scouting, secondary, task_status
 from bamboo.logic import queues as queues_logic
 from bamboo.logic.brokerage import (
+    Choice,
     QueueLoad,
     TaskNeeds,
     choose_queue,
     job_core_count,
     job_memory,
+    pseudo_queues,
     rejection,
 )
 from bamboo.logic.clock import Clock
 from bamboo.logic.errors import InvalidInput
 from bamboo.logic.job_rows import output_files, planned_output_row, planned_outputs, task_job_row
 from bamboo.logic.jobparams import JobContext, render
+from bamboo.logic.rebrokerage import RebrokerageLimits
 from bamboo.logic.splitting import Row, SplitRule, group_rows
 from bamboo.logic.states import TASK_MAKING_JOBS
 from bamboo.logic.taskparams import RefinedTask, refine
@@ -50,10 +55,22 @@ TASKS_PER_CYCLE = 10
 JOBS_PER_TASK = 500
 JOBS_PER_CYCLE = 1000
 ROWS_PER_TASK = 5000
+DEFAULT_PILOT_ACTIVITY = RebrokerageLimits().pilot_activity
 
 
-async def generate(conn: AsyncConnection, clock: Clock, rng: random.Random | None = None) -> int:
-    """Generate jobs for a batch of tasks. Returns how many jobs were made."""
+async def generate(
+    conn: AsyncConnection,
+    clock: Clock,
+    rng: random.Random | None = None,
+    *,
+    pilot_activity: timedelta = DEFAULT_PILOT_ACTIVITY,
+) -> int:
+    """Generate jobs for a batch of tasks. Returns how many jobs were made.
+
+    Args:
+        pilot_activity: how recent a pilot's visit must be for a queue to count as active in
+            brokerage (settings ``brokerage_pilot_activity_hours``).
+    """
     # A soft-finishing task still merges what its finished jobs wrote (logic/merge_jobs.py).
     candidates = await tasks_db.claim_generating(
         conn, sorted(TASK_MAKING_JOBS), TASKS_PER_CYCLE, merge_statuses=["finishing"]
@@ -61,8 +78,8 @@ async def generate(conn: AsyncConnection, clock: Clock, rng: random.Random | Non
     if not candidates:
         return 0
     queue_specs = await queues_logic.list_specs(conn)
-    loads = _CycleLoads()
     rt_rows = await resource_types.resource_type_list(conn)
+    loads = _CycleLoads(rt_rows, clock.now() - pilot_activity)
     made = 0
     for task in candidates:
         if made >= JOBS_PER_CYCLE:
@@ -87,25 +104,39 @@ async def generate(conn: AsyncConnection, clock: Clock, rng: random.Random | Non
 
 
 class _CycleLoads:
-    """The queue loads of one cycle, counted at most once and only for a task that has a choice.
+    """The queue loads and pilot activity of one cycle, gathered at most once and only for a task
+    that has a choice.
 
     Counting groups every queued and running job: with 100,000 of them that cost as much as making
     a few hundred jobs, every cycle, and a task that only one queue can take does not need it.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, rt_rows: list[dict[str, Any]], active_since: datetime) -> None:
+        self.rt_rows = rt_rows
+        self._active_since = active_since
         self._loads: dict[str, QueueLoad] | None = None
+        self._active: frozenset[str] | None = None
 
-    async def for_choice(
-        self, conn: AsyncConnection, needs: TaskNeeds, queue_specs: Sequence[dict[str, Any]]
-    ) -> dict[str, QueueLoad]:
-        if sum(rejection(needs, queue) is None for queue in queue_specs) < 2:
-            return {}
+    async def choose(
+        self,
+        conn: AsyncConnection,
+        needs: TaskNeeds,
+        queue_specs: Sequence[dict[str, Any]],
+        rng: random.Random | None,
+    ) -> Choice:
+        """Brokerage for one task (logic/brokerage.py) with this cycle's loads and activity."""
+        candidates = sum(
+            any(rejection(needs, spec) is None for spec in pseudo_queues(queue, self.rt_rows))
+            for queue in queue_specs
+        )
+        if candidates < 2:
+            return choose_queue(needs, queue_specs, {}, rng, rt_rows=self.rt_rows)
         if self._loads is None:
             self._loads = _loads(
                 await jobs_db.status_counts_by_site(conn, ["activated", "defined", "running"])
             )
-        return self._loads
+            self._active = frozenset(await brokerage_db.sites_with_pilot_activity(conn, self._active_since))
+        return choose_queue(needs, queue_specs, self._loads, rng, rt_rows=self.rt_rows, active=self._active)
 
 
 def _loads(counts: dict[tuple[str, str], int]) -> dict[str, QueueLoad]:
@@ -120,7 +151,25 @@ def _loads(counts: dict[tuple[str, str], int]) -> dict[str, QueueLoad]:
     }
 
 
-def _needs(task: dict[str, Any], refined: RefinedTask) -> TaskNeeds:
+def _megabytes(count: int | None, unit: str | None) -> int:
+    """A task's disk count in MB; per-event counts (scouts measure those) are not a per-job size."""
+    unit = (unit or "MB").lower()
+    if not count or "perevent" in unit:
+        return 0
+    if unit.startswith("gb"):
+        return count * 1024
+    if unit.startswith("kb"):
+        return -(-count // 1024)
+    return count
+
+
+async def _needs(
+    conn: AsyncConnection,
+    task: dict[str, Any],
+    refined: RefinedTask,
+    master: dict[str, Any],
+    queue_specs: Sequence[dict[str, Any]],
+) -> TaskNeeds:
     """What the next jobs need: the task row's values (which scouts and change_attribute update),
     else the submitted parameters."""
     unit = (task["ramUnit"] or "MBPerCore").lower()
@@ -128,6 +177,10 @@ def _needs(task: dict[str, Any], refined: RefinedTask) -> TaskNeeds:
     def current(column: str, submitted: int) -> int:
         return submitted if task[column] is None else task[column]
 
+    # The largest input file only matters where scratch space is limited.
+    largest = 0
+    if master["type"] == "input" and any((queue.get("maxwdir") or 0) > 0 for queue in queue_specs):
+        largest = -(-(await brokerage_db.largest_ready_file(conn, master["datasetID"])) // 2**20)
     return TaskNeeds(
         site=task["site"],
         prod_source_label=task["prodSourceLabel"],
@@ -136,6 +189,10 @@ def _needs(task: dict[str, Any], refined: RefinedTask) -> TaskNeeds:
         ram_per_core=unit.startswith("mbpercore"),
         base_ram_count=current("baseRamCount", refined.base_ram_count),
         walltime=current("walltime", refined.walltime),
+        disk=_megabytes(task["outDiskCount"], task["outDiskUnit"])
+        + _megabytes(task["workDiskCount"], task["workDiskUnit"]),
+        largest_input=largest,
+        processing_type=task["processingType"],
     )
 
 
@@ -231,8 +288,8 @@ async def _make_run_jobs(
     task_id = task["jediTaskID"]
     outputs = merge_jobs.run_job_outputs(datasets)
     seeds = next((d for d in datasets if d["type"] == "random_seed"), None)
-    needs = _needs(task, refined)
-    choice = choose_queue(needs, queue_specs, await loads.for_choice(conn, needs, queue_specs), rng)
+    needs = await _needs(conn, task, refined, master, queue_specs)
+    choice = await loads.choose(conn, needs, queue_specs, rng)
     if choice.queue is None:
         await _set_pending(conn, clock, task, choice.explain())
         return 0

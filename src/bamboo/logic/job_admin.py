@@ -29,7 +29,7 @@ from bamboo.db import notify, sequences
 from bamboo.db import queues as queues_db
 from bamboo.db.schema import FILE_ATTRIBUTES, JOB_ATTRIBUTES
 from bamboo.logic import jobs as job_reads
-from bamboo.logic import killing
+from bamboo.logic import killing, rebrokerage
 from bamboo.logic.clock import Clock
 from bamboo.logic.errors import InvalidInput
 from bamboo.logic.states import COMMAND_KILL, JOB_FINAL
@@ -269,7 +269,6 @@ async def kill_jobs(
 # Jobs not yet handed to a pilot. Upstream reassigns only the jobs of its defined and waiting tables;
 # Bamboo makes jobs dispatchable at once (no defined table), so every job still queued qualifies.
 REASSIGNABLE = killing.QUEUED_JOB_STATUSES
-_REASSIGN_CODE = 51
 
 
 async def reassign(conn: AsyncConnection, clock: Clock, job_ids: Sequence[int], requester: str) -> list[int]:
@@ -283,11 +282,7 @@ async def reassign(conn: AsyncConnection, clock: Clock, job_ids: Sequence[int], 
         raise InvalidInput(f"too many job_ids (at most {MAX_JOB_IDS})")
     found = await admin_db.lock_jobs(conn, job_ids)
     queued = [job for job in found.values() if job["jobStatus"] in REASSIGNABLE and job["jediTaskID"]]
-    reassigned = await killing.kill(conn, clock, queued, _REASSIGN_CODE, requester)
-    if reassigned:
-        await admin_db.set_columns(conn, reassigned, jobSubStatus="toreassign")
-        await notify.announce(conn, "generator")
-    return reassigned
+    return await rebrokerage.rebroker(conn, clock, queued, requester)
 
 
 # --- pilot commands and debug mode -------------------------------------------------------------------

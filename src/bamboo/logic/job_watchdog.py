@@ -3,7 +3,7 @@
 Jobs a pilot had and no longer talks about fail, with upstream's jobDispatcherErrorCode:
 
 * ``starting``/``running`` without a heartbeat for :attr:`JobTimeouts.heartbeat`: 100, "lost
-  heartbeat" (production jobs at a ``paused`` queue are left alone: their pilots are held, not lost);
+  heartbeat";
 * ``sent`` without any pilot reply for :attr:`JobTimeouts.sent`: 102. This is also what recovers jobs
   an acquire_jobs answer claimed but never delivered (the pilot's connection broke);
 * ``holding`` without a final report: 103, after :attr:`JobTimeouts.holding_analysis` for analysis
@@ -22,7 +22,9 @@ api-v1.md §3.6 through :func:`bamboo.logic.killing.kill`: code 2 (expire) for `
 ``assigned``, ``activated`` and ``throttled`` jobs after days and for jobs still ``running`` weeks
 after their creation, code 4 (expire in waiting) for ``pending`` and ``waiting`` jobs after an hour,
 and code 51 (reassigned by JEDI) for production jobs stuck in ``defined``/``assigned``,
-``activated`` or ``starting`` for hours, except at paused queues (exempt from reassignment).
+``activated`` or ``starting`` for hours, except at queues exempt from reassignment (catchall
+``disableReassign``). The re-brokerage rules (:mod:`bamboo.logic.rebrokerage`) run in the same step.
+Jobs at a ``paused`` queue are left alone by every rule: the queue holds them as they are.
 A killed job's inputs return to ``ready``, so the task makes a new job for them.
 
 Each call is one transaction over bounded batches; a step killed half-way is simply rerun.
@@ -43,7 +45,7 @@ from bamboo.config import Settings
 from bamboo.db import job_watchdog as watchdog_db
 from bamboo.db import notify
 from bamboo.db.schema import jobs as jobs_table
-from bamboo.logic import killing
+from bamboo.logic import killing, rebrokerage
 from bamboo.logic.brokerage import ANALYSIS_LABELS
 from bamboo.logic.clock import Clock
 from bamboo.logic.states import COMMAND_KILL
@@ -67,7 +69,6 @@ REASSIGNED_BY_JEDI = 51
 
 # Above this priority a production job in holding gets the short analysis timeout (domain.md §10.3).
 _URGENT_PRIORITY = 800
-_PAUSED = "paused"
 _TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 
 
@@ -120,10 +121,6 @@ def _production() -> sa.ColumnElement[bool]:
     return jobs_table.c.prodSourceLabel.in_(sorted(PRODUCTION_SOURCE_LABELS))
 
 
-def _not_paused() -> sa.ColumnElement[bool]:
-    return sa.not_(watchdog_db.at_queue_in_status(_PAUSED))
-
-
 def _stamp(moment: datetime | None) -> str:
     return moment.strftime(_TIME_FORMAT) if moment is not None else "unknown"
 
@@ -150,14 +147,9 @@ async def watch(conn: AsyncConnection, clock: Clock, timeouts: JobTimeouts) -> i
 
 
 async def _lost_heartbeats(conn: AsyncConnection, now: datetime, timeouts: JobTimeouts) -> int:
-    # A production job at a paused queue is waiting for the queue, not lost (domain.md §10.3).
+    # A job at a paused queue is waiting for the queue, not lost: claim_stale leaves it alone.
     claimed = await watchdog_db.claim_stale(
-        conn,
-        ("starting", "running"),
-        jobs_table.c.modificationTime,
-        now - timeouts.heartbeat,
-        BATCH,
-        condition=sa.or_(_analysis(), _not_paused()),
+        conn, ("starting", "running"), jobs_table.c.modificationTime, now - timeouts.heartbeat, BATCH
     )
     failures = [
         {**job, "code": LOST_HEARTBEAT, "diag": f"lost heartbeat : {_stamp(job['modificationTime'])}"}
@@ -226,10 +218,11 @@ class _KillRule:
     condition: sa.ColumnElement[bool] | None = None
 
 
-def _kill_rules(timeouts: JobTimeouts) -> Sequence[_KillRule]:
+def _kill_rules(timeouts: JobTimeouts, exempt: Sequence[str]) -> Sequence[_KillRule]:
     c = jobs_table.c
-    # Production jobs are reassigned, except at paused queues (exempt from reassignment, §10.3).
-    prod = sa.and_(_production(), _not_paused())
+    # Production jobs are reassigned, except at queues exempt from reassignment (§10.3; paused
+    # queues are never claimed at all).
+    prod = sa.and_(_production(), rebrokerage.reassignable(exempt))
     reassign = REASSIGNED_BY_JEDI
     # The shorter production rules come first: a job both would take is reassigned, not expired.
     return (
@@ -249,13 +242,18 @@ async def _expire_waiting_jobs(
     conn: AsyncConnection, clock: Clock, now: datetime, timeouts: JobTimeouts
 ) -> int:
     done = 0
-    for rule in _kill_rules(timeouts):
+    exempt = await rebrokerage.exempt_sites(conn)
+    for rule in _kill_rules(timeouts, exempt):
         claimed = await watchdog_db.claim_stale(
             conn, rule.statuses, rule.column, now - rule.timeout, BATCH, condition=rule.condition
         )
         if not claimed:
             continue
-        killed = set(await killing.kill(conn, clock, claimed, rule.code, REQUESTER))
+        if rule.code == REASSIGNED_BY_JEDI:
+            # Reassignment is re-brokerage: closed/toreassign, the task brokers the inputs again.
+            killed = set(await rebrokerage.rebroker(conn, clock, claimed, REQUESTER))
+        else:
+            killed = set(await killing.kill(conn, clock, claimed, rule.code, REQUESTER))
         if rule.code in (EXPIRE, EXPIRE_IN_WAITING):
             # The kill code's own diagnostic is the bare word; §3.6 names the status and since when.
             await watchdog_db.set_kill_diagnostics(

@@ -13,6 +13,7 @@ import orjson
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bamboo.db import queues as queues_db
+from bamboo.logic import rebrokerage
 from bamboo.logic.clock import Clock
 from bamboo.logic.errors import InvalidInput, NotFound
 
@@ -119,8 +120,17 @@ def _with_name(spec: Any, name: str | None) -> dict[str, Any]:
 
 
 async def put(conn: AsyncConnection, clock: Clock, raw: dict[str, Any]) -> bool:
-    """Add or replace a queue. Returns True when it is new."""
-    return await queues_db.upsert(conn, normalise_spec(raw), clock.now())
+    """Add or replace a queue. Returns True when it is new.
+
+    The next brokerage sees the new spec; a queue that goes offline sends the jobs still waiting
+    there back to their tasks at once, to be brokered elsewhere (:mod:`bamboo.logic.rebrokerage`).
+    """
+    spec = normalise_spec(raw)
+    existing = await queues_db.get(conn, spec["name"])
+    new = await queues_db.upsert(conn, spec, clock.now())
+    if existing is not None and existing["status"] != "offline":
+        await rebrokerage.leave_offline_queue(conn, clock, spec)
+    return new
 
 
 async def update(conn: AsyncConnection, clock: Clock, name: str, changes: dict[str, Any]) -> dict[str, Any]:
@@ -131,9 +141,8 @@ async def update(conn: AsyncConnection, clock: Clock, name: str, changes: dict[s
     if "name" in changes and changes["name"] != name:
         raise InvalidInput("a queue cannot be renamed; add the new one and remove the old")
     spec = {key: value for key, value in {**existing["spec"], **changes}.items() if value is not None}
-    spec = normalise_spec(spec)
-    await queues_db.upsert(conn, spec, clock.now())
-    return spec
+    await put(conn, clock, spec)
+    return normalise_spec(spec)
 
 
 async def remove(conn: AsyncConnection, name: str) -> None:

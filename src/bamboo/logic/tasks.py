@@ -18,7 +18,7 @@ from bamboo.db import tasks as tasks_db
 from bamboo.db.schema import TASK_FIELDS
 from bamboo.db.schema import tasks as tasks_table
 from bamboo.db.types import UTCDateTime
-from bamboo.logic import shares, taskparams
+from bamboo.logic import resource_types, shares, taskparams
 from bamboo.logic.clock import Clock
 from bamboo.logic.errors import BambooError, InvalidInput
 from bamboo.logic.states import TASK_FINAL
@@ -147,6 +147,14 @@ async def submit(
         attemptNr=0,
         task_params=orjson.dumps(params).decode(),
         submitter_dn=identity.dn,
+    )
+    # The task's resource type (domain.md §6.3) before its share: shares may select on it.
+    record["resource_type"] = resource_types.match_task(
+        await resource_types.resource_type_list(conn),
+        params.get("coreCount"),
+        params.get("ramCount"),
+        params.get("baseRamCount"),
+        ram_per_core=(record["ramUnit"] or "MBPerCore").lower().startswith("mbpercore"),
     )
     record["gshare"] = await shares.assign(conn, record)
     await tasks_db.insert(conn, record)
