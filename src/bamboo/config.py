@@ -210,6 +210,12 @@ class Settings(BaseSettings):
         gt=0,
         description="A throttled job unchanged for this long is killed with code 2 (expire).",
     )
+    retry_rules_file: Path | None = Field(
+        None,
+        description="JSON file of automatic retry rules (error code -> no retry, limited retries, more "
+        "memory, more walltime, fewer inputs per job; format in docs/retry-rules.md), checked when the "
+        "server starts. Default: the built-in rules (bamboo/logic/retry_rules.json).",
+    )
     log_level: str = Field("info", description="Python logging level name.")
 
     @field_validator("trusted_proxies")
