@@ -210,6 +210,12 @@ class Settings(BaseSettings):
         gt=0,
         description="A throttled job unchanged for this long is killed with code 2 (expire).",
     )
+    job_merge_orphan_minutes: float = Field(
+        30.0,
+        gt=0,
+        description="A merge job at least this old whose pre-merge jobs have all left 'merging' (killed, "
+        "reassigned) is killed with code 52; its unmerged files are not merged again.",
+    )
     retry_rules_file: Path | None = Field(
         None,
         description="JSON file of automatic retry rules (error code -> no retry, limited retries, more "
