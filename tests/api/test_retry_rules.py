@@ -19,6 +19,8 @@ from bamboo.logic import queues, retry_rules
 from bamboo.logic.catalog import CatalogFile
 from bamboo.server import ServerStartError, install_retry_rules
 from tests.api.test_job_watchdog import watch
+from tests.api.test_merge_jobs import start as start_merging
+from tests.api.test_merge_jobs import statuses
 from tests.api.test_task_flow import acquire, report, run_job, submit, task_status, world
 from tests.tasks import input_task
 
@@ -258,3 +260,18 @@ async def test_a_bad_rules_file_stops_the_start_with_the_reason(tmp_path) -> Non
         assert installed.action == "no_retry"
     finally:
         retry_rules.install(None)
+
+
+async def test_no_retry_on_a_merge_job_fails_its_pre_merge_jobs_at_once(world) -> None:
+    api, runner = world
+    _, runs = await start_merging(api, runner, "user.testuser.mergenoretry.v1", 2)
+    for job in runs:
+        await run_job(api, job)
+    await runner.drain()
+    (merge,) = await acquire(api)
+    assert merge["processingType"] == "pmerge"
+    # Without a rule the unmerged files would get two more merge jobs.
+    await fail(api, merge, pilot_error_code=1349)
+    await runner.drain()
+    assert await acquire(api, n_jobs=10) == []
+    assert await statuses(api, runs) == ["failed", "failed"]
