@@ -275,3 +275,20 @@ async def test_no_retry_on_a_merge_job_fails_its_pre_merge_jobs_at_once(world) -
     await runner.drain()
     assert await acquire(api, n_jobs=10) == []
     assert await statuses(api, runs) == ["failed", "failed"]
+
+
+async def test_a_rule_sees_the_error_the_finaliser_itself_sets(world, rules) -> None:
+    api, runner = world
+    rules({"source": "ddmErrorCode", "code": 200, "diag": "GUID/LFN/MD5/FSIZE", "action": "no_retry"})
+    task_id = await start(api, runner, n_files=1)
+    (job,) = await acquire(api)
+    common = {"job_id": job["PandaID"], "attempt_nr": job["attemptNr"]}
+    await report(api, [{**common, "job_status": "running"}])
+    # The output report lacks sizes and checksums: the finaliser fails the job with ddmErrorCode 200.
+    bad_report = json.dumps({lfn: {"guid": "g"} for lfn in job["outFiles"].split(",")})
+    await report(api, [{**common, "job_status": "finished", "job_output_report": bad_report}])
+    await runner.drain()
+    assert await acquire(api) == []
+    (row,) = await rows(api, task_id)
+    assert (row["attemptNr"], row["maxAttempt"]) == (1, 1)
+    assert await task_status(api, task_id) == "failed"
