@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from bamboo.logic import retry_rules
 from bamboo.logic.retry_rules import RetryRulesError, Rule, choose, parse_table
 from bamboo.logic.splitting import GIB, SplitRule
+from bamboo.logic.task_admin import parse_split_rule
 
 
 def table(*rules: dict) -> tuple[Rule, ...]:
@@ -485,3 +486,22 @@ def test_the_generator_splits_with_the_tasks_current_numbers() -> None:
     assert retry_rules.split_for_task(by_size, "NF=2,NG=1") == by_size
     by_events = SplitRule(n_events_per_job=100)
     assert retry_rules.split_for_task(by_events, "MF=1") == by_events
+
+
+@given(
+    mode=st.sampled_from(["NF", "MF", "NG"]),
+    current=st.integers(1, 400),
+    n_inputs=st.integers(1, 400),
+    size_gb=st.floats(0, 500),
+)
+def test_a_reduction_only_lowers_and_never_below_one(
+    mode: str, current: int, n_inputs: int, size_gb: float
+) -> None:
+    job = {"attemptNr": 1, "inputFileBytes": int(size_gb * GIB)}
+    new = retry_rules.reduced_split_rule(REDUCE, task(splitRule=f"{mode}={current}"), job, n_inputs)
+    if new is None:
+        return
+    value = float(parse_split_rule(new)[mode])
+    assert 1 <= value < current
+    # The same failure seen again (another job of the same kind) changes nothing more.
+    assert retry_rules.reduced_split_rule(REDUCE, task(splitRule=new), job, n_inputs) is None

@@ -444,7 +444,8 @@ def reduced_split_rule(
         half = (job.get("inputFileBytes") or 0) / GIB / 2
         if current is None or half <= 0:
             return None
-        new_gb = max(1.0, min(current, half))
+        # Rounded down to what the split rule's text keeps, so the same failure cannot halve again.
+        new_gb = max(1.0, math.floor(min(current, half) * 100) / 100)
         if new_gb >= current:
             return None
         tokens["NG"] = f"{new_gb:g}"
