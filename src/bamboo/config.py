@@ -291,6 +291,18 @@ class Settings(BaseSettings):
         gt=0,
         description="Fast re-brokerage moves only jobs activated at least this long ago.",
     )
+    job_merge_orphan_minutes: float = Field(
+        30.0,
+        gt=0,
+        description="A merge job at least this old whose pre-merge jobs have all left 'merging' (killed, "
+        "reassigned) is killed with code 52; its unmerged files are not merged again.",
+    )
+    retry_rules_file: Path | None = Field(
+        None,
+        description="JSON file of automatic retry rules (error code -> no retry, limited retries, more "
+        "memory, more walltime, fewer inputs per job; format in docs/retry-rules.md), checked when the "
+        "server starts. Default: the built-in rules (bamboo/logic/retry_rules.json).",
+    )
     log_level: str = Field("info", description="Python logging level name.")
 
     @field_validator("trusted_proxies")

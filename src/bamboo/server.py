@@ -36,6 +36,7 @@ from bamboo.config import Settings
 from bamboo.db import migrate
 from bamboo.db.engine import Database
 from bamboo.home import Home, prepare_home
+from bamboo.logic import retry_rules
 from bamboo.logic.catalog import LocalCatalog
 from bamboo.logic.clock import SystemClock
 
@@ -149,8 +150,18 @@ async def prepare_database(db: Database) -> None:
         raise ServerStartError("the database schema is not up to date: run `bamboo db upgrade` first")
 
 
+def install_retry_rules(settings: Settings) -> None:
+    """Load and check the retry-rule table (``retry_rules_file``, else the built-in one) and make
+    it this process's; forked workers inherit it. A bad file stops the start with the reason."""
+    try:
+        retry_rules.install(retry_rules.load_table(settings.retry_rules_file))
+    except retry_rules.RetryRulesError as exc:
+        raise ServerStartError(str(exc)) from exc
+
+
 def serve(settings: Settings) -> None:
     """Run the server until SIGTERM or SIGINT."""
+    install_retry_rules(settings)
     home = prepare_home(settings)
     asyncio.run(_check_database(settings))
     listeners = [bind(settings.host, settings.http_port), bind(settings.host, settings.https_port)]

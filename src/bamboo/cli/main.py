@@ -71,7 +71,7 @@ def agents(home: HomeOption = None, database_url: DatabaseOption = None) -> None
 
     import uvloop
 
-    from bamboo.server import ServerStartError, prepare_database, run_agents
+    from bamboo.server import ServerStartError, install_retry_rules, prepare_database, run_agents
 
     settings = settings_for(home, database_url)
     logging.basicConfig(
@@ -88,6 +88,7 @@ def agents(home: HomeOption = None, database_url: DatabaseOption = None) -> None
             await db.dispose()
 
     try:
+        install_retry_rules(settings)
         asyncio.run(check())
     except ServerStartError as exc:
         raise fail(str(exc)) from exc

@@ -116,3 +116,22 @@ async def end_merging(conn: AsyncConnection, panda_ids: Sequence[int], **values:
             .where(jobs.c.PandaID.in_(list(panda_ids)), jobs.c.jobStatus == "merging")
             .values(**values)
         )
+
+
+def pre_merge_jobs_gone() -> sa.ColumnElement[bool]:
+    """A merge job that holds unmerged files, none of whose producers still waits in ``merging``
+    (a condition on the jobs table, for the job watchdog)."""
+    producer = jobs.alias("producer")
+    held = sa.and_(
+        task_files.c.PandaID == jobs.c.PandaID,
+        task_files.c.status == "running",
+        task_files.c.type.in_(TRANSIENT_TYPES),
+    )
+    waiting = sa.exists(
+        sa.select(task_files.c.fileID)
+        .join(producer, producer.c.PandaID == task_files.c.outPandaID)
+        .where(held, producer.c.jobStatus == "merging")
+        .correlate(jobs)
+    )
+    holds_files = sa.exists(sa.select(task_files.c.fileID).where(held).correlate(jobs))
+    return sa.and_(holds_files, ~waiting)

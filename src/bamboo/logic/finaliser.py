@@ -21,7 +21,7 @@ from bamboo.db import jobs as jobs_db
 from bamboo.db import merges as merges_db
 from bamboo.db import tasks as tasks_db
 from bamboo.db.schema import jobs as jobs_table
-from bamboo.logic import merge_jobs
+from bamboo.logic import merge_jobs, retry_rules
 from bamboo.logic.catalog import CatalogFile, DataManagement
 from bamboo.logic.clock import Clock
 from bamboo.logic.merge_jobs import TRANSIENT_TYPES
@@ -143,7 +143,7 @@ async def _finalise_job(
         reported_status=None,
         **error,
     )
-    await _propagate(conn, job, rows, outputs, metadata if succeeded else {}, succeeded, now)
+    await _propagate(conn, {**job, **error}, rows, outputs, metadata if succeeded else {}, succeeded, now)
     if job["processingType"] == merge_jobs.PROCESSING_TYPE:
         await _end_pre_merge_jobs(conn, job, rows, succeeded, now)
     log.info("job %s %s", job["PandaID"], final)
@@ -252,6 +252,8 @@ async def _propagate(
             await tasks_db.update_file(conn, row["fileID"], status="finished", **described)
             counters.setdefault(row["datasetID"], Counter()).update(nFilesFinished=1, nFiles=1)
     else:
+        # The retry rules may take attempts away (maxAttempt) or change the task's next jobs.
+        await retry_rules.after_failure(conn, job, inputs)
         for row in inputs:
             attempts = row["attemptNr"] + 1
             failures = row["failedAttempt"] + 1

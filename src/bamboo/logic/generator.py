@@ -23,7 +23,7 @@ from bamboo.db import brokerage as brokerage_db
 from bamboo.db import jobs as jobs_db
 from bamboo.db import sequences
 from bamboo.db import tasks as tasks_db
-from bamboo.logic import build_jobs, merge_jobs, resource_types, scouting, secondary, task_status
+from bamboo.logic import build_jobs, merge_jobs, resource_types, retry_rules, scouting, secondary, task_status
 from bamboo.logic import queues as queues_logic
 from bamboo.logic.brokerage import (
     Choice,
@@ -303,7 +303,7 @@ async def _make_run_jobs(
     groups = await _first_groups(
         conn,
         master["datasetID"],
-        refined.split.for_queue(queue, task["cpuTime"]),
+        retry_rules.split_for_task(refined.split, task["splitRule"]).for_queue(queue, task["cpuTime"]),
         min(max_jobs, scouting.N_SCOUT_JOBS) if scouts else max_jobs,
     )
     if not groups:

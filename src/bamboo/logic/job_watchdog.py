@@ -27,6 +27,12 @@ and code 51 (reassigned by JEDI) for production jobs stuck in ``defined``/``assi
 Jobs at a ``paused`` queue are left alone by every rule: the queue holds them as they are.
 A killed job's inputs return to ``ready``, so the task makes a new job for them.
 
+A merge job whose pre-merge jobs have all left ``merging`` (killed or reassigned while they waited)
+is killed with code 52 once it is :attr:`JobTimeouts.merge_orphan` old, and its unmerged files
+become ``notmerged``. The other merge rule of §10.3, re-triggering merge generation for jobs stuck
+in ``merging``, has no counterpart: the generator finds ready unmerged files from the rows every
+cycle, so there is no trigger to lose.
+
 Each call is one transaction over bounded batches; a step killed half-way is simply rerun.
 """
 
@@ -42,10 +48,13 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bamboo.config import Settings
+from bamboo.db import commands as commands_db
 from bamboo.db import job_watchdog as watchdog_db
+from bamboo.db import merges as merges_db
 from bamboo.db import notify
+from bamboo.db import tasks as tasks_db
 from bamboo.db.schema import jobs as jobs_table
-from bamboo.logic import killing, rebrokerage
+from bamboo.logic import killing, merge_jobs, rebrokerage
 from bamboo.logic.brokerage import ANALYSIS_LABELS
 from bamboo.logic.clock import Clock
 from bamboo.logic.states import COMMAND_KILL
@@ -66,6 +75,7 @@ TRANSFERRING_TIMEOUT = 104
 EXPIRE = 2
 EXPIRE_IN_WAITING = 4
 REASSIGNED_BY_JEDI = 51
+FORCE_KILL_BY_JEDI = 52
 
 # Above this priority a production job in holding gets the short analysis timeout (domain.md §10.3).
 _URGENT_PRIORITY = 800
@@ -91,6 +101,7 @@ class JobTimeouts:
     pending: timedelta = timedelta(hours=1)
     waiting: timedelta = timedelta(hours=1)
     throttled: timedelta = timedelta(days=7)
+    merge_orphan: timedelta = timedelta(minutes=30)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> JobTimeouts:
@@ -110,6 +121,7 @@ class JobTimeouts:
             pending=timedelta(minutes=settings.job_pending_timeout_minutes),
             waiting=timedelta(minutes=settings.job_waiting_timeout_minutes),
             throttled=timedelta(days=settings.job_throttled_timeout_days),
+            merge_orphan=timedelta(minutes=settings.job_merge_orphan_minutes),
         )
 
 
@@ -140,6 +152,7 @@ async def watch(conn: AsyncConnection, clock: Clock, timeouts: JobTimeouts) -> i
     if failed:
         await notify.announce(conn, "finaliser")
     killed = await _expire_waiting_jobs(conn, clock, now, timeouts)
+    killed += await _orphan_merge_jobs(conn, clock, now, timeouts)
     if killed:
         # Killed jobs' inputs are ready again: the generator makes their new jobs.
         await notify.announce(conn, "generator")
@@ -274,3 +287,40 @@ async def _expire_waiting_jobs(
         )
         done += len(killed)
     return done
+
+
+# A merge job in any of these may still run; holding and transferring ones belong to the finaliser.
+_ORPHAN_MERGE_STATUSES = (*killing.QUEUED_JOB_STATUSES, "sent", "starting", "running")
+ORPHAN_MERGE_DIAG = f"{REQUESTER}: pre-merge jobs are gone"
+
+
+async def _orphan_merge_jobs(
+    conn: AsyncConnection, clock: Clock, now: datetime, timeouts: JobTimeouts
+) -> int:
+    """Merge jobs created more than :attr:`JobTimeouts.merge_orphan` ago none of whose pre-merge
+    jobs still waits in ``merging`` (a user killed them, say): killed with code 52 (domain.md
+    §10.3). Their unmerged files become ``notmerged``: released as ready, they would only make
+    another merge job for jobs that are gone."""
+    claimed = await watchdog_db.claim_stale(
+        conn,
+        _ORPHAN_MERGE_STATUSES,
+        jobs_table.c.creationTime,
+        now - timeouts.merge_orphan,
+        BATCH,
+        condition=sa.and_(
+            jobs_table.c.processingType == merge_jobs.PROCESSING_TYPE, merges_db.pre_merge_jobs_gone()
+        ),
+    )
+    if not claimed:
+        return 0
+    held = await commands_db.rows_held_by(conn, [job["PandaID"] for job in claimed])
+    killed = set(await killing.kill(conn, clock, claimed, FORCE_KILL_BY_JEDI, ORPHAN_MERGE_DIAG))
+    unmerged = [row for row in held if row["PandaID"] in killed]
+    await tasks_db.update_files(conn, [row["fileID"] for row in unmerged], status="notmerged")
+    per_dataset: dict[int, int] = {}
+    for row in unmerged:
+        per_dataset[row["datasetID"]] = per_dataset.get(row["datasetID"], 0) + 1
+    for dataset_id, count in per_dataset.items():
+        await tasks_db.bump_dataset(conn, dataset_id, now, nFilesFailed=count)
+    log.info("job watchdog: %d merge jobs without pre-merge jobs killed with code 52", len(killed))
+    return len(killed)

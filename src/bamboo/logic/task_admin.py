@@ -112,7 +112,7 @@ async def change_attribute(conn: AsyncConnection, task_id: int, attribute: str, 
         return Outcome(1, ATTRIBUTE_NOT_CHANGED)
     task[CHANGEABLE_ATTRIBUTES[attribute]] = value
     resource_type = resource_types.match_job(
-        await resource_types.resource_type_list(conn), task["coreCount"], _task_memory(task)
+        await resource_types.resource_type_list(conn), task["coreCount"], task_memory(task)
     )
     count = await admin_db.update_task(
         conn, task_id, **{CHANGEABLE_ATTRIBUTES[attribute]: value, "resource_type": resource_type}
@@ -120,7 +120,7 @@ async def change_attribute(conn: AsyncConnection, task_id: int, attribute: str, 
     return _changed(count)
 
 
-def _task_memory(task: dict[str, Any]) -> int:
+def task_memory(task: dict[str, Any]) -> int:
     """Memory of one job of the task in MB, as the generator computes it (per core by default)."""
     cores = task["coreCount"] or 1
     ram = task["ramCount"] or 0
