@@ -444,8 +444,9 @@ def reduced_split_rule(
         half = (job.get("inputFileBytes") or 0) / GIB / 2
         if current is None or half <= 0:
             return None
-        # Rounded down to what the split rule's text keeps, so the same failure cannot halve again.
-        new_gb = max(1.0, math.floor(min(current, half) * 100) / 100)
+        # Rounded down to hundredths, which the split rule's text keeps exactly, so the same failure
+        # cannot halve again (the inner round absorbs binary noise such as 147.45 * 100 < 14745).
+        new_gb = max(1.0, math.floor(round(min(current, half) * 100, 6)) / 100)
         if new_gb >= current:
             return None
         tokens["NG"] = f"{new_gb:g}"
