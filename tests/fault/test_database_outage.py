@@ -124,6 +124,13 @@ def outage_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OutageSite
         yield OutageSite(cluster, server, user.result().strip(), pilot.result().strip())
 
 
+@pytest.fixture(autouse=True)
+def database_running(outage_site: OutageSite) -> None:
+    """Each test starts with PostgreSQL up, even after one that failed during its outage."""
+    if not outage_site.cluster.is_running():
+        outage_site.cluster.start()
+
+
 async def _create_database(cluster: PostgresCluster) -> None:
     connection = await asyncpg.connect(cluster.dsn(), timeout=30)
     try:
