@@ -152,11 +152,12 @@ class Answer:
 
     @property
     def ok(self) -> bool:
-        return self.status == 200
+        return self.status == 200 and self.problem is None
 
     @property
     def unavailable(self) -> bool:
-        return self.status == 503 and (self.retry_after or "").isdigit() and int(self.retry_after or 0) > 0
+        delay = self.retry_after or ""
+        return self.status == 503 and self.problem is None and delay.isdigit() and int(delay) > 0
 
     def describe(self) -> str:
         return f"{self.endpoint} -> {self.status or self.problem} after {self.received - self.sent:.1f} s"
