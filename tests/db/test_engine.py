@@ -7,7 +7,7 @@ import asyncio
 import pytest
 import sqlalchemy as sa
 
-from bamboo.db.engine import Database
+from bamboo.db.engine import UNAVAILABLE_ERRORS, Database
 from bamboo.db.schema import users
 
 
@@ -65,3 +65,41 @@ async def test_concurrent_writers_do_not_lose_updates(db: Database, clock) -> No
 def test_unsupported_backend_is_refused() -> None:
     with pytest.raises(ValueError, match="unsupported database"):
         Database("mysql+aiomysql://localhost/db")
+
+
+async def test_a_session_postgresql_ends_is_unavailable_not_a_failed_statement(postgres_url: str) -> None:
+    # Terminating our own session is what a fast shutdown does to every session (57P01, then the
+    # connection is gone): the API must answer 503, so the error must be one of UNAVAILABLE_ERRORS.
+    db = Database(postgres_url, pool_size=2)
+    try:
+        pid: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+        async def sleep_on_the_victim() -> None:
+            async with db.transaction() as conn:
+                pid.set_result((await conn.execute(sa.text("SELECT pg_backend_pid()"))).scalar_one())
+                await conn.execute(sa.text("SELECT pg_sleep(60)"))
+
+        sleeper = asyncio.create_task(sleep_on_the_victim())
+        victim = await pid
+        sleeping = sa.text(
+            "SELECT count(*) FROM pg_stat_activity WHERE pid = :pid AND wait_event = 'PgSleep'"
+        )
+        for _ in range(200):
+            # One transaction per look: pg_stat_activity is a snapshot for the whole transaction.
+            async with db.transaction(write=False) as conn:
+                if (await conn.execute(sleeping, {"pid": victim})).scalar_one():
+                    break
+            await asyncio.sleep(0.05)
+        async with db.transaction() as conn:
+            await conn.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": victim})
+        with pytest.raises(UNAVAILABLE_ERRORS, match="terminating connection due to administrator command"):
+            await sleeper
+        async with db.transaction() as conn:
+            assert (await conn.execute(sa.text("SELECT pg_backend_pid()"))).scalar_one() != victim
+        # A statement that is wrong stays a plain database error (an HTTP 500), not a 503.
+        with pytest.raises(sa.exc.DBAPIError) as raised:
+            async with db.transaction() as conn:
+                await conn.execute(sa.text("SELECT 1 / 0"))
+        assert not isinstance(raised.value, UNAVAILABLE_ERRORS)
+    finally:
+        await db.dispose()

@@ -124,6 +124,13 @@ def outage_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OutageSite
         yield OutageSite(cluster, server, user.result().strip(), pilot.result().strip())
 
 
+@pytest.fixture(autouse=True)
+def database_running(outage_site: OutageSite) -> None:
+    """Each test starts with PostgreSQL up, even after one that failed during its outage."""
+    if not outage_site.cluster.is_running():
+        outage_site.cluster.start()
+
+
 async def _create_database(cluster: PostgresCluster) -> None:
     connection = await asyncpg.connect(cluster.dsn(), timeout=30)
     try:
@@ -145,11 +152,12 @@ class Answer:
 
     @property
     def ok(self) -> bool:
-        return self.status == 200
+        return self.status == 200 and self.problem is None
 
     @property
     def unavailable(self) -> bool:
-        return self.status == 503 and (self.retry_after or "").isdigit() and int(self.retry_after or 0) > 0
+        delay = self.retry_after or ""
+        return self.status == 503 and self.problem is None and delay.isdigit() and int(delay) > 0
 
     def describe(self) -> str:
         return f"{self.endpoint} -> {self.status or self.problem} after {self.received - self.sent:.1f} s"

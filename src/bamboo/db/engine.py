@@ -37,11 +37,13 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     ConnectionError,
     OSError,
 )
-# SQLSTATEs of PostgreSQL refusing or ending sessions: class 08 (connection exception, which
-# asyncpg also uses for a session cut off mid-query), 57P01 admin shutdown (terminated or fast
-# shutdown), 57P02 crash shutdown, 57P03 cannot connect now (shutting down, starting up, recovering).
-_UNAVAILABLE_SQLSTATE_CLASS = "08"
-_UNAVAILABLE_SQLSTATES = frozenset({"57P01", "57P02", "57P03"})
+# SQLSTATEs of PostgreSQL refusing or ending sessions: class 08 connection exceptions (asyncpg
+# also uses 08003 for a session cut off mid-query) except 08P01, a protocol violation, which is a
+# bug; 57P01 admin shutdown (session terminated, fast shutdown), 57P02 crash shutdown, 57P03
+# cannot connect now (shutting down, starting up, in recovery).
+_UNAVAILABLE_SQLSTATES = frozenset(
+    {"08000", "08001", "08003", "08004", "08006", "08007", "57P01", "57P02", "57P03"}
+)
 
 
 class Database:
@@ -116,9 +118,8 @@ def _configure_postgresql(engine: AsyncEngine) -> None:
         error = context.sqlalchemy_exception
         if not isinstance(error, sa.exc.DBAPIError) or isinstance(error, UNAVAILABLE_ERRORS):
             return None
-        sqlstate = getattr(context.original_exception, "sqlstate", None) or ""
-        lost = context.is_disconnect or sqlstate.startswith(_UNAVAILABLE_SQLSTATE_CLASS)
-        if not (lost or sqlstate in _UNAVAILABLE_SQLSTATES):
+        sqlstate = getattr(context.original_exception, "sqlstate", None)
+        if not (context.is_disconnect or sqlstate in _UNAVAILABLE_SQLSTATES):
             return None
         return sa.exc.OperationalError(
             error.statement,
