@@ -100,6 +100,24 @@ async def test_a_status_change_takes_effect_in_the_next_brokerage(world) -> None
     assert len(await acquire(api)) == 1
 
 
+async def test_scratch_space_counts_the_largest_input_file(world) -> None:
+    api, runner = world
+    await set_queue(api, "TEST_PQ", maxwdir=2)
+    files = [CatalogFile(lfn="big.root", fsize=3 * 2**20, n_events=1)]
+    async with api.state.db.transaction() as conn:
+        await api.state.dm.register_files(conn, api.state.clock, DATASET, files)
+    task_id = await submit(api, anywhere(DATASET, "user.testuser.scratch.v1", n_files_per_job=1))
+    await runner.drain()
+    async with api.state.db.transaction(write=False) as conn:
+        query = sa.select(tasks.c.status, tasks.c.errorDialog).where(tasks.c.jediTaskID == task_id)
+        task = (await conn.execute(query)).one()
+    assert task.status == "pending"
+    assert "TEST_PQ has 2 MB of scratch, a job needs 3 MB" in task.errorDialog
+    await set_queue(api, "TEST_PQ", maxwdir=3)
+    await runner.drain()
+    assert len(await acquire(api)) == 1
+
+
 async def test_a_unified_queue_gives_each_job_its_resource_type(world) -> None:
     api, runner = world
     await set_queue(api, "TEST_PQ", corecount=8, maxrss=32000, capability="ucore")
@@ -129,6 +147,7 @@ async def test_the_watchdog_sweeps_jobs_left_at_an_offline_queue(world) -> None:
     job = await queued_job(api, runner)
     await put_queue(api, name="OFF_PQ", status="offline")
     await put_queue(api, name=OTHER)
+    await pilots_seen(api, timedelta(hours=1), site=OTHER)
     await set_job(api, job["PandaID"], computingSite="OFF_PQ", jobStatus="assigned")
     assert await watch(api, timedelta(0)) == 1
     await assert_rebrokered(api, runner, job)

@@ -56,10 +56,12 @@ async def sites_with_job_start(conn: AsyncConnection, since: datetime) -> set[st
     return {site for site in (await conn.execute(query)).scalars() if site}
 
 
-async def largest_ready_file(conn: AsyncConnection, dataset_id: int) -> int:
-    """Bytes of the largest file of a dataset still waiting for a job (0 when none)."""
+async def largest_ready_file(conn: AsyncConnection, task_id: int, dataset_id: int) -> int:
+    """Bytes of the largest file of a task's dataset still waiting for a job (0 when none)."""
     query = sa.select(sa.func.max(task_files.c.fsize)).where(
-        task_files.c.datasetID == dataset_id, task_files.c.status == "ready"
+        task_files.c.jediTaskID == task_id,
+        task_files.c.datasetID == dataset_id,
+        task_files.c.status == "ready",
     )
     return int((await conn.execute(query)).scalar_one_or_none() or 0)
 

@@ -50,7 +50,8 @@ async def claim_stale(
         jobs.c.jobStatus.in_(list(statuses)),
         column.isnot(None),
         column < before,
-        sa.not_(at_queue_in_status(PAUSED)),
+        # (NOT IN is unknown for a job without a queue: such a job is not at a paused one.)
+        sa.or_(jobs.c.computingSite.is_(None), sa.not_(at_queue_in_status(PAUSED))),
     )
     if condition is not None:
         query = query.where(condition)

@@ -180,7 +180,9 @@ async def _needs(
     # The largest input file only matters where scratch space is limited.
     largest = 0
     if master["type"] == "input" and any((queue.get("maxwdir") or 0) > 0 for queue in queue_specs):
-        largest = -(-(await brokerage_db.largest_ready_file(conn, master["datasetID"])) // 2**20)
+        largest = -(
+            -(await brokerage_db.largest_ready_file(conn, task["jediTaskID"], master["datasetID"])) // 2**20
+        )
     return TaskNeeds(
         site=task["site"],
         prod_source_label=task["prodSourceLabel"],

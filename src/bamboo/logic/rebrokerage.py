@@ -114,7 +114,10 @@ async def exempt_sites(conn: AsyncConnection) -> list[str]:
 
 def reassignable(exempt: Sequence[str]) -> sa.ColumnElement[bool]:
     """Jobs not at one of the ``exempt`` queues."""
-    return jobs_table.c.computingSite.notin_(list(exempt)) if exempt else sa.true()
+    if not exempt:
+        return sa.true()
+    site = jobs_table.c.computingSite
+    return sa.or_(site.is_(None), site.notin_(list(exempt)))
 
 
 async def leave_offline_queue(conn: AsyncConnection, clock: Clock, spec: dict[str, Any]) -> int:
