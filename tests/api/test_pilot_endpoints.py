@@ -448,6 +448,11 @@ async def test_a_report_from_another_batch_job_is_told_to_stop(world) -> None:
     assert (await post(api, "update_job", **numeric))["data"]["command"] == "NULL"
     assert (await post(api, "update_job", **{**numeric, "batch_id": "1240"}))["data"]["command"] == "NULL"
     assert (await row(api, second))["batchID"] == "1240"
+    # A job already final is told so, whoever asks, and keeps no trace of the stray report.
+    await set_job(api, second, jobStatus="finished")
+    late = await post(api, "update_job", **{**numeric, "batch_id": "slurm.other"})
+    assert late["data"] == {"StatusCode": 0, "command": "alreadydone"}
+    assert (await row(api, second))["supErrorCode"] is None
 
 
 async def test_update_job_wrong_caller_and_bad_parameters(world) -> None:

@@ -12,7 +12,6 @@ import pytest
 from typer.testing import CliRunner
 
 from bamboo.cli.main import app
-from bamboo.cli.options import console
 from bamboo.db.engine import Database
 from bamboo.logic import worker_nodes
 from tests.conftest import FixedClock
@@ -22,12 +21,13 @@ SEEN = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 
 
 @pytest.fixture
-def cli(db: Database, database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator:
-    # Wide enough that rich does not wrap the table's cells.
-    monkeypatch.setattr(console, "width", 200)
-
+def cli(db: Database, database_url: str, tmp_path: Path) -> Iterator:
     def run(*args: str, ok: bool = True) -> str:
-        result = runner.invoke(app, [*args, "--home", str(tmp_path / "home"), "--database-url", database_url])
+        result = runner.invoke(
+            app,
+            [*args, "--home", str(tmp_path / "home"), "--database-url", database_url],
+            env={"COLUMNS": "200"},  # wide enough that rich does not wrap the table's cells
+        )
         assert (result.exit_code == 0) is ok, result.output
         return result.output
 

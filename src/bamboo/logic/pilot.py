@@ -214,6 +214,9 @@ async def update_job(
     if len(str(report.get("meta_data") or "")) > MAX_METADATA_CHARS:
         diag = {"StatusCode": STATUS_NOT_STORED, "ErrorDiag": METADATA_FAILED}
         return UpdateAnswer(diag, message=METADATA_FAILED)
+    decision = pilot_report(job["jobStatus"], job_status)
+    if decision.status is None and decision.reply is not None:
+        return UpdateAnswer({"StatusCode": 0, "command": decision.reply})
     now = clock.now()
     if _batch_conflict(job["batchID"], report.get("batch_id")):
         # Two batch jobs run the same PanDA job: the one reporting now is told to stop, and the
@@ -222,9 +225,6 @@ async def update_job(
         mismatch = {"supErrorCode": SUPERVISOR_BATCH_MISMATCH, "supErrorDiag": diag[:250]}
         await jobs_db.update(conn, job_id, modificationTime=now, **mismatch)
         return UpdateAnswer({"StatusCode": 0, "command": COMMAND_KILL})
-    decision = pilot_report(job["jobStatus"], job_status)
-    if decision.status is None and decision.reply is not None:
-        return UpdateAnswer({"StatusCode": 0, "command": decision.reply})
     values = columns_from_report(report)
     values["modificationTime"] = now
     if decision.status is not None and decision.status != job["jobStatus"]:

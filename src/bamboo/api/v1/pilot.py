@@ -167,9 +167,15 @@ async def update_job(
     destination_site: Text = None,
     job_metrics: Text = None,
     job_output_report: Annotated[str, "JSON {lfn: {guid, fsize, adler32|md5sum, ...}} of the outputs."] = "",
-    pilot_log: Annotated[str, "The pilot's log excerpt."] = "",
-    meta_data: Annotated[str, "The payload's job metadata (JSON text)."] = "",
-    stdout: Annotated[str, "The payload's standard output excerpt."] = "",
+    pilot_log: Annotated[
+        str, f"The pilot's log excerpt (its last {pilot_logic.MAX_PILOT_LOG_CHARS:,} characters are kept)."
+    ] = "",
+    meta_data: Annotated[
+        str, f"The payload's job metadata (JSON text, at most {pilot_logic.MAX_METADATA_CHARS:,} characters)."
+    ] = "",
+    stdout: Annotated[
+        str, f"The payload's standard output (its last {pilot_logic.MAX_STDOUT_CHARS:,} characters are kept)."
+    ] = "",
     timeout: Annotated[int, "Accepted for compatibility; not used."] = 60,
 ) -> Reply:
     """A pilot's heartbeat or final report; the answer carries the command for the pilot.
