@@ -581,8 +581,9 @@ async def run_load(
 ) -> Audit:
     """Submit the tasks (unless given), drive the pilots until every task is final, then audit.
 
-    ``disruption`` runs beside the pilots (it kills and restarts processes); the load ends when
-    every task is final and the disruption is over, or at the size's deadline.
+    ``disruption`` runs beside the pilots (it kills and restarts processes). The load ends when
+    every task is final, or at the size's deadline; a disruption still waiting then is cancelled
+    (tests check how often their processes were started).
     """
     started = time.monotonic()
     if task_ids is None:

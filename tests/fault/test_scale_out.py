@@ -21,8 +21,9 @@ SIZE = load_size(
 # A job whose acquire_jobs answer died with a killed server stays `sent`: the watchdog fails it
 # (jobDispatcherErrorCode 102) after this long, and its task makes a new job.
 SENT_TIMEOUT = {"BAMBOO_JOB_SENT_TIMEOUT_MINUTES": "0.5", "BAMBOO_JOB_WATCHDOG_PERIOD_SECONDS": "5"}
-# Each process holds at most this many connections: the database server is shared.
-POOL = {"BAMBOO_DB_POOL_SIZE": "20" if SIZE.clients > 50 else "8"}
+# Each process holds at most this many connections: the database server is shared (requests
+# beyond wait for a pooled connection).
+POOL = {"BAMBOO_DB_POOL_SIZE": "10"}
 
 
 async def start_scale_out(make_deployment: MakeDeployment, **env: str) -> Deployment:
