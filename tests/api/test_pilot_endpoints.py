@@ -7,6 +7,7 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 import pytest
 import sqlalchemy as sa
 
@@ -377,12 +378,16 @@ async def test_update_job_stores_every_field_with_its_unit_and_length(world) -> 
         (record,) = envelope(await client.post("/api/v1/job/get_description", json={"job_ids": [panda_id]}))[
             "data"
         ]
-        script = envelope(
-            await client.get("/api/v1/job/generate_offline_execution_script", params={"job_id": panda_id})
-        )["data"]
+        script = await offline_script(client, panda_id)
     assert record["metadata"] == FULL_REPORT["meta_data"] and record["memory_leak"] == 123
     assert "# --- pilot log of the last attempt ---\n# pilot started\n# pilot ended\n" in script
     assert "# --- payload stdout of the last attempt ---\n# payload says hello\n" in script
+
+
+async def offline_script(client, panda_id: int) -> str:
+    """The offline script, which the endpoint answers as a bare JSON string."""
+    response = await client.get("/api/v1/job/generate_offline_execution_script", params={"job_id": panda_id})
+    return orjson.loads(response.content)
 
 
 async def test_bulk_reports_store_the_same_columns(world) -> None:
@@ -410,9 +415,7 @@ async def test_pilot_log_and_stdout_keep_their_end(world) -> None:
     job = await row(api, panda_id)
     assert job["pilot_log"] == job["stdout"] == "b" * pilot_logic.MAX_PILOT_LOG_CHARS
     async with api.client() as client:
-        script = envelope(
-            await client.get("/api/v1/job/generate_offline_execution_script", params={"job_id": panda_id})
-        )["data"]
+        script = await offline_script(client, panda_id)
     assert "# --- pilot log of the last attempt (end only) ---" in script
     assert len(script) < 3 * 20_000 + 5_000
 
