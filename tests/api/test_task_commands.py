@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import sqlalchemy as sa
 
-from bamboo.db.schema import jobs, task_commands, task_datasets, task_files
+from bamboo.db.schema import jobs, task_commands, task_datasets, task_files, tasks
 from bamboo.logic import queues
 from tests.api.conftest import ApiServer
 from tests.api.test_task_flow import acquire, envelope, report, run_job, submit, task_status, world
@@ -273,6 +273,12 @@ async def test_retry_with_new_parameters_updates_the_task(world) -> None:
     async with api.client(headers=api.token_headers(OWNER)) as client:
         params = envelope(await client.get("/api/v1/task/get_task_parameters", params={"task_id": task_id}))
     assert params["data"]["nEventsPerJob"] == 1
+    # The generator sizes jobs from the split rule, so the new size must be there too.
+    async with api.state.db.transaction() as conn:
+        split_rule = (
+            await conn.execute(sa.select(tasks.c.splitRule).where(tasks.c.jediTaskID == task_id))
+        ).scalar_one()
+    assert "NE=1" in split_rule.split(",")
     body = await command(api, "retry", task_id=task_id, new_parameters="not json")
     assert body["success"] is False and body["data"] == 1
     assert body["message"].startswith("new parameter conversion failed with")

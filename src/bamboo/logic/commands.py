@@ -31,6 +31,7 @@ from bamboo.logic.states import (
     command_accepted,
     command_executable,
 )
+from bamboo.logic.task_admin import format_split_rule, parse_split_rule
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +143,7 @@ async def retry(
     merged = None if new_parameters is None else _merged_parameters(task, new_parameters)
     if task["status"] in _RETRY_ACTIVE_STATUSES and task["prodSourceLabel"] == "user":
         if merged is not None:
-            await _store_parameters(conn, task_id, merged)
+            await _store_parameters(conn, task, merged)
         reopened = await _reopen_exhausted_rows(conn, clock, task_id)
         if reopened:
             await notify.announce(conn, "generator")
@@ -156,7 +157,7 @@ async def retry(
     )
     if merged is None or result.code != OK:
         return result
-    await _store_parameters(conn, task_id, merged)
+    await _store_parameters(conn, task, merged)
     return CommandResult(NEW_PARAMETERS_ACCEPTED, reactivation_message(task_id, task["status"]))
 
 
@@ -197,9 +198,18 @@ def _merged_parameters(task: dict[str, Any], new_parameters: dict[str, Any]) -> 
     return params
 
 
-async def _store_parameters(conn: AsyncConnection, task_id: int, params: dict[str, Any]) -> None:
+async def _store_parameters(conn: AsyncConnection, task: dict[str, Any], params: dict[str, Any]) -> None:
     # The generator refines the stored parameters each cycle, so the jobs a retry makes use them.
-    await tasks_db.update(conn, task_id, task_params=orjson.dumps(params).decode())
+    # It takes the job sizes from the split rule, though (where task/change_split_rule and the
+    # retry rules change them), so new sizes among the parameters go there too.
+    rules = parse_split_rule(task["splitRule"])
+    for tag, value in taskparams.refine(params).split.size_tags().items():
+        if value is None:
+            rules.pop(tag, None)
+        else:
+            rules[tag] = value
+    text = orjson.dumps(params).decode()
+    await tasks_db.update(conn, task["jediTaskID"], task_params=text, splitRule=format_split_rule(rules))
 
 
 # --- execution (the commando agent) ---------------------------------------------------------------

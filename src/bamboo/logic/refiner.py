@@ -122,22 +122,8 @@ async def _wait(conn: AsyncConnection, clock: Clock, task: dict[str, Any], dialo
 
 
 def _split_rule_text(refined: RefinedTask) -> str | None:
-    rule = refined.split
-    tokens = [
-        ("NE", rule.n_events_per_job),
-        ("NF", rule.n_files_per_job),
-        ("NG", rule.n_gb_per_job),
-        ("MF", rule.n_max_files_per_job),
-        ("UB", 1 if refined.build is not None else None),
-    ]
-    return (
-        ",".join(
-            f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}"
-            for key, value in tokens
-            if value is not None
-        )
-        or None
-    )
+    tokens = {**refined.split.size_tags(), "UB": "1" if refined.build is not None else None}
+    return ",".join(f"{key}={value}" for key, value in tokens.items() if value is not None) or None
 
 
 async def _create_datasets(

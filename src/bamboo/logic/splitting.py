@@ -65,6 +65,19 @@ class SplitRule:
         if self.n_max_files_per_job < 1 or self.max_size_per_job < 1:
             raise ValueError("n_max_files_per_job and max_size_per_job must be positive")
 
+    def size_tags(self) -> dict[str, str | None]:
+        """The sizes as the task's ``splitRule`` tags (``NE``, ``NF``, ``NG``, ``MF``); None where unset."""
+        sizes = {
+            "NE": self.n_events_per_job,
+            "NF": self.n_files_per_job,
+            "NG": self.n_gb_per_job,
+            "MF": self.n_max_files_per_job,
+        }
+        return {
+            tag: None if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+            for tag, value in sizes.items()
+        }
+
     @classmethod
     def from_params(cls, params: Mapping[str, Any], n_events_per_file: int | None) -> SplitRule:
         """Build the rule from task parameters that passed ``taskparams.validate``.
