@@ -6,7 +6,9 @@ The measurements, in order, each against the same server:
 2. ``pilot/acquire_jobs`` with n_jobs=1 and n_jobs=10, on jobs the agents generated beforehand;
 3. ``pilot/update_job`` heartbeats (``running``) on the jobs dispatched in 2;
 4. the latency from a task submission's answer to its first activated job;
-5. how fast the agents turn one large task (100,000 jobs by default) into activated jobs.
+5. the full job cycle: pilots take jobs, report them running and finished, and the server's agents
+   finalise them (while the agents also generate another task's jobs);
+6. how fast the agents turn one large task (100,000 jobs by default) into activated jobs.
 
 Every rate is also given as a ratio to the is_alive rate of the same run, which takes out much of
 what the machine contributes; the CPU columns show what the client and the server each used.
@@ -76,6 +78,14 @@ LARGE_TASK_JOBS = 100_000
 QUICK_LARGE_TASK_JOBS = 10_000
 LARGE_TASK_POLL_SECONDS = 0.25
 LARGE_TASK_TIMEOUT_SECONDS = 600.0
+# The full job cycle: Harvester-style pilots taking this many jobs per round, a task sized to keep
+# them busy for the whole load at the aimed rate, and a second task generated during the load.
+FULL_CYCLE_ROW = "full job cycle"
+FULL_CYCLE_AIM_JOBS_PER_S = 1_000
+FULL_CYCLE_JOBS_PER_PILOT = 10
+FULL_CYCLE_GENERATED_JOBS = 2_000
+FULL_CYCLE_POLL_SECONDS = 0.1
+FULL_CYCLE_TIMEOUT_SECONDS = 600.0
 
 
 @dataclass(frozen=True)
@@ -135,6 +145,10 @@ def aims(database: str, large_task_jobs: int = LARGE_TASK_JOBS) -> dict[str, Aim
         "acquire n_jobs=1": Aim("≥ 25 % of is_alive", lambda row: _at_least(row.ratio_to_is_alive, 0.25)),
         "acquire n_jobs=10": Aim(f"≥ {batched:,} jobs/s", lambda row: _at_least(row.jobs_per_s, batched)),
         "update_job heartbeat": Aim("≥ 2,000/s", lambda row: _at_least(row.ops_per_s, 2_000)),
+        FULL_CYCLE_ROW: Aim(
+            f"≥ {FULL_CYCLE_AIM_JOBS_PER_S:,} jobs/s",
+            lambda row: _at_least(row.jobs_per_s, FULL_CYCLE_AIM_JOBS_PER_S) if not row.errors else False,
+        ),
         # A submission that never showed a job counts against the aim, whatever the others did.
         "submit → first job activated": Aim(
             "p95 < 1 s",
@@ -418,6 +432,69 @@ class Bench:
             )
         return row
 
+    async def measure_full_cycle(self, client: httpx.AsyncClient) -> list[Row]:
+        """Pilots run whole job cycles; jobs count once the server's agents made them ``finished``.
+
+        Each connection is a pilot that takes ``FULL_CYCLE_JOBS_PER_PILOT`` jobs, reports them
+        running and then finished with an output report (``update_jobs_bulk``), and starts again.
+        The rate is over the time from the start of the load until the last reported job left
+        ``holding`` (the finaliser's backlog is part of the cycle). Meanwhile the agents generate
+        another task, timed from its submission to its last job: generation under pilot load,
+        compared with the generation of the cycle's own task just before, with no pilots.
+        """
+        duration = self.options.duration
+        size = max(MIN_POOL_JOBS, math.ceil(duration * FULL_CYCLE_AIM_JOBS_PER_S * POOL_MARGIN))
+        size = min(MAX_POOL_JOBS, size)
+        quiet = await self.create_jobs(client, size)
+        self.say(f"{FULL_CYCLE_ROW} for {duration:g} s: {self.options.concurrency} pilots on {size:,} jobs")
+        extra = min(FULL_CYCLE_GENERATED_JOBS, size)
+        async with _job_counter(self.server) as counter:
+            start = time.perf_counter()
+            generated_task = await self.submit(client, extra, output=True)
+            load_done = asyncio.Event()
+            watcher = asyncio.create_task(_watch_cycle(counter, generated_task, extra, start, load_done))
+            row, result = await self.load(
+                FULL_CYCLE_ROW,
+                "cycle",
+                duration=duration,
+                max_requests=math.ceil(size / FULL_CYCLE_JOBS_PER_PILOT) + self.options.concurrency,
+                n_jobs=FULL_CYCLE_JOBS_PER_PILOT,
+            )
+            load_end = time.perf_counter() - start
+            load_done.set()
+            watch = await watcher
+            finished = await counter.in_status("finished")
+        reported = result.jobs
+        row.requests, row.jobs = result.requests, reported
+        row.elapsed = watch.holding_empty_after or load_end
+        row.jobs_per_s = reported / row.elapsed if row.elapsed else None
+        row.ops_per_s = None
+        row.notes.append(
+            f"{reported:,} jobs reported finished by {len(result.acquired):,} taken in {load_end:.1f} s; "
+            f"the last left holding after {row.elapsed:.1f} s; holding peaked at {watch.holding_peak:,}"
+        )
+        if result.drained:
+            row.notes.append("the pilots drained the queue")
+        if finished != reported or watch.holding_empty_after is None:
+            row.errors += 1
+            row.notes.append(f"{finished:,} of the {reported:,} reported jobs are finished")
+        duplicates = len(result.acquired) - len(set(result.acquired))
+        if duplicates:
+            row.errors += 1
+            row.notes.append(f"{duplicates} jobs handed out twice")
+        generated = Row(name=f"generate {extra:,} jobs under the full cycle", jobs=watch.generated)
+        if watch.generated_after is None:
+            generated.errors = 1
+            generated.notes.append(f"only {watch.generated:,} of {extra:,} jobs generated")
+        else:
+            generated.elapsed = watch.generated_after
+            generated.jobs_per_s = extra / watch.generated_after
+            if quiet.jobs_per_s:
+                generated.notes.append(
+                    f"{generated.jobs_per_s / quiet.jobs_per_s:.2f} × the rate with no pilots (row above)"
+                )
+        return [quiet, row, generated]
+
     async def measure_large_task(self, client: httpx.AsyncClient) -> Row:
         """One task of many jobs, from the submission until the database holds all of them.
 
@@ -477,6 +554,7 @@ class Bench:
             rows += acquire_rows
             rows.append(await self.measure_heartbeats(dispatched))
             rows.append(await self.measure_activation(client))
+            rows += await self.measure_full_cycle(client)
             if self.options.large_task_jobs:
                 rows.append(await self.measure_large_task(client))
         targets = aims(self.options.database, self.options.large_task_jobs)
@@ -498,28 +576,89 @@ async def _call(request: Any) -> dict[str, Any]:
     return response.json()
 
 
+@dataclass
+class _CycleWatch:
+    """What the database showed during a full-cycle load."""
+
+    holding_peak: int = 0
+    holding_empty_after: float | None = None
+    generated: int = 0
+    generated_after: float | None = None
+
+
+async def _watch_cycle(
+    counter: JobCounter, task_id: int, expected: int, start: float, load_done: asyncio.Event
+) -> _CycleWatch:
+    """Poll the backlog in holding and the generated task until both are done (or time is up).
+
+    The backlog counts as worked off when holding is empty after the load ended: every job the
+    pilots reported has been finalised by then.
+    """
+    watch = _CycleWatch()
+    deadline = start + FULL_CYCLE_TIMEOUT_SECONDS
+    while time.perf_counter() < deadline:
+        await asyncio.sleep(FULL_CYCLE_POLL_SECONDS)
+        ended = load_done.is_set()
+        now = time.perf_counter() - start
+        if watch.generated_after is None:
+            watch.generated = await counter(task_id)
+            if watch.generated >= expected:
+                watch.generated_after = now
+        if watch.holding_empty_after is None:
+            holding = await counter.in_status("holding")
+            watch.holding_peak = max(watch.holding_peak, holding)
+            if ended and not holding:
+                watch.holding_empty_after = now
+        if watch.generated_after is not None and watch.holding_empty_after is not None:
+            break
+    return watch
+
+
+class JobCounter:
+    """Read-only counts in the server's database (committed rows), polled by the benchmark.
+
+    Reading the database keeps the polling off the server being measured: listing jobs through the
+    API several times a second would load it.
+    """
+
+    def __init__(self, fetch: Callable[[str, Sequence[Any]], Awaitable[int]], placeholder: str) -> None:
+        self._fetch = fetch
+        self._task_query = f'SELECT count(*) FROM jobs WHERE "jediTaskID" = {placeholder}'  # noqa: S608
+        self._status_query = f'SELECT count(*) FROM jobs WHERE "jobStatus" = {placeholder}'  # noqa: S608
+
+    async def __call__(self, task_id: int) -> int:
+        """How many jobs the task has."""
+        return await self._fetch(self._task_query, [task_id])
+
+    async def in_status(self, status: str) -> int:
+        """How many jobs have this status (the full cycle is the only row that ends jobs, so
+        ``finished`` counts its jobs)."""
+        return await self._fetch(self._status_query, [status])
+
+
 @contextlib.asynccontextmanager
-async def _job_counter(server: Server) -> AsyncIterator[Callable[[int], Awaitable[int]]]:
-    """A function counting a task's jobs in the server's database (read-only, committed rows)."""
+async def _job_counter(server: Server) -> AsyncIterator[JobCounter]:
+    """A :class:`JobCounter` on the server's database."""
     if server.database_url:
         connection = await asyncpg.connect(server.database_url.replace("postgresql+asyncpg", "postgresql"))
 
-        async def count_pg(task_id: int) -> int:
-            return await connection.fetchval('SELECT count(*) FROM jobs WHERE "jediTaskID" = $1', task_id)
+        async def fetch_pg(query: str, parameters: Sequence[Any]) -> int:
+            return await connection.fetchval(query, *parameters)
 
         try:
-            yield count_pg
+            # asyncpg's placeholder; SQLite's is "?".
+            yield JobCounter(fetch_pg, "$1")
         finally:
             await connection.close()
         return
     # SQLite in WAL mode: a reader neither blocks the server's writes nor waits for them.
     database = sqlite3.connect(f"file:{server.home / 'bamboo.db'}?mode=ro", uri=True)
 
-    async def count_sqlite(task_id: int) -> int:
-        return database.execute('SELECT count(*) FROM jobs WHERE "jediTaskID" = ?', (task_id,)).fetchone()[0]
+    async def fetch_sqlite(query: str, parameters: Sequence[Any]) -> int:
+        return database.execute(query, tuple(parameters)).fetchone()[0]
 
     try:
-        yield count_sqlite
+        yield JobCounter(fetch_sqlite, "?")
     finally:
         database.close()
 
