@@ -217,6 +217,8 @@ task_files = sa.Table(
     sa.Column("proc_status", sa.String(64), nullable=True),
     sa.Index("ix_task_files_dataset", "jediTaskID", "datasetID", "status"),
     sa.Index("ix_task_files_panda", "PandaID"),
+    # The rows a job produces, read by the finaliser for every batch it ends.
+    sa.Index("ix_task_files_out_panda", "outPandaID"),
 )
 
 
