@@ -145,10 +145,6 @@ def aims(database: str, large_task_jobs: int = LARGE_TASK_JOBS) -> dict[str, Aim
         "acquire n_jobs=1": Aim("≥ 25 % of is_alive", lambda row: _at_least(row.ratio_to_is_alive, 0.25)),
         "acquire n_jobs=10": Aim(f"≥ {batched:,} jobs/s", lambda row: _at_least(row.jobs_per_s, batched)),
         "update_job heartbeat": Aim("≥ 2,000/s", lambda row: _at_least(row.ops_per_s, 2_000)),
-        FULL_CYCLE_ROW: Aim(
-            f"≥ {FULL_CYCLE_AIM_JOBS_PER_S:,} jobs/s",
-            lambda row: _at_least(row.jobs_per_s, FULL_CYCLE_AIM_JOBS_PER_S) if not row.errors else False,
-        ),
         # A submission that never showed a job counts against the aim, whatever the others did.
         "submit → first job activated": Aim(
             "p95 < 1 s",
@@ -468,11 +464,18 @@ class Bench:
         row.requests, row.jobs = result.requests, reported
         row.elapsed = watch.holding_empty_after or load_end
         row.jobs_per_s = reported / row.elapsed if row.elapsed else None
+        # A pilot's round is three requests (acquire, running, finished): latency is per round.
         row.ops_per_s = None
         row.notes.append(
             f"{reported:,} jobs reported finished by {len(result.acquired):,} taken in {load_end:.1f} s; "
             f"the last left holding after {row.elapsed:.1f} s; holding peaked at {watch.holding_peak:,}"
         )
+        if watch.holding_at_load_end and watch.holding_empty_after and watch.load_end_seen_after:
+            # The finaliser's own rate, once the pilots no longer compete with it for the CPU.
+            backlog_time = watch.holding_empty_after - watch.load_end_seen_after
+            row.notes.append(
+                f"the finaliser then ended the last {watch.holding_at_load_end:,} in {backlog_time:.1f} s"
+            )
         if result.drained:
             row.notes.append("the pilots drained the queue")
         if finished != reported or watch.holding_empty_after is None:
@@ -482,6 +485,10 @@ class Bench:
         if duplicates:
             row.errors += 1
             row.notes.append(f"{duplicates} jobs handed out twice")
+        if self.options.database == "postgresql":
+            # The aim for the whole cycle names PostgreSQL only.
+            row.aim = f"≥ {FULL_CYCLE_AIM_JOBS_PER_S:,} jobs/s"
+            row.aim_met = not row.errors and (row.jobs_per_s or 0) >= FULL_CYCLE_AIM_JOBS_PER_S
         generated = Row(name=f"generate {extra:,} jobs under the full cycle", jobs=watch.generated)
         if watch.generated_after is None:
             generated.errors = 1
@@ -582,6 +589,9 @@ class _CycleWatch:
 
     holding_peak: int = 0
     holding_empty_after: float | None = None
+    # The backlog the finaliser still had when the pilots stopped, and when that was seen.
+    holding_at_load_end: int | None = None
+    load_end_seen_after: float | None = None
     generated: int = 0
     generated_after: float | None = None
 
@@ -607,6 +617,8 @@ async def _watch_cycle(
         if watch.holding_empty_after is None:
             holding = await counter.in_status("holding")
             watch.holding_peak = max(watch.holding_peak, holding)
+            if ended and watch.holding_at_load_end is None:
+                watch.holding_at_load_end, watch.load_end_seen_after = holding, now
             if ended and not holding:
                 watch.holding_empty_after = now
         if watch.generated_after is not None and watch.holding_empty_after is not None:

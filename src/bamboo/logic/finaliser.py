@@ -115,7 +115,7 @@ async def finalise(conn: AsyncConnection, clock: Clock, dm: DataManagement) -> i
     now = clock.now()
     batch = _BatchWrites()
     for job in waiting:
-        await _finalise_job(batch, job, files[job["PandaID"]], rows_by_job[job["PandaID"]], now)
+        _finalise_job(batch, job, files[job["PandaID"]], rows_by_job[job["PandaID"]], now)
     await batch.write(conn, clock, dm, now)
     return len(waiting)
 
@@ -160,7 +160,7 @@ class _BatchWrites:
             await tasks_db.bump_dataset(conn, dataset_id, now, **dict(self.counters[dataset_id]))
 
 
-async def _finalise_job(
+def _finalise_job(
     batch: _BatchWrites,
     job: dict[str, Any],
     files: list[dict[str, Any]],
@@ -202,7 +202,8 @@ async def _finalise_job(
     if succeeded:
         _propagate_success(batch, inputs, produced, outputs, metadata)
     else:
-        # One failed job at a time: the place for rules that look at a failed job and its inputs.
+        # One failed job at a time, with its input rows: where rules deciding a failed job's retry
+        # belong; what they decide goes into the batch like the rest.
         _propagate_failure(batch, inputs, produced)
     if job["processingType"] == merge_jobs.PROCESSING_TYPE:
         batch.merge_ends.append((job, rows, succeeded))
