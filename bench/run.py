@@ -7,7 +7,7 @@ The measurements, in order, each against the same server:
 3. ``pilot/update_job`` heartbeats (``running``) on the jobs dispatched in 2;
 4. the latency from a task submission's answer to its first activated job;
 5. the full job cycle: pilots take jobs, report them running and finished, and the server's agents
-   finalise them (while the agents also generate another task's jobs);
+   finalise them, while the agents still generate the rest of the same task;
 6. how fast the agents turn one large task (100,000 jobs by default) into activated jobs.
 
 Every rate is also given as a ratio to the is_alive rate of the same run, which takes out much of
@@ -78,12 +78,13 @@ LARGE_TASK_JOBS = 100_000
 QUICK_LARGE_TASK_JOBS = 10_000
 LARGE_TASK_POLL_SECONDS = 0.25
 LARGE_TASK_TIMEOUT_SECONDS = 600.0
-# The full job cycle: Harvester-style pilots taking this many jobs per round, a task sized to keep
-# them busy for the whole load at the aimed rate, and a second task generated during the load.
+# The full job cycle: Harvester-style pilots taking this many jobs per round, on a task with enough
+# jobs to keep them busy for the whole load at the aimed rate and this many more, which the agents
+# generate while the pilots run.
 FULL_CYCLE_ROW = "full job cycle"
 FULL_CYCLE_AIM_JOBS_PER_S = 1_000
 FULL_CYCLE_JOBS_PER_PILOT = 10
-FULL_CYCLE_GENERATED_JOBS = 2_000
+FULL_CYCLE_GENERATED_JOBS = 4_000
 FULL_CYCLE_POLL_SECONDS = 0.1
 FULL_CYCLE_TIMEOUT_SECONDS = 600.0
 
@@ -429,31 +430,50 @@ class Bench:
         return row
 
     async def measure_full_cycle(self, client: httpx.AsyncClient) -> list[Row]:
-        """Pilots run whole job cycles; jobs count once the server's agents made them ``finished``.
+        """Pilots run whole job cycles while the agents still generate the same task's jobs.
 
-        Each connection is a pilot that takes ``FULL_CYCLE_JOBS_PER_PILOT`` jobs, reports them
-        running and then finished with an output report (``update_jobs_bulk``), and starts again.
-        The rate is over the time from the start of the load until the last reported job left
-        ``holding`` (the finaliser's backlog is part of the cycle). Meanwhile the agents generate
-        another task, timed from its submission to its last job: generation under pilot load,
-        compared with the generation of the cycle's own task just before, with no pilots.
+        One task with a data output and a log: once the agents have made the jobs the pilots may
+        take (timed: generation with no pilots), each connection becomes a pilot that takes
+        ``FULL_CYCLE_JOBS_PER_PILOT`` jobs, reports them running and then finished with an output
+        report (``update_jobs_bulk``), and starts again. Jobs count once the server's agents made
+        them ``finished``: the rate is over the time from the start of the load until the last
+        reported job left ``holding``. Meanwhile the agents make the task's remaining jobs, timed
+        until the last: generation while pilots run and the finaliser ends jobs of the same task
+        (its dataset rows are the ones both agents update).
         """
         duration = self.options.duration
         size = max(MIN_POOL_JOBS, math.ceil(duration * FULL_CYCLE_AIM_JOBS_PER_S * POOL_MARGIN))
         size = min(MAX_POOL_JOBS, size)
-        quiet = await self.create_jobs(client, size)
-        self.say(f"{FULL_CYCLE_ROW} for {duration:g} s: {self.options.concurrency} pilots on {size:,} jobs")
-        extra = min(FULL_CYCLE_GENERATED_JOBS, size)
+        total = size + FULL_CYCLE_GENERATED_JOBS
+        self.say(f"{FULL_CYCLE_ROW}: one task of {total:,} jobs, pilots start once {size:,} are made")
         async with _job_counter(self.server) as counter:
             start = time.perf_counter()
-            generated_task = await self.submit(client, extra, output=True)
+            task_id = await self.submit(client, total, output=True)
+            made = 0
+            deadline = start + GENERATION_GRACE_SECONDS + size * GENERATION_SECONDS_PER_JOB
+            while made < size and time.perf_counter() < deadline:
+                await asyncio.sleep(FULL_CYCLE_POLL_SECONDS)
+                made = await counter(task_id)
+            if made < size:
+                raise BenchError(
+                    f"the agents generated {made:,} of {size:,} jobs within {deadline - start:.0f} s"
+                )
+            quiet_elapsed = time.perf_counter() - start
+            quiet = Row(
+                name=f"generate {made:,} jobs (agents)",
+                jobs=made,
+                elapsed=quiet_elapsed,
+                jobs_per_s=made / quiet_elapsed,
+            )
+            self.say(f"{FULL_CYCLE_ROW} for {duration:g} s: {self.options.concurrency} pilots")
             load_done = asyncio.Event()
-            watcher = asyncio.create_task(_watch_cycle(counter, generated_task, extra, start, load_done))
+            start = time.perf_counter()
+            watcher = asyncio.create_task(_watch_cycle(counter, task_id, total, start, load_done))
             row, result = await self.load(
                 FULL_CYCLE_ROW,
                 "cycle",
                 duration=duration,
-                max_requests=math.ceil(size / FULL_CYCLE_JOBS_PER_PILOT) + self.options.concurrency,
+                max_requests=math.ceil(total / FULL_CYCLE_JOBS_PER_PILOT) + self.options.concurrency,
                 n_jobs=FULL_CYCLE_JOBS_PER_PILOT,
             )
             load_end = time.perf_counter() - start
@@ -489,13 +509,16 @@ class Bench:
             # The issue's aim for the whole cycle names PostgreSQL only.
             row.aim = f"≥ {FULL_CYCLE_AIM_JOBS_PER_S:,} jobs/s"
             row.aim_met = not row.errors and (row.jobs_per_s or 0) >= FULL_CYCLE_AIM_JOBS_PER_S
-        generated = Row(name=f"generate {extra:,} jobs under the full cycle", jobs=watch.generated)
+        remaining = total - made
+        generated = Row(
+            name=f"generate the last {remaining:,} jobs under the full cycle", jobs=watch.generated - made
+        )
         if watch.generated_after is None:
             generated.errors = 1
-            generated.notes.append(f"only {watch.generated:,} of {extra:,} jobs generated")
-        else:
+            generated.notes.append(f"only {watch.generated - made:,} of {remaining:,} jobs generated")
+        elif remaining:
             generated.elapsed = watch.generated_after
-            generated.jobs_per_s = extra / watch.generated_after
+            generated.jobs_per_s = remaining / watch.generated_after
             if quiet.jobs_per_s:
                 generated.notes.append(
                     f"{generated.jobs_per_s / quiet.jobs_per_s:.2f} × the rate with no pilots (row above)"
