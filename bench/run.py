@@ -6,9 +6,12 @@ The measurements, in order, each against the same server:
 2. ``pilot/acquire_jobs`` with n_jobs=1 and n_jobs=10, on jobs the agents generated beforehand;
 3. ``pilot/update_job`` heartbeats (``running``) on the jobs dispatched in 2;
 4. the latency from a task submission's answer to its first activated job;
-5. how fast the agents turn one large task (100,000 jobs by default) into activated jobs;
-6. dispatch and heartbeats again beside 10,000 active jobs, with an empty job archive and then
-   with 1,000,000 archived jobs (written straight into the database), compared in the same run.
+5. dispatch and heartbeats again beside 10,000 active jobs, with an empty job archive and then
+   with 1,000,000 archived jobs (written straight into the database), compared in the same run
+   (measured right after 3);
+6. the full job cycle: pilots take jobs, report them running and finished, and the server's agents
+   finalise them, while the agents still generate the rest of the same task;
+7. how fast the agents turn one large task (100,000 jobs by default) into activated jobs.
 
 Every rate is also given as a ratio to the is_alive rate of the same run, which takes out much of
 what the machine contributes; the CPU columns show what the client and the server each used.
@@ -91,6 +94,15 @@ ARCHIVE_AIM = 0.8
 ARCHIVE_ID_BASE = 10**12
 # Rows written per statement (and, on SQLite, per transaction) while filling the archive.
 ARCHIVE_CHUNK = 100_000
+# The full job cycle: Harvester-style pilots taking this many jobs per round, on a task with enough
+# jobs to keep them busy for the whole load at the aimed rate and this many more, which the agents
+# generate while the pilots run.
+FULL_CYCLE_ROW = "full job cycle"
+FULL_CYCLE_AIM_JOBS_PER_S = 1_000
+FULL_CYCLE_JOBS_PER_PILOT = 10
+FULL_CYCLE_GENERATED_JOBS = 4_000
+FULL_CYCLE_POLL_SECONDS = 0.1
+FULL_CYCLE_TIMEOUT_SECONDS = 600.0
 
 
 @dataclass(frozen=True)
@@ -441,6 +453,102 @@ class Bench:
             )
         return row
 
+    async def measure_full_cycle(self, client: httpx.AsyncClient) -> list[Row]:
+        """Pilots run whole job cycles while the agents still generate the same task's jobs.
+
+        One task with a data output and a log: once the agents have made the jobs the pilots may
+        take (timed: generation with no pilots), each connection becomes a pilot that takes
+        ``FULL_CYCLE_JOBS_PER_PILOT`` jobs, reports them running and then finished with an output
+        report (``update_jobs_bulk``), and starts again. Jobs count once the server's agents made
+        them ``finished``: the rate is over the time from the start of the load until the last
+        reported job left ``holding``. Meanwhile the agents make the task's remaining jobs, timed
+        until the last: generation while pilots run and the finaliser ends jobs of the same task
+        (its dataset rows are the ones both agents update).
+        """
+        duration = self.options.duration
+        size = max(MIN_POOL_JOBS, math.ceil(duration * FULL_CYCLE_AIM_JOBS_PER_S * POOL_MARGIN))
+        size = min(MAX_POOL_JOBS, size)
+        total = size + FULL_CYCLE_GENERATED_JOBS
+        self.say(f"{FULL_CYCLE_ROW}: one task of {total:,} jobs, pilots start once {size:,} are made")
+        async with _job_counter(self.server) as counter:
+            start = time.perf_counter()
+            task_id = await self.submit(client, total, output=True)
+            made = 0
+            deadline = start + GENERATION_GRACE_SECONDS + size * GENERATION_SECONDS_PER_JOB
+            while made < size and time.perf_counter() < deadline:
+                await asyncio.sleep(FULL_CYCLE_POLL_SECONDS)
+                made = await counter(task_id)
+            if made < size:
+                raise BenchError(
+                    f"the agents generated {made:,} of {size:,} jobs within {deadline - start:.0f} s"
+                )
+            quiet_elapsed = time.perf_counter() - start
+            quiet = Row(
+                name=f"generate {made:,} jobs (agents)",
+                jobs=made,
+                elapsed=quiet_elapsed,
+                jobs_per_s=made / quiet_elapsed,
+            )
+            self.say(f"{FULL_CYCLE_ROW} for {duration:g} s: {self.options.concurrency} pilots")
+            load_done = asyncio.Event()
+            start = time.perf_counter()
+            watcher = asyncio.create_task(_watch_cycle(counter, task_id, total, start, load_done))
+            row, result = await self.load(
+                FULL_CYCLE_ROW,
+                "cycle",
+                duration=duration,
+                max_requests=math.ceil(total / FULL_CYCLE_JOBS_PER_PILOT) + self.options.concurrency,
+                n_jobs=FULL_CYCLE_JOBS_PER_PILOT,
+            )
+            load_end = time.perf_counter() - start
+            load_done.set()
+            watch = await watcher
+            finished = await counter.in_status("finished")
+        reported = result.jobs
+        row.requests, row.jobs = result.requests, reported
+        row.elapsed = watch.holding_empty_after or load_end
+        row.jobs_per_s = reported / row.elapsed if row.elapsed else None
+        # A pilot's round is three requests (acquire, running, finished): latency is per round.
+        row.ops_per_s = None
+        row.notes.append(
+            f"{reported:,} jobs reported finished by {len(result.acquired):,} taken in {load_end:.1f} s; "
+            f"the last left holding after {row.elapsed:.1f} s; holding peaked at {watch.holding_peak:,}"
+        )
+        if watch.holding_at_load_end and watch.holding_empty_after and watch.load_end_seen_after:
+            # The finaliser's own rate, once the pilots no longer compete with it for the CPU.
+            backlog_time = watch.holding_empty_after - watch.load_end_seen_after
+            row.notes.append(
+                f"the finaliser then ended the last {watch.holding_at_load_end:,} in {backlog_time:.1f} s"
+            )
+        if result.drained:
+            row.notes.append("the pilots drained the queue")
+        if finished != reported or watch.holding_empty_after is None:
+            row.errors += 1
+            row.notes.append(f"{finished:,} of the {reported:,} reported jobs are finished")
+        duplicates = len(result.acquired) - len(set(result.acquired))
+        if duplicates:
+            row.errors += 1
+            row.notes.append(f"{duplicates} jobs handed out twice")
+        if self.options.database == "postgresql":
+            # The issue's aim for the whole cycle names PostgreSQL only.
+            row.aim = f"≥ {FULL_CYCLE_AIM_JOBS_PER_S:,} jobs/s"
+            row.aim_met = not row.errors and (row.jobs_per_s or 0) >= FULL_CYCLE_AIM_JOBS_PER_S
+        remaining = total - made
+        generated = Row(
+            name=f"generate the last {remaining:,} jobs under the full cycle", jobs=watch.generated - made
+        )
+        if watch.generated_after is None:
+            generated.errors = 1
+            generated.notes.append(f"only {watch.generated - made:,} of {remaining:,} jobs generated")
+        elif remaining:
+            generated.elapsed = watch.generated_after
+            generated.jobs_per_s = remaining / watch.generated_after
+            if quiet.jobs_per_s:
+                generated.notes.append(
+                    f"{generated.jobs_per_s / quiet.jobs_per_s:.2f} × the rate with no pilots (row above)"
+                )
+        return [quiet, row, generated]
+
     async def measure_large_task(self, client: httpx.AsyncClient) -> Row:
         """One task of many jobs, from the submission until the database holds all of them.
 
@@ -560,6 +668,7 @@ class Bench:
             if self.options.archive_jobs:
                 rows += await self.measure_archive(client, alive)
             rows.append(await self.measure_activation(client))
+            rows += await self.measure_full_cycle(client)
             if self.options.large_task_jobs:
                 rows.append(await self.measure_large_task(client))
         targets = aims(self.options.database, self.options.large_task_jobs)
@@ -581,28 +690,94 @@ async def _call(request: Any) -> dict[str, Any]:
     return response.json()
 
 
+@dataclass
+class _CycleWatch:
+    """What the database showed during a full-cycle load."""
+
+    holding_peak: int = 0
+    holding_empty_after: float | None = None
+    # The backlog the finaliser still had when the pilots stopped, and when that was seen.
+    holding_at_load_end: int | None = None
+    load_end_seen_after: float | None = None
+    generated: int = 0
+    generated_after: float | None = None
+
+
+async def _watch_cycle(
+    counter: JobCounter, task_id: int, expected: int, start: float, load_done: asyncio.Event
+) -> _CycleWatch:
+    """Poll the backlog in holding and the generated task until both are done (or time is up).
+
+    The backlog counts as worked off when holding is empty after the load ended: every job the
+    pilots reported has been finalised by then.
+    """
+    watch = _CycleWatch()
+    deadline = start + FULL_CYCLE_TIMEOUT_SECONDS
+    while time.perf_counter() < deadline:
+        await asyncio.sleep(FULL_CYCLE_POLL_SECONDS)
+        ended = load_done.is_set()
+        now = time.perf_counter() - start
+        if watch.generated_after is None:
+            watch.generated = await counter(task_id)
+            if watch.generated >= expected:
+                watch.generated_after = now
+        if watch.holding_empty_after is None:
+            holding = await counter.in_status("holding")
+            watch.holding_peak = max(watch.holding_peak, holding)
+            if ended and watch.holding_at_load_end is None:
+                watch.holding_at_load_end, watch.load_end_seen_after = holding, now
+            if ended and not holding:
+                watch.holding_empty_after = now
+        if watch.generated_after is not None and watch.holding_empty_after is not None:
+            break
+    return watch
+
+
+class JobCounter:
+    """Read-only counts in the server's database (committed rows), polled by the benchmark.
+
+    Reading the database keeps the polling off the server being measured: listing jobs through the
+    API several times a second would load it.
+    """
+
+    def __init__(self, fetch: Callable[[str, Sequence[Any]], Awaitable[int]], placeholder: str) -> None:
+        self._fetch = fetch
+        self._task_query = f'SELECT count(*) FROM jobs WHERE "jediTaskID" = {placeholder}'  # noqa: S608
+        self._status_query = f'SELECT count(*) FROM jobs WHERE "jobStatus" = {placeholder}'  # noqa: S608
+
+    async def __call__(self, task_id: int) -> int:
+        """How many jobs the task has."""
+        return await self._fetch(self._task_query, [task_id])
+
+    async def in_status(self, status: str) -> int:
+        """How many jobs have this status (the full cycle is the only row that ends jobs, so
+        ``finished`` counts its jobs)."""
+        return await self._fetch(self._status_query, [status])
+
+
 @contextlib.asynccontextmanager
-async def _job_counter(server: Server) -> AsyncIterator[Callable[[int], Awaitable[int]]]:
-    """A function counting a task's jobs in the server's database (read-only, committed rows)."""
+async def _job_counter(server: Server) -> AsyncIterator[JobCounter]:
+    """A :class:`JobCounter` on the server's database."""
     if server.database_url:
         connection = await asyncpg.connect(server.database_url.replace("postgresql+asyncpg", "postgresql"))
 
-        async def count_pg(task_id: int) -> int:
-            return await connection.fetchval('SELECT count(*) FROM jobs WHERE "jediTaskID" = $1', task_id)
+        async def fetch_pg(query: str, parameters: Sequence[Any]) -> int:
+            return await connection.fetchval(query, *parameters)
 
         try:
-            yield count_pg
+            # asyncpg's placeholder; SQLite's is "?".
+            yield JobCounter(fetch_pg, "$1")
         finally:
             await connection.close()
         return
     # SQLite in WAL mode: a reader neither blocks the server's writes nor waits for them.
     database = sqlite3.connect(f"file:{server.home / 'bamboo.db'}?mode=ro", uri=True)
 
-    async def count_sqlite(task_id: int) -> int:
-        return database.execute('SELECT count(*) FROM jobs WHERE "jediTaskID" = ?', (task_id,)).fetchone()[0]
+    async def fetch_sqlite(query: str, parameters: Sequence[Any]) -> int:
+        return database.execute(query, tuple(parameters)).fetchone()[0]
 
     try:
-        yield count_sqlite
+        yield JobCounter(fetch_sqlite, "?")
     finally:
         database.close()
 

@@ -42,9 +42,17 @@ async def files(conn: AsyncConnection, dataset: str) -> list[dict[str, Any]]:
 
 async def add_files(conn: AsyncConnection, dataset: str, rows: list[dict[str, Any]], now: datetime) -> int:
     """Add files not yet in the dataset (by LFN); returns how many were new."""
+    # Only the names being added are looked up: reading every name of a dataset that grows by a
+    # few files per call (the finaliser's) made registering quadratic in the dataset's size.
     existing = set(
         (
-            await conn.execute(sa.select(catalog_files.c.lfn).where(catalog_files.c.dataset == dataset))
+            await conn.execute(
+                sa.select(catalog_files.c.lfn).where(
+                    catalog_files.c.dataset == dataset,
+                    catalog_files.c.lfn.in_(sa.bindparam("names", expanding=True)),
+                ),
+                {"names": list({row["lfn"] for row in rows})},
+            )
         ).scalars()
     )
     position = (

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -10,7 +10,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from bamboo.db.rows import skips_locked, uniform
+from bamboo.db.rows import skips_locked, uniform, update_each
 from bamboo.db.schema import job_files, jobs, jobs_archive
 from bamboo.db.types import UTCDateTime
 
@@ -100,18 +100,25 @@ async def update(conn: AsyncConnection, panda_id: int, **values: Any) -> None:
     await conn.execute(_update_statement(columns), parameters)
 
 
-async def update_file(conn: AsyncConnection, row_id: int, **values: Any) -> None:
-    await conn.execute(sa.update(job_files).where(job_files.c.row_ID == row_id).values(**values))
+async def update_jobs_each(conn: AsyncConnection, updates: Iterable[tuple[int, dict[str, Any]]]) -> None:
+    """Write each job's own values, given as ``(PandaID, values)`` pairs, in a few statements."""
+    await update_each(conn, jobs.c.PandaID, updates)
 
 
-async def update_files_of_job(
-    conn: AsyncConnection, panda_id: int, types: Sequence[str], **values: Any
+async def update_files_each(conn: AsyncConnection, updates: Iterable[tuple[int, dict[str, Any]]]) -> None:
+    """Write each job-file row's own values, given as ``(row_ID, values)`` pairs."""
+    await update_each(conn, job_files.c.row_ID, updates)
+
+
+async def update_files_of_jobs(
+    conn: AsyncConnection, panda_ids: Sequence[int], types: Sequence[str], **values: Any
 ) -> None:
-    await conn.execute(
-        sa.update(job_files)
-        .where(job_files.c.PandaID == panda_id, job_files.c.type.in_(list(types)))
-        .values(**values)
-    )
+    if panda_ids:
+        await conn.execute(
+            sa.update(job_files)
+            .where(job_files.c.PandaID.in_(list(panda_ids)), job_files.c.type.in_(list(types)))
+            .values(**values)
+        )
 
 
 async def ids_of_task(conn: AsyncConnection, task_id: int) -> list[int]:

@@ -217,6 +217,8 @@ task_files = sa.Table(
     sa.Column("proc_status", sa.String(64), nullable=True),
     sa.Index("ix_task_files_dataset", "jediTaskID", "datasetID", "status"),
     sa.Index("ix_task_files_panda", "PandaID"),
+    # The rows a job produces, read by the finaliser for every batch it ends.
+    sa.Index("ix_task_files_out_panda", "outPandaID"),
 )
 
 
@@ -407,6 +409,9 @@ catalog_files = sa.Table(
     sa.Column("n_events", sa.BigInteger, nullable=True),
     sa.Column("position", sa.Integer, nullable=False),
     sa.Column("created_at", UTCDateTime, nullable=False),
+    # A dataset's files in order, and its last position when files are added (db/catalog.py): on
+    # the primary key alone both read every file of the dataset.
+    sa.Index("ix_catalog_files_position", "dataset", "position"),
 )
 
 # The task command queue (upstream's PRODSYS_COMM): at most one pending command per task; a new

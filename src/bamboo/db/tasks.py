@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bamboo.db import merges
-from bamboo.db.rows import skips_locked, uniform
+from bamboo.db.rows import skips_locked, uniform, update_each
 from bamboo.db.schema import task_datasets, task_files, tasks
 
 
@@ -129,6 +129,25 @@ async def datasets_of_tasks(conn: AsyncConnection, task_ids: Sequence[int]) -> l
         .order_by(task_datasets.c.datasetID)
     )
     return [dict(row) for row in (await conn.execute(query)).mappings()]
+
+
+async def lock_datasets_of_tasks(conn: AsyncConnection, task_ids: Sequence[int]) -> None:
+    """Lock the dataset rows of these tasks until the transaction ends, in datasetID order.
+
+    Agents that change several dataset rows in one transaction (the generator, the finaliser) take
+    them in ascending datasetID order, so none of them can hold a row that another one waits for
+    while waiting for a row that other one holds: no deadlock between them. PostgreSQL only:
+    SQLite has one writer at a time.
+    """
+    if not task_ids or not skips_locked(conn):
+        return
+    query = (
+        sa.select(task_datasets.c.datasetID)
+        .where(task_datasets.c.jediTaskID.in_(sorted(task_ids)))
+        .order_by(task_datasets.c.datasetID)
+        .with_for_update()
+    )
+    await conn.execute(query)
 
 
 async def bump_dataset(conn: AsyncConnection, dataset_id: int, now: datetime, **increments: int) -> None:
@@ -268,6 +287,11 @@ async def assign_files(conn: AsyncConnection, assignments: Sequence[tuple[int, i
 
 async def update_file(conn: AsyncConnection, file_id: int, **values: Any) -> None:
     await conn.execute(sa.update(task_files).where(task_files.c.fileID == file_id).values(**values))
+
+
+async def update_files_each(conn: AsyncConnection, updates: Iterable[tuple[int, dict[str, Any]]]) -> None:
+    """Write each file row's own values, given as ``(fileID, values)`` pairs, in a few statements."""
+    await update_each(conn, task_files.c.fileID, updates)
 
 
 async def file_status_counts(conn: AsyncConnection, dataset_ids: Sequence[int]) -> dict[tuple[int, str], int]:

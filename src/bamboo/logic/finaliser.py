@@ -93,7 +93,13 @@ def output_metadata(
 
 
 async def finalise(conn: AsyncConnection, clock: Clock, dm: DataManagement) -> int:
-    """Finalise a batch of jobs waiting in holding with a final pilot report. Returns how many."""
+    """Finalise a batch of jobs waiting in holding with a final pilot report. Returns how many.
+
+    The batch is claimed with its rows locked (rows other finalisers hold are skipped on
+    PostgreSQL), each job's outcome is decided on what was read, and the whole batch is written
+    in a few statements per kind of row, in the caller's one transaction: killed anywhere, nothing
+    is written and the jobs are still in holding for the next run, so no counter counts twice.
+    """
     waiting = await jobs_db.with_status(
         conn, "holding", BATCH, condition=jobs_table.c.reported_status.isnot(None)
     )
@@ -101,26 +107,72 @@ async def finalise(conn: AsyncConnection, clock: Clock, dm: DataManagement) -> i
         return 0
     panda_ids = [job["PandaID"] for job in waiting]
     files = await jobs_db.files_of(conn, panda_ids)
-    rows = await tasks_db.rows_of_jobs(conn, panda_ids)
+    rows_by_job: dict[int, list[dict[str, Any]]] = {panda_id: [] for panda_id in panda_ids}
+    for row in await tasks_db.rows_of_jobs(conn, panda_ids):
+        for panda_id in {row["PandaID"], row["outPandaID"]}:
+            if panda_id in rows_by_job:
+                rows_by_job[panda_id].append(row)
     now = clock.now()
+    batch = _BatchWrites()
     for job in waiting:
-        job_rows = [r for r in rows if r["PandaID"] == job["PandaID"] or r["outPandaID"] == job["PandaID"]]
-        await _finalise_job(conn, clock, dm, job, files[job["PandaID"]], job_rows, now)
+        await _finalise_job(conn, batch, job, files[job["PandaID"]], rows_by_job[job["PandaID"]], now)
+    await batch.write(conn, clock, dm, now)
     return len(waiting)
+
+
+class _BatchWrites:
+    """What a batch of jobs changes, gathered job by job and written kind by kind.
+
+    A job's decision reads only what the batch read at its start, never another job's writes, so
+    gathering them changes nothing but the number of statements.
+    """
+
+    def __init__(self) -> None:
+        self.jobs: list[tuple[int, dict[str, Any]]] = []
+        self.merge_ends: list[tuple[dict[str, Any], list[dict[str, Any]], bool]] = []
+        self.failed_outputs_of: list[int] = []
+        self.job_files: dict[int, dict[str, Any]] = {}
+        self.registrations: dict[str, list[CatalogFile]] = {}
+        self.file_rows: dict[int, dict[str, Any]] = {}
+        self.counters: dict[int, Counter[str]] = {}
+
+    def count(self, dataset_id: int, **deltas: int) -> None:
+        self.counters.setdefault(dataset_id, Counter()).update(deltas)
+
+    def file_row(self, file_id: int, **values: Any) -> None:
+        self.file_rows.setdefault(file_id, {}).update(values)
+
+    async def write(self, conn: AsyncConnection, clock: Clock, dm: DataManagement, now: datetime) -> None:
+        await jobs_db.update_files_each(conn, self.job_files.items())
+        await jobs_db.update_files_of_jobs(conn, self.failed_outputs_of, ["output", "log"], status="failed")
+        for dataset in sorted(self.registrations):
+            await dm.register_files(conn, clock, dataset, self.registrations[dataset])
+        await jobs_db.update_jobs_each(conn, self.jobs)
+        await tasks_db.update_files_each(conn, self.file_rows.items())
+        for job, rows, succeeded in self.merge_ends:
+            await _end_pre_merge_jobs(conn, job, rows, succeeded, now)
+        # Last, and in datasetID order: the dataset rows are the ones the generator (and other
+        # finalisers) update too. Every agent that changes several of them in one transaction takes
+        # them in ascending datasetID order (the generator locks its tasks' datasets that way
+        # first, logic/generator.py), so no two transactions can each hold a row the other waits
+        # for; taken last, they are held only for the end of the batch.
+        for dataset_id in sorted(self.counters):
+            await tasks_db.bump_dataset(conn, dataset_id, now, **dict(self.counters[dataset_id]))
 
 
 async def _finalise_job(
     conn: AsyncConnection,
-    clock: Clock,
-    dm: DataManagement,
+    batch: _BatchWrites,
     job: dict[str, Any],
     files: list[dict[str, Any]],
     rows: list[dict[str, Any]],
     now: datetime,
 ) -> None:
+    """Decide one job's final status and add what it changes to the batch."""
     outputs = [f for f in files if f["type"] in ("output", "log")]
     succeeded = job["reported_status"] == "finished"
     error: dict[str, Any] = {}
+    metadata: dict[int, dict[str, Any]] = {}
     if succeeded:
         try:
             metadata = output_metadata(outputs, parse_output_report(job["output_report"]))
@@ -131,21 +183,32 @@ async def _finalise_job(
     writes_unmerged = any(r["outPandaID"] == job["PandaID"] and r["type"] in TRANSIENT_TYPES for r in rows)
     final = ("merging" if writes_unmerged else "finished") if succeeded else "failed"
     if succeeded:
-        await _register_outputs(conn, clock, dm, outputs, metadata)
+        _register_outputs(batch, outputs, metadata)
     else:
-        await jobs_db.update_files_of_job(conn, job["PandaID"], ["output", "log"], status="failed")
-    await jobs_db.update(
-        conn,
-        job["PandaID"],
-        jobStatus=final,
-        modificationTime=now,
-        stateChangeTime=now,
-        reported_status=None,
-        **error,
+        batch.failed_outputs_of.append(job["PandaID"])
+    batch.jobs.append(
+        (
+            job["PandaID"],
+            {
+                "jobStatus": final,
+                "modificationTime": now,
+                "stateChangeTime": now,
+                "reported_status": None,
+                **error,
+            },
+        )
     )
-    await _propagate(conn, {**job, **error}, rows, outputs, metadata if succeeded else {}, succeeded, now)
+    inputs = [r for r in rows if r["PandaID"] == job["PandaID"] and r["status"] == "running"]
+    produced = [r for r in rows if r["outPandaID"] == job["PandaID"]]
+    if succeeded:
+        _propagate_success(batch, inputs, produced, outputs, metadata)
+    else:
+        # The retry rules may take attempts away (maxAttempt, set on the rows in place, which the
+        # merge-job ending reads too) or change the task's next jobs.
+        await retry_rules.after_failure(conn, {**job, **error}, inputs)
+        _propagate_failure(batch, inputs, produced)
     if job["processingType"] == merge_jobs.PROCESSING_TYPE:
-        await _end_pre_merge_jobs(conn, job, rows, succeeded, now)
+        batch.merge_ends.append((job, rows, succeeded))
     log.info("job %s %s", job["PandaID"], final)
 
 
@@ -186,18 +249,13 @@ def _may_retry(attempts: int, failures: int, row: dict[str, Any]) -> bool:
     )
 
 
-async def _register_outputs(
-    conn: AsyncConnection,
-    clock: Clock,
-    dm: DataManagement,
-    outputs: list[dict[str, Any]],
-    metadata: dict[int, dict[str, Any]],
+def _register_outputs(
+    batch: _BatchWrites, outputs: list[dict[str, Any]], metadata: dict[int, dict[str, Any]]
 ) -> None:
-    by_dataset: dict[str, list[CatalogFile]] = {}
     for output in outputs:
         meta = metadata[output["row_ID"]]
-        await jobs_db.update_file(conn, output["row_ID"], status="ready", **meta)
-        by_dataset.setdefault(output["destinationDBlock"], []).append(
+        batch.job_files[output["row_ID"]] = {"status": "ready", **meta}
+        batch.registrations.setdefault(output["destinationDBlock"], []).append(
             CatalogFile(
                 lfn=output["lfn"],
                 scope=output["scope"],
@@ -206,75 +264,61 @@ async def _register_outputs(
                 checksum=meta["checksum"],
             )
         )
-    for dataset, catalog_files in by_dataset.items():
-        await dm.register_files(conn, clock, dataset, catalog_files)
 
 
-async def _propagate(
-    conn: AsyncConnection,
-    job: dict[str, Any],
-    rows: list[dict[str, Any]],
+def _propagate_success(
+    batch: _BatchWrites,
+    inputs: list[dict[str, Any]],
+    produced: list[dict[str, Any]],
     outputs: list[dict[str, Any]],
     metadata: dict[int, dict[str, Any]],
-    succeeded: bool,
-    now: datetime,
 ) -> None:
-    """Carry the job's result to the task's file rows and dataset counters (domain.md §3.3)."""
-    inputs = [r for r in rows if r["PandaID"] == job["PandaID"] and r["status"] == "running"]
-    produced = [r for r in rows if r["outPandaID"] == job["PandaID"]]
-    counters: dict[int, Counter[str]] = {}
-    if succeeded:
-        for row in inputs:
-            await tasks_db.update_file(conn, row["fileID"], status="finished", proc_status="finished")
-            counters.setdefault(row["datasetID"], Counter()).update(
-                nFilesFinished=1, nEventsUsed=row["nEvents"] or 0
-            )
-        meta_by_file = {f["fileID"]: metadata[f["row_ID"]] for f in outputs if f["row_ID"] in metadata}
-        for row in produced:
-            meta = meta_by_file.get(row["fileID"], {})
-            described = {
-                "GUID": meta.get("GUID"),
-                "fsize": meta.get("fsize"),
-                "checksum": meta.get("checksum"),
-            }
-            if row["type"] in TRANSIENT_TYPES:
-                # An unmerged file becomes an input of a merge job, with merge attempts of its own.
-                await tasks_db.update_file(
-                    conn,
-                    row["fileID"],
-                    status="ready",
-                    keepTrack=1,
-                    maxAttempt=row["attemptNr"] + merge_jobs.MERGE_ATTEMPTS,
-                    **described,
-                )
-                counters.setdefault(row["datasetID"], Counter()).update(nFiles=1, nFilesToBeUsed=1)
-                continue
-            await tasks_db.update_file(conn, row["fileID"], status="finished", **described)
-            counters.setdefault(row["datasetID"], Counter()).update(nFilesFinished=1, nFiles=1)
-    else:
-        # The retry rules may take attempts away (maxAttempt) or change the task's next jobs.
-        await retry_rules.after_failure(conn, job, inputs)
-        for row in inputs:
-            attempts = row["attemptNr"] + 1
-            failures = row["failedAttempt"] + 1
-            retry = _may_retry(attempts, failures, row)
-            # Master rows out of attempts stay ready (and count failed); unmerged files are notmerged.
-            exhausted = "notmerged" if row["type"] in TRANSIENT_TYPES else "ready"
-            await tasks_db.update_file(
-                conn,
+    """Carry a finished job's result to the task's file rows and dataset counters (domain.md §3.3)."""
+    for row in inputs:
+        batch.file_row(row["fileID"], status="finished", proc_status="finished")
+        batch.count(row["datasetID"], nFilesFinished=1, nEventsUsed=row["nEvents"] or 0)
+    meta_by_file = {f["fileID"]: metadata[f["row_ID"]] for f in outputs if f["row_ID"] in metadata}
+    for row in produced:
+        meta = meta_by_file.get(row["fileID"], {})
+        described = {"GUID": meta.get("GUID"), "fsize": meta.get("fsize"), "checksum": meta.get("checksum")}
+        if row["type"] in TRANSIENT_TYPES:
+            # An unmerged file becomes an input of a merge job, with merge attempts of its own.
+            batch.file_row(
                 row["fileID"],
-                status="ready" if retry else exhausted,
-                attemptNr=attempts,
-                failedAttempt=failures,
-                proc_status="failed",
+                status="ready",
+                keepTrack=1,
+                maxAttempt=row["attemptNr"] + merge_jobs.MERGE_ATTEMPTS,
+                **described,
             )
-            counters.setdefault(row["datasetID"], Counter()).update(
-                {"nFilesUsed": -1} if retry else {"nFilesFailed": 1}
-            )
-        for row in produced:
-            await tasks_db.update_file(conn, row["fileID"], status="failed")
-            if row["type"] not in TRANSIENT_TYPES:
-                # An unmerged file that was never written is no merge input: nothing to count.
-                counters.setdefault(row["datasetID"], Counter()).update(nFilesFailed=1, nFiles=1)
-    for dataset_id, deltas in counters.items():
-        await tasks_db.bump_dataset(conn, dataset_id, now, **dict(deltas))
+            batch.count(row["datasetID"], nFiles=1, nFilesToBeUsed=1)
+            continue
+        batch.file_row(row["fileID"], status="finished", **described)
+        batch.count(row["datasetID"], nFilesFinished=1, nFiles=1)
+
+
+def _propagate_failure(
+    batch: _BatchWrites, inputs: list[dict[str, Any]], produced: list[dict[str, Any]]
+) -> None:
+    """Carry a failed job's result to the task's file rows and dataset counters (domain.md §3.3)."""
+    for row in inputs:
+        attempts = row["attemptNr"] + 1
+        failures = row["failedAttempt"] + 1
+        retry = _may_retry(attempts, failures, row)
+        # Master rows out of attempts stay ready (and count failed); unmerged files are notmerged.
+        exhausted = "notmerged" if row["type"] in TRANSIENT_TYPES else "ready"
+        batch.file_row(
+            row["fileID"],
+            status="ready" if retry else exhausted,
+            attemptNr=attempts,
+            failedAttempt=failures,
+            proc_status="failed",
+        )
+        if retry:
+            batch.count(row["datasetID"], nFilesUsed=-1)
+        else:
+            batch.count(row["datasetID"], nFilesFailed=1)
+    for row in produced:
+        batch.file_row(row["fileID"], status="failed")
+        if row["type"] not in TRANSIENT_TYPES:
+            # An unmerged file that was never written is no merge input: nothing to count.
+            batch.count(row["datasetID"], nFilesFailed=1, nFiles=1)

@@ -77,6 +77,9 @@ async def generate(
     )
     if not candidates:
         return 0
+    # Every dataset row the cycle changes (serial numbers, counters) belongs to these tasks: taking
+    # them all now, in datasetID order, is the one lock order the finaliser follows too.
+    await tasks_db.lock_datasets_of_tasks(conn, [task["jediTaskID"] for task in candidates])
     queue_specs = await queues_logic.list_specs(conn)
     rt_rows = await resource_types.resource_type_list(conn)
     loads = _CycleLoads(rt_rows, clock.now() - pilot_activity)

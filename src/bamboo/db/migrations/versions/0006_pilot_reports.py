@@ -1,6 +1,6 @@
 """The mean core count pilots report (update_job ``mean_core_count``) on active and archived jobs.
 
-Revision ID: 0006_pilot_reports
+Revision ID: 0006
 Revises: 0005
 Create Date: 2026-12-07
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0006_pilot_reports"
+revision = "0006"
 down_revision = "0005"
 branch_labels = None
 depends_on = None
