@@ -89,22 +89,20 @@ def _not_found(job_id: int, days: int | None) -> str:
     )
 
 
-async def offline_script(
-    conn: AsyncConnection, clock: Clock, job_id: int, days: int | None
-) -> tuple[bool, str]:
-    """job/generate_offline_execution_script: (found, text); text is the script or an ``ERROR:`` line.
+async def offline_script(conn: AsyncConnection, clock: Clock, job_id: int, days: int | None) -> str:
+    """job/generate_offline_execution_script: the script, or an ``ERROR:`` line (the answer either way).
 
     The job must have been modified within the last ``days`` days (30 by default).
     """
     if days is not None and not 1 <= days <= MAX_SCRIPT_DAYS:
-        return False, f"ERROR: days must be between 1 and {MAX_SCRIPT_DAYS}"
+        return f"ERROR: days must be between 1 and {MAX_SCRIPT_DAYS}"
     found = await archive_db.get_many_incl_archive(conn, [job_id])
     job = found.get(job_id)
     since = clock.now() - timedelta(days=days or DEFAULT_SCRIPT_DAYS)
     if job is None or (job["modificationTime"] is not None and job["modificationTime"] < since):
-        return False, _not_found(job_id, days)
+        return _not_found(job_id, days)
     files = (await archive_db.files_of_incl_archive(conn, [job_id]))[job_id]
-    return True, render_script(job, files)
+    return render_script(job, files)
 
 
 def _quoted(value: Any) -> str:

@@ -55,8 +55,7 @@ async def generate_offline_execution_script(
 
     A job not found answers upstream's ``ERROR: Cannot get PandaID=...`` text the same way.
     """
-    _, text = await job_admin.offline_script(call.db, call.state.clock, job_id, days)
-    return BareText(text)
+    return BareText(await job_admin.offline_script(call.db, call.state.clock, job_id, days))
 
 
 @job.endpoint(method="GET")
