@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import signal
 import socket
@@ -231,14 +232,25 @@ async def _serve_process(
         state.wake = runner.wake
     app = create_app(state)
     head_timeout = settings.request_head_timeout_seconds
+    # An idle kept-alive connection is closed by the request-head deadline; uvicorn's own idle
+    # timeout (5 s by default) must not close it sooner. A server that closes idle connections
+    # before the client's pool gives them up races with the client's next request on them (the
+    # client sees "disconnected without a response"; requests/urllib3 keep idle connections with
+    # no expiry and do not resend a POST), and the shorter the timeout, the likelier the race.
+    keep_alive = math.ceil(head_timeout)
     http_config = uvicorn.Config(
-        app, lifespan="off", log_config=None, http=with_head_deadline(HttpToolsProtocol, head_timeout)
+        app,
+        lifespan="off",
+        log_config=None,
+        http=with_head_deadline(HttpToolsProtocol, head_timeout),
+        timeout_keep_alive=keep_alive,
     )
     https_config = uvicorn.Config(
         app,
         lifespan="off",
         log_config=None,
         http=with_head_deadline(ClientCertificateProtocol, head_timeout),
+        timeout_keep_alive=keep_alive,
         ssl_context_factory=lambda _config, _default: client_auth_context(home, settings),
     )
     servers = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import socket
 import ssl
 import subprocess
 import time
@@ -13,6 +14,9 @@ import pytest
 
 from tests.e2e.conftest import BAMBOO, RunningServer, start_server
 
+# Longer than uvicorn's default keep-alive timeout, shorter than the request-head deadline.
+IDLE_SECONDS = 6.5
+
 pytestmark = pytest.mark.e2e
 
 
@@ -21,6 +25,19 @@ def test_is_alive_over_http(server: RunningServer) -> None:
     assert response.status_code == 200
     assert response.json() == {"success": True, "message": "", "data": None}
     assert response.headers["content-type"] == "application/json"
+
+
+def test_an_idle_kept_alive_connection_serves_its_next_request(server: RunningServer) -> None:
+    """A connection idle for longer than uvicorn's default keep-alive (5 s) but well within the
+    request-head deadline (30 s) is still open: closing it earlier races with the client's next
+    request on it."""
+    request = b"GET /api/v1/system/is_alive HTTP/1.1\r\nHost: localhost\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", server.http_port), timeout=10) as sock:
+        for pause in (IDLE_SECONDS, 0):
+            sock.sendall(request)
+            answer = sock.recv(65536)
+            assert answer.startswith(b"HTTP/1.1 200"), answer
+            time.sleep(pause)
 
 
 def test_token_over_https(server: RunningServer) -> None:
