@@ -111,22 +111,9 @@ def _operation(spec: LoadSpec, result: LoadResult) -> Callable[[httpx.AsyncClien
         return is_alive
 
     if spec.operation == "acquire":
-        request = {
-            "site_name": spec.site,
-            "prod_source_label": "user",
-            "n_jobs": spec.n_jobs,
-            "node": "bench",
-        }
 
         async def acquire(client: httpx.AsyncClient) -> int:
-            body = _envelope(await client.post("/api/v1/pilot/acquire_jobs", json=request))
-            if body.get("success") is not True:
-                if body.get("message") == NO_JOBS:
-                    raise _Drained
-                raise _BadAnswer(str(body)[:200])
-            jobs = body["data"]["jobs"]
-            result.acquired.extend(job["PandaID"] for job in jobs)
-            return len(jobs)
+            return len(await _take(client, spec, result))
 
         return acquire
 
@@ -147,13 +134,25 @@ def _operation(spec: LoadSpec, result: LoadResult) -> Callable[[httpx.AsyncClien
     return heartbeat
 
 
+async def _take(client: httpx.AsyncClient, spec: LoadSpec, result: LoadResult) -> list[dict[str, Any]]:
+    """One ``acquire_jobs`` call for ``spec.n_jobs`` jobs, recording the PandaIDs handed out."""
+    request = {"site_name": spec.site, "prod_source_label": "user", "n_jobs": spec.n_jobs, "node": "bench"}
+    body = _envelope(await client.post("/api/v1/pilot/acquire_jobs", json=request))
+    if body.get("success") is not True:
+        if body.get("message") == NO_JOBS:
+            raise _Drained
+        raise _BadAnswer(str(body)[:200])
+    jobs: list[dict[str, Any]] = body["data"]["jobs"]
+    result.acquired.extend(job["PandaID"] for job in jobs)
+    return jobs
+
+
 def _job_cycle(spec: LoadSpec, result: LoadResult) -> Callable[[httpx.AsyncClient], Awaitable[int]]:
     """A pilot's whole round, Harvester-style: take ``n_jobs`` jobs, report them running, then
     finished with an output report naming every output (one ``update_jobs_bulk`` per report).
 
     Returns how many jobs were reported finished; ``requests`` then counts rounds, not requests.
     """
-    request = {"site_name": spec.site, "prod_source_label": "user", "n_jobs": spec.n_jobs, "node": "bench"}
 
     async def bulk(client: httpx.AsyncClient, reports: list[dict[str, Any]]) -> None:
         body = _envelope(await client.post("/api/v1/pilot/update_jobs_bulk", json={"job_list": reports}))
@@ -165,13 +164,7 @@ def _job_cycle(spec: LoadSpec, result: LoadResult) -> Callable[[httpx.AsyncClien
                 raise _BadAnswer(str(answer)[:200])
 
     async def cycle(client: httpx.AsyncClient) -> int:
-        body = _envelope(await client.post("/api/v1/pilot/acquire_jobs", json=request))
-        if body.get("success") is not True:
-            if body.get("message") == NO_JOBS:
-                raise _Drained
-            raise _BadAnswer(str(body)[:200])
-        jobs = body["data"]["jobs"]
-        result.acquired.extend(job["PandaID"] for job in jobs)
+        jobs = await _take(client, spec, result)
         if not jobs:
             return 0
         await bulk(
