@@ -250,6 +250,8 @@ jobs = sa.Table(
     sa.Index("ix_jobs_dispatch", "jobStatus", "computingSite", sa.desc("currentPriority"), "PandaID"),
     sa.Index("ix_jobs_task", "jediTaskID"),
     sa.Index("ix_jobs_status_time", "jobStatus", "modificationTime"),
+    # The consumers of an event-service jobset, or the clones of a cloned job, found together.
+    sa.Index("ix_jobs_jobset", "jobsetID"),
 )
 
 job_files = sa.Table(
@@ -386,6 +388,144 @@ worker_jobs = sa.Table(
     sa.Column("PandaID", sa.BigInteger, primary_key=True, autoincrement=False),
     sa.Column("lastUpdate", UTCDateTime, nullable=False),
     sa.Index("ix_worker_jobs_panda", "PandaID"),
+)
+
+# Event ranges of event-service tasks (upstream's JEDI_Events, domain.md §7.1). ``PandaID`` is the
+# jobset's id while a range waits (``ready``) and the consumer's once handed out; jobset ids come
+# from the PandaID sequence but no job gets them, so the two never collide. ``attemptNr`` counts
+# the attempts left: a range is handed out only while it is above 0. A range is named to pilots
+# by ``<jediTaskID>-<PandaID>-<fileID>-<job_processID>-<attemptNr>``.
+events = sa.Table(
+    "events",
+    metadata,
+    sa.Column(
+        "row_ID", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
+    sa.Column("jediTaskID", sa.BigInteger, nullable=False),
+    sa.Column("datasetID", sa.BigInteger, nullable=False),
+    sa.Column("PandaID", sa.BigInteger, nullable=False),
+    sa.Column("jobsetID", sa.BigInteger, nullable=False),
+    sa.Column("fileID", sa.BigInteger, nullable=False),
+    sa.Column("job_processID", sa.BigInteger, nullable=False),
+    sa.Column("attemptNr", sa.Integer, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("def_min_eventID", sa.BigInteger, nullable=False),
+    sa.Column("def_max_eventID", sa.BigInteger, nullable=False),
+    sa.Column("processed_upto_eventID", sa.BigInteger, nullable=True),
+    sa.Column("objstore_ID", sa.BigInteger, nullable=True),
+    sa.Column("error_code", sa.Integer, nullable=True),
+    sa.Column("error_diag", sa.String(500), nullable=True),
+    sa.Column("path_convention", sa.Integer, nullable=True),
+    sa.Column("zipRow_ID", sa.BigInteger, nullable=True),
+    sa.Column("is_jumbo", sa.Boolean, nullable=False, default=False),
+    sa.Column("core_count", sa.Integer, nullable=True),
+    sa.Column("cpu_consumption_time", sa.Float, nullable=True),
+    sa.Column("modificationTime", UTCDateTime, nullable=False),
+    # acquire_event_ranges: the ready ranges of a jobset (PandaID = jobsetID) in order; a
+    # consumer's ranges for updates and post-processing; a task's ranges for jumbo jobs and counts.
+    sa.Index("ix_events_holder", "PandaID", "status", "fileID", "job_processID"),
+    sa.Index("ix_events_task", "jediTaskID", "status"),
+    sa.Index("ix_events_jobset", "jobsetID", "status"),
+)
+
+# Harvester instances (upstream's HARVESTER_INSTANCES): one row per harvester_id, refreshed by
+# every heartbeat. The named columns are the ones Bamboo reads; ``data`` keeps every key the
+# instance sent, as it sent it.
+harvester_instances = sa.Table(
+    "harvester_instances",
+    metadata,
+    sa.Column("harvester_ID", sa.String(50), primary_key=True),
+    sa.Column("owner", sa.String(256), nullable=True),
+    sa.Column("hostName", sa.String(128), nullable=True),
+    sa.Column("startTime", UTCDateTime, nullable=True),
+    sa.Column("sw_version", sa.String(64), nullable=True),
+    sa.Column("commit_stamp", sa.String(100), nullable=True),
+    sa.Column("description", sa.String(256), nullable=True),
+    sa.Column("data", sa.JSON, nullable=True),
+    sa.Column("lastUpdate", UTCDateTime, nullable=False),
+)
+
+# Worker counts a Harvester instance reports per queue (report_worker_statistics), replaced as a
+# whole per (harvester, queue).
+harvester_worker_stats = sa.Table(
+    "harvester_worker_stats",
+    metadata,
+    sa.Column("harvester_ID", sa.String(50), primary_key=True),
+    sa.Column("computingSite", sa.String(128), primary_key=True),
+    sa.Column("jobType", sa.String(80), primary_key=True),
+    sa.Column("resourceType", sa.String(56), primary_key=True),
+    sa.Column("status", sa.String(80), primary_key=True),
+    sa.Column("n_workers", sa.Integer, nullable=False),
+    sa.Column("lastUpdate", UTCDateTime, nullable=False),
+    sa.Index("ix_harvester_worker_stats_site", "computingSite"),
+)
+
+# Commands for Harvester instances (upstream's HARVESTER_COMMANDS): new -> retrieved ->
+# acknowledged. ``params`` is JSON text.
+harvester_commands = sa.Table(
+    "harvester_commands",
+    metadata,
+    sa.Column(
+        "command_id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
+    sa.Column("harvester_ID", sa.String(50), nullable=False),
+    sa.Column("command", sa.String(256), nullable=False),
+    sa.Column("params", sa.Text, nullable=True),
+    sa.Column("ack_requested", sa.Integer, nullable=False, default=0),
+    sa.Column("status", sa.String(32), nullable=False),
+    sa.Column("creation_date", UTCDateTime, nullable=False),
+    sa.Column("status_date", UTCDateTime, nullable=False),
+    sa.Index("ix_harvester_commands_pick", "harvester_ID", "status", "creation_date"),
+    sa.Index("ix_harvester_commands_name", "harvester_ID", "command"),
+)
+
+# Command locks a heartbeat registers (``commands`` in heartbeat data): which commands an instance
+# wants for which queue and resource type.
+harvester_command_locks = sa.Table(
+    "harvester_command_locks",
+    metadata,
+    sa.Column("harvester_ID", sa.String(50), primary_key=True),
+    sa.Column("command", sa.String(256), primary_key=True),
+    sa.Column("computingSite", sa.String(128), primary_key=True),
+    sa.Column("resourceType", sa.String(56), primary_key=True),
+    sa.Column("lockedBy", sa.String(64), nullable=True),
+    sa.Column("lockedTime", UTCDateTime, nullable=True),
+    sa.Column("lastUpdate", UTCDateTime, nullable=False),
+)
+
+# Target slots per queue (upstream's HARVESTER_SLOTS); an empty string in gshare / resourceType
+# stands for "any" so the key has no NULLs.
+harvester_slots = sa.Table(
+    "harvester_slots",
+    metadata,
+    sa.Column("pandaQueueName", sa.String(128), primary_key=True),
+    sa.Column("gshare", sa.String(32), primary_key=True),
+    sa.Column("resourceType", sa.String(56), primary_key=True),
+    sa.Column("numSlots", sa.Integer, nullable=False),
+    sa.Column("modificationTime", UTCDateTime, nullable=False),
+    sa.Column("expirationTime", UTCDateTime, nullable=True),
+)
+
+# Service metrics (update_service_metrics) and dialogs (add_dialogs), stored as sent.
+harvester_metrics = sa.Table(
+    "harvester_metrics",
+    metadata,
+    sa.Column("harvester_ID", sa.String(50), primary_key=True),
+    sa.Column("harvester_host", sa.String(128), primary_key=True),
+    sa.Column("creation_time", UTCDateTime, primary_key=True),
+    sa.Column("metrics", sa.Text, nullable=False),
+)
+
+harvester_dialogs = sa.Table(
+    "harvester_dialogs",
+    metadata,
+    sa.Column("harvester_id", sa.String(50), primary_key=True),
+    sa.Column("diagID", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("moduleName", sa.String(100), nullable=True),
+    sa.Column("identifier", sa.String(100), nullable=True),
+    sa.Column("creationTime", UTCDateTime, nullable=True),
+    sa.Column("messageLevel", sa.String(10), nullable=True),
+    sa.Column("diagMessage", sa.String(500), nullable=True),
 )
 
 # The local dataset catalog (data-management backend of the embedded server).
