@@ -12,6 +12,7 @@ import os
 import re
 import select
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -49,6 +50,25 @@ def bamboo(*args: str, env: dict[str, str] | None = None) -> str:
     )
     assert result.returncode == 0, f"bamboo {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
     return result.stdout
+
+
+def whole_response(sock: socket.socket) -> bytes:
+    """One HTTP response with a Content-Length, however many segments it arrives in (the server
+    may send the head and the body separately, so one recv can return half of it)."""
+    response = b""
+    while b"\r\n\r\n" not in response or len(response.partition(b"\r\n\r\n")[2]) < _content_length(response):
+        chunk = sock.recv(4096)
+        assert chunk, response
+        response += chunk
+    return response
+
+
+def _content_length(response: bytes) -> int:
+    for line in response.partition(b"\r\n\r\n")[0].split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return int(value)
+    raise AssertionError(f"no Content-Length in {response!r}")
 
 
 @dataclass

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.conftest import BAMBOO, RunningServer, start_server
+from tests.e2e.conftest import BAMBOO, RunningServer, start_server, whole_response
 
 # Longer than uvicorn's default keep-alive timeout, shorter than the request-head deadline.
 IDLE_SECONDS = 6.5
@@ -35,31 +35,9 @@ def test_an_idle_kept_alive_connection_serves_its_next_request(server: RunningSe
     with socket.create_connection(("127.0.0.1", server.http_port), timeout=10) as sock:
         for pause in (IDLE_SECONDS, 0):
             sock.sendall(request)
-            answer = _read_one_response(sock)
+            answer = whole_response(sock)
             assert answer.startswith(b"HTTP/1.1 200"), answer
             time.sleep(pause)
-
-
-def _read_one_response(sock: socket.socket) -> bytes:
-    """One whole HTTP/1.1 response: the server may send the head and the body in separate
-    segments, so a single recv can return half of it and leave the rest for the next read."""
-    received = b""
-    while b"\r\n\r\n" not in received:
-        chunk = sock.recv(65536)
-        assert chunk, f"connection closed after {received!r}"
-        received += chunk
-    head, _, body = received.partition(b"\r\n\r\n")
-    length = next(
-        int(line.split(b":", 1)[1])
-        for line in head.split(b"\r\n")
-        if line.lower().startswith(b"content-length:")
-    )
-    while len(body) < length:
-        chunk = sock.recv(65536)
-        assert chunk, f"connection closed after {received + body!r}"
-        body += chunk
-    assert len(body) == length, f"more bytes than one response: {head + body!r}"
-    return head + b"\r\n\r\n" + body
 
 
 def test_token_over_https(server: RunningServer) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.conftest import RunningServer, start_server
+from tests.e2e.conftest import RunningServer, start_server, whole_response
 
 pytestmark = pytest.mark.e2e
 
@@ -107,24 +107,6 @@ def test_slow_second_request_on_a_kept_alive_connection(slow_server: RunningServ
     assert HEAD_TIMEOUT - 0.1 <= elapsed <= HEAD_TIMEOUT + SLACK, elapsed
 
 
-def _whole_response(sock: socket.socket) -> bytes:
-    """One HTTP response with a Content-Length, however many segments it arrives in."""
-    response = b""
-    while b"\r\n\r\n" not in response or len(response.partition(b"\r\n\r\n")[2]) < _content_length(response):
-        chunk = sock.recv(4096)
-        assert chunk, response
-        response += chunk
-    return response
-
-
-def _content_length(response: bytes) -> int:
-    for line in response.partition(b"\r\n\r\n")[0].split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            return int(value)
-    raise AssertionError(f"no Content-Length in {response!r}")
-
-
 def test_a_body_slower_than_the_head_deadline_is_still_read(slow_server: RunningServer) -> None:
     # The deadline covers only the head: a body arriving over more time than it is read in full.
     body = b"{" + b" " * int((HEAD_TIMEOUT + 1) / TRICKLE_INTERVAL) + b"}"
@@ -145,7 +127,7 @@ def test_a_body_slower_than_the_head_deadline_is_still_read(slow_server: Running
         assert time.monotonic() - started > HEAD_TIMEOUT
         sock.sendall(body[-1:])
         sock.settimeout(10)
-        response = _whole_response(sock)
+        response = whole_response(sock)
     # Every public endpoint is GET-only; the dispatcher reads a POST body before refusing the method,
     # so this answer shows the whole body was read on a connection older than the head deadline.
     assert response.startswith(b"HTTP/1.1 200 "), response
