@@ -25,7 +25,9 @@ T0 = datetime(2026, 11, 30, 12, 0, 0, tzinfo=UTC)
 OK = {"success": True, "message": "", "data": None}
 
 
-async def call(api: ApiServer, name: str, as_user: str | None = ROBOT[0], role: str | None = ROBOT[1], **params):
+async def call(
+    api: ApiServer, name: str, as_user: str | None = ROBOT[0], role: str | None = ROBOT[1], **params
+):
     headers = api.token_headers(as_user, role=role) if as_user else None
     async with api.client(headers=headers) as client:
         return envelope(await client.post(f"/api/v1/harvester/{name}", json=params))
@@ -45,7 +47,11 @@ async def add_worker(api: ApiServer, harvester_id: str, worker_id: int, site: st
     async with api.state.db.transaction() as conn:
         await conn.execute(
             sa.insert(harvester_workers).values(
-                harvesterID=harvester_id, workerID=worker_id, computingSite=site, status="running", lastUpdate=when
+                harvesterID=harvester_id,
+                workerID=worker_id,
+                computingSite=site,
+                status="running",
+                lastUpdate=when,
             )
         )
 
@@ -59,7 +65,9 @@ SWEEP = {"status_list": ["submitted", "idle"], "ce_list": [], "submission_host_l
 async def test_sweep_then_acquire_then_acknowledge(world) -> None:
     api, _ = world
     api.state.clock = FixedClock(T0)
-    await add_queue(api, "PQ_A", harvester="harv-1", queues=[{"ce_endpoint": "ce1:9619"}, {"ce_endpoint": "ce2"}])
+    await add_queue(
+        api, "PQ_A", harvester="harv-1", queues=[{"ce_endpoint": "ce1:9619"}, {"ce_endpoint": "ce2"}]
+    )
     assert await call(api, "add_sweep_command", panda_queue="PQ_A", **SWEEP) == OK
     api.state.clock.set(T0 + timedelta(seconds=1))
     sweep = {**SWEEP, "ce_list": ["ce2", "other-ce"]}
@@ -96,7 +104,10 @@ async def test_identical_waiting_sweep_is_not_queued_twice_but_a_different_one_i
     assert await call(api, "add_sweep_command", panda_queue="PQ_A", **SWEEP) == OK
     assert await call(api, "add_sweep_command", panda_queue="PQ_A", **SWEEP) == OK
     assert len(await all_commands(api)) == 1
-    assert await call(api, "add_sweep_command", panda_queue="PQ_A", **{**SWEEP, "status_list": ["running"]}) == OK
+    assert (
+        await call(api, "add_sweep_command", panda_queue="PQ_A", **{**SWEEP, "status_list": ["running"]})
+        == OK
+    )
     assert len(await all_commands(api)) == 2
     # Once fetched, the same sweep asked again is a new command.
     await call(api, "acquire_commands", harvester_id="harv-1", n_commands=5)
@@ -107,8 +118,12 @@ async def test_identical_waiting_sweep_is_not_queued_twice_but_a_different_one_i
 async def test_a_new_target_replaces_an_unfetched_one(world) -> None:
     api, _ = world
     async with api.state.db.transaction() as conn:
-        await harvester_commands.set_n_workers(conn, api.state.clock, "harv-1", "PQ_A", {"managed": {"SCORE": 3}})
-        await harvester_commands.set_n_workers(conn, api.state.clock, "harv-1", "PQ_A", {"managed": {"SCORE": 5}})
+        await harvester_commands.set_n_workers(
+            conn, api.state.clock, "harv-1", "PQ_A", {"managed": {"SCORE": 3}}
+        )
+        await harvester_commands.set_n_workers(
+            conn, api.state.clock, "harv-1", "PQ_A", {"managed": {"SCORE": 5}}
+        )
     (only,) = await all_commands(api)
     assert (only["command"], orjson.loads(only["params"])) == (
         "SET_N_WORKERS_JOBTYPE:PQ_A",
@@ -170,7 +185,11 @@ async def test_acquire_and_acknowledge_refusals(world) -> None:
     missing = await call(api, "acquire_commands", harvester_id="h")
     assert missing["message"] == "Argument error: missing a required argument: 'n_commands'"
     not_ints = await call(api, "acknowledge_commands", command_ids=["1"])
-    assert not_ints == {"success": False, "message": "command_ids must be positive integers, got '1'", "data": None}
+    assert not_ints == {
+        "success": False,
+        "message": "command_ids must be positive integers, got '1'",
+        "data": None,
+    }
     too_many = await call(api, "acknowledge_commands", command_ids=list(range(1, 1002)))
     assert too_many["message"] == "command_ids may list at most 1000 ids"
 
@@ -180,7 +199,12 @@ async def test_concurrent_acquires_never_hand_out_a_command_twice(world) -> None
     async with api.state.db.transaction() as conn:
         for number in range(60):
             await commands_db.insert_command(
-                conn, "harv-1", f"KILL_WORKERS", f'{{"n": {number}}}', T0 + timedelta(seconds=number), supersede=False
+                conn,
+                "harv-1",
+                "KILL_WORKERS",
+                f'{{"n": {number}}}',
+                T0 + timedelta(seconds=number),
+                supersede=False,
             )
     answers = await asyncio.gather(
         *(call(api, "acquire_commands", harvester_id="harv-1", n_commands=7) for _ in range(12))
@@ -205,7 +229,11 @@ async def test_add_target_slots_upserts_expires_in_days_and_deletes(world) -> No
     api, _ = world
     api.state.clock = FixedClock(T0)
     body = await call(api, "add_target_slots", panda_queue="TEST_PQ", slots=10, expiration_date="3")
-    assert body == {"success": True, "message": "set numSlots=10 for PQ=TEST_PQ gshare=None resource=None", "data": None}
+    assert body == {
+        "success": True,
+        "message": "set numSlots=10 for PQ=TEST_PQ gshare=None resource=None",
+        "data": None,
+    }
     assert await slot_rows(api) == [("TEST_PQ", "", "", 10, T0 + timedelta(days=3))]
     body = await call(
         api, "add_target_slots", panda_queue="TEST_PQ", slots=0, global_share="Express", resource_type="MCORE"
@@ -223,8 +251,14 @@ async def test_add_target_slots_upserts_expires_in_days_and_deletes(world) -> No
     [
         ({"panda_queue": "NO_SUCH", "slots": 1}, "unknown queue 'NO_SUCH'"),
         ({"panda_queue": "TEST_PQ", "slots": -2}, "slots must be -1 (delete), 0 or a positive number"),
-        ({"panda_queue": "TEST_PQ", "slots": 1, "expiration_date": "soon"}, "expiration_date must be a whole number"),
-        ({"panda_queue": "TEST_PQ", "slots": 1, "expiration_date": "0"}, "expiration_date must be between 1 and"),
+        (
+            {"panda_queue": "TEST_PQ", "slots": 1, "expiration_date": "soon"},
+            "expiration_date must be a whole number",
+        ),
+        (
+            {"panda_queue": "TEST_PQ", "slots": 1, "expiration_date": "0"},
+            "expiration_date must be between 1 and",
+        ),
         ({"panda_queue": "TEST_PQ", "slots": 1, "global_share": "g" * 33}, "global_share must be at most 32"),
         ({"panda_queue": "TEST_PQ", "slots": "many"}, "Type error: 'slots'"),
         ({"slots": 1}, "Argument error: missing a required argument: 'panda_queue'"),

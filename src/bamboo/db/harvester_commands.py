@@ -49,7 +49,9 @@ async def insert_command(
     else:
         same = sa.select(harvester_commands.c.command_id).where(
             *pending,
-            harvester_commands.c.params.is_(None) if params is None else harvester_commands.c.params == params,
+            harvester_commands.c.params.is_(None)
+            if params is None
+            else harvester_commands.c.params == params,
         )
         existing = (await conn.execute(same.limit(1))).scalar()
         if existing is not None:
@@ -70,7 +72,9 @@ async def insert_command(
     return int(result.scalar_one())
 
 
-async def claim_new(conn: AsyncConnection, harvester_id: str, limit: int, now: datetime) -> list[dict[str, Any]]:
+async def claim_new(
+    conn: AsyncConnection, harvester_id: str, limit: int, now: datetime
+) -> list[dict[str, Any]]:
     """Mark the oldest ``limit`` new commands of an instance ``retrieved`` and return them, oldest
     first. On PostgreSQL the pick skips rows another transaction is claiming, so two concurrent
     callers never receive the same command; SQLite's single writer gives the same guarantee."""
@@ -133,7 +137,9 @@ async def last_reporting_harvester(conn: AsyncConnection, queue: str) -> str | N
     return (await conn.execute(query)).scalar()
 
 
-async def worker_stats(conn: AsyncConnection, since: datetime, queues: Sequence[str] | None = None) -> list[dict[str, Any]]:
+async def worker_stats(
+    conn: AsyncConnection, since: datetime, queues: Sequence[str] | None = None
+) -> list[dict[str, Any]]:
     """Reported worker counts (report_worker_statistics) refreshed since ``since``."""
     query = sa.select(harvester_worker_stats).where(harvester_worker_stats.c.lastUpdate >= since)
     if queues is not None:
@@ -161,8 +167,12 @@ async def worker_counts(conn: AsyncConnection) -> list[dict[str, Any]]:
             harvester_workers.c.status,
             sa.func.count().label("n"),
         )
-        .group_by(harvester_workers.c.harvesterID, harvester_workers.c.computingSite, harvester_workers.c.status)
-        .order_by(harvester_workers.c.harvesterID, harvester_workers.c.computingSite, harvester_workers.c.status)
+        .group_by(
+            harvester_workers.c.harvesterID, harvester_workers.c.computingSite, harvester_workers.c.status
+        )
+        .order_by(
+            harvester_workers.c.harvesterID, harvester_workers.c.computingSite, harvester_workers.c.status
+        )
     )
     return [dict(row) for row in (await conn.execute(query)).mappings()]
 
@@ -228,9 +238,7 @@ async def slots_of_queues(conn: AsyncConnection, queues: Sequence[str]) -> list[
 SLOT_HOLDING_STATUSES = ("sent", "starting", "running")
 
 
-async def count_holding(
-    conn: AsyncConnection, queue: str, gshare: str, resource_type: str, cap: int
-) -> int:
+async def count_holding(conn: AsyncConnection, queue: str, gshare: str, resource_type: str, cap: int) -> int:
     """Jobs of a queue holding a slot (sent, starting, running) that a slot row with this gshare and
     resource type covers ("" matches any), counting at most ``cap`` so the cost stays bounded."""
     conditions = [jobs.c.jobStatus.in_(SLOT_HOLDING_STATUSES), jobs.c.computingSite == queue]

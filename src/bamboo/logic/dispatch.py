@@ -22,11 +22,11 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from bamboo.db import harvester_commands as slots_db
 from bamboo.db import jobs as jobs_db
 from bamboo.db import queues as queues_db
 from bamboo.db import workers as workers_db
 from bamboo.db.jobs import ClaimStamp, DispatchFilter
-from bamboo.db import harvester_commands as slots_db
 from bamboo.logic import shares, target_slots
 from bamboo.logic.clock import Clock
 from bamboo.logic.errors import InvalidInput

@@ -39,7 +39,18 @@ MAX_LIST = 1000
 MAX_NAME = 128
 # Worker statuses a sweep may name (api-v1.md §3.5; ``pending`` is Harvester's own).
 WORKER_STATUSES = frozenset(
-    {"submitted", "to_submit", "ready", "running", "idle", "finished", "failed", "cancelled", "missed", "pending"}
+    {
+        "submitted",
+        "to_submit",
+        "ready",
+        "running",
+        "idle",
+        "finished",
+        "failed",
+        "cancelled",
+        "missed",
+        "pending",
+    }
 )
 
 QUEUE_UNKNOWN = "Error retrieving queue configuration from DB"
@@ -56,7 +67,9 @@ def check_harvester_id(harvester_id: str) -> None:
         raise InvalidInput(f"harvester_id must be 1 to {MAX_HARVESTER_ID} characters")
 
 
-async def acquire(conn: AsyncConnection, clock: Clock, harvester_id: str, n_commands: int) -> list[dict[str, Any]]:
+async def acquire(
+    conn: AsyncConnection, clock: Clock, harvester_id: str, n_commands: int
+) -> list[dict[str, Any]]:
     """harvester/acquire_commands: hand the oldest waiting commands to the instance, each once.
 
     ``n_commands`` below 1 is refused; above :data:`MAX_COMMANDS_PER_CALL` it is capped (the
@@ -65,7 +78,9 @@ async def acquire(conn: AsyncConnection, clock: Clock, harvester_id: str, n_comm
     check_harvester_id(harvester_id)
     if n_commands < 1:
         raise InvalidInput("n_commands must be at least 1")
-    rows = await commands_db.claim_new(conn, harvester_id, min(n_commands, MAX_COMMANDS_PER_CALL), clock.now())
+    rows = await commands_db.claim_new(
+        conn, harvester_id, min(n_commands, MAX_COMMANDS_PER_CALL), clock.now()
+    )
     return [
         {
             "command_id": row["command_id"],
@@ -91,7 +106,9 @@ async def acknowledge(conn: AsyncConnection, clock: Clock, command_ids: Sequence
     await commands_db.acknowledge(conn, ids, clock.now())
 
 
-async def serving_harvester(conn: AsyncConnection, queue: str, spec: dict[str, Any] | None = None) -> str | None:
+async def serving_harvester(
+    conn: AsyncConnection, queue: str, spec: dict[str, Any] | None = None
+) -> str | None:
     """The instance serving a queue: the catalog's ``harvester``, else the last one to report workers."""
     if spec is None:
         row = await queues_db.get(conn, queue)
@@ -136,7 +153,9 @@ def sweep_params(
         raise InvalidInput("status_list must name at least one worker status")
     unknown = sorted(set(statuses) - WORKER_STATUSES)
     if unknown:
-        raise InvalidInput(f"unknown worker status {unknown[0]!r}; known: {', '.join(sorted(WORKER_STATUSES))}")
+        raise InvalidInput(
+            f"unknown worker status {unknown[0]!r}; known: {', '.join(sorted(WORKER_STATUSES))}"
+        )
     ces = _names("ce_list", ce_list)
     computing_element: str | list[str] = "ALL"
     if ces:

@@ -69,9 +69,7 @@ def live_rows(rows: Iterable[SlotRow], now: datetime) -> tuple[SlotRow, ...]:
 
 def closed_to(rows: Iterable[SlotRow], now: datetime, gshare: str | None, resource_type: str | None) -> bool:
     """Whether a live row with 0 slots covers jobs of this share and resource type."""
-    return any(
-        row.num_slots == 0 and row.live(now) and row.covers(gshare, resource_type) for row in rows
-    )
+    return any(row.num_slots == 0 and row.live(now) and row.covers(gshare, resource_type) for row in rows)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +86,9 @@ class DispatchLimits:
         return ("", "") in self.blocked or self.budget == 0
 
 
-async def dispatch_limits(conn: AsyncConnection, queue: str, rows: Sequence[SlotRow], now: datetime) -> DispatchLimits:
+async def dispatch_limits(
+    conn: AsyncConnection, queue: str, rows: Sequence[SlotRow], now: datetime
+) -> DispatchLimits:
     """The limits the queue's live slot rows put on one acquire (counting the jobs capped rows hold)."""
     blocked: list[tuple[str, str]] = []
     budget: int | None = None
@@ -137,7 +137,9 @@ async def set_target_slots(
 ) -> str:
     """harvester/add_target_slots: upsert (or with -1 delete) one slot row; return the message."""
     if not -1 <= slots <= MAX_SLOTS:
-        raise InvalidInput(f"slots must be -1 (delete), 0 or a positive number up to {MAX_SLOTS}, got {slots}")
+        raise InvalidInput(
+            f"slots must be -1 (delete), 0 or a positive number up to {MAX_SLOTS}, got {slots}"
+        )
     if len(queue) > 128 or await queues_db.status_of(conn, queue) is None:
         raise InvalidInput(f"unknown queue {queue[:128]!r}")
     gshare = _optional(global_share, "global_share", MAX_GSHARE)

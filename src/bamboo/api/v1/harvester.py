@@ -23,7 +23,8 @@ async def acquire_commands(
     call: Call,
     harvester_id: Annotated[str, "The Harvester instance fetching its commands."],
     n_commands: Annotated[
-        int, f"How many commands at most (at least 1; more than {harvester_commands.MAX_COMMANDS_PER_CALL} is capped)."
+        int,
+        f"How many commands at most (at least 1; above {harvester_commands.MAX_COMMANDS_PER_CALL}: capped).",
     ],
     timeout: Annotated[int, "Accepted for compatibility; not used."] = 30,
 ) -> Reply:
@@ -35,7 +36,8 @@ async def acquire_commands(
 async def acknowledge_commands(
     call: Call,
     command_ids: Annotated[
-        list, f"Ids of the commands carried out (at most {harvester_commands.MAX_LIST}); unknown ids are ignored."
+        list,
+        f"Ids of the commands carried out (at most {harvester_commands.MAX_LIST}); unknown ids are ignored.",
     ],
     timeout: Annotated[int, "Accepted for compatibility; not used."] = 30,
 ) -> Reply:
@@ -49,7 +51,9 @@ async def add_sweep_command(
     call: Call,
     panda_queue: Annotated[str, "The queue whose workers are to be killed."],
     status_list: Annotated[list[str], "Worker statuses to kill (submitted, idle, running...)."],
-    ce_list: Annotated[list[str], "Computing elements to sweep (empty: all); kept only if the queue lists them."],
+    ce_list: Annotated[
+        list[str], "Computing elements to sweep (empty: all); kept only if the queue lists them."
+    ],
     submission_host_list: Annotated[list[str], "Submission hosts to sweep."],
 ) -> Reply:
     """Queue a ``KILL_WORKERS`` command for the Harvester instance serving the queue.
@@ -57,7 +61,9 @@ async def add_sweep_command(
     The instance is the one the queue's catalog entry names (``harvester``), else the one that last
     reported workers for the queue.
     """
-    await harvester_commands.add_sweep(call.db, call.state.clock, panda_queue, status_list, ce_list, submission_host_list)
+    await harvester_commands.add_sweep(
+        call.db, call.state.clock, panda_queue, status_list, ce_list, submission_host_list
+    )
     return Reply()
 
 
@@ -65,7 +71,9 @@ async def add_sweep_command(
 async def add_target_slots(
     call: Call,
     panda_queue: Annotated[str, "The queue."],
-    slots: Annotated[int, "Target number of jobs of this kind at the queue (0: none; -1 deletes the setting)."],
+    slots: Annotated[
+        int, "Target number of jobs of this kind at the queue (0: none; -1 deletes the setting)."
+    ],
     global_share: Annotated[str | None, "Global share the target is for (default: any)."] = None,
     resource_type: Annotated[str | None, "Resource type the target is for (default: any)."] = None,
     expiration_date: Annotated[
