@@ -208,3 +208,23 @@ async def set_n_workers(
         clock.now(),
         supersede=True,
     )
+
+
+# Worker statuses a sweep from the CLI kills when none is named: every status that is not final.
+LIVE_WORKER_STATUSES = ("submitted", "to_submit", "ready", "running", "idle", "pending")
+
+
+async def overview(conn: AsyncConnection) -> dict[str, Any]:
+    """``bamboo harvester list``: the instances with their last heartbeat, and the workers of each
+    instance by queue and status (from the worker rows update_workers keeps)."""
+    workers: dict[tuple[str, str], dict[str, int]] = {}
+    for row in await commands_db.worker_counts(conn):
+        key = (row["harvesterID"], row["computingSite"] or "")
+        workers.setdefault(key, {})[row["status"] or ""] = int(row["n"])
+    return {
+        "instances": await commands_db.instances(conn),
+        "workers": [
+            {"harvester_id": harvester_id, "queue": queue, "statuses": statuses}
+            for (harvester_id, queue), statuses in workers.items()
+        ],
+    }
