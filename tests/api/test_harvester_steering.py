@@ -11,12 +11,13 @@ import pytest
 import sqlalchemy as sa
 
 from bamboo.db import harvester_commands as commands_db
-from bamboo.db.schema import harvester_slots, harvester_workers
+from bamboo.db.schema import harvester_slots, harvester_worker_stats, harvester_workers, jobs, tasks
 from bamboo.logic import harvester_commands, queues
 from tests.api.conftest import ApiServer
 from tests.api.test_pilot_endpoints import PRODUCTION_REQUIRED, set_job, take, taken, two_jobs
-from tests.api.test_task_flow import envelope, world
+from tests.api.test_task_flow import envelope, submit, world
 from tests.conftest import FixedClock
+from tests.tasks import NO_INPUT_TASK
 
 __all__ = ["world"]
 
@@ -303,3 +304,59 @@ async def test_positive_slots_cap_jobs_holding_a_slot(world) -> None:
     assert taken(await take(api, n_jobs=5)) == []  # first is sent: the slot is held
     await set_job(api, first, jobStatus="holding")  # ended: the slot is free again
     assert taken(await take(api, n_jobs=5)) == [second]
+
+
+# --- brokerage --------------------------------------------------------------------------------------
+
+
+async def sites_of_new_jobs(api: ApiServer, runner, n_tasks: int) -> set[str]:
+    task_ids = [
+        await submit(api, {**NO_INPUT_TASK, "site": "TEST_PQ,OTHER_PQ", "taskName": f"user.t.{n}/"})
+        for n in range(n_tasks)
+    ]
+    await runner.drain()
+    async with api.state.db.transaction(write=False) as conn:
+        query = sa.select(jobs.c.computingSite).where(jobs.c.jediTaskID.in_(task_ids))
+        return set((await conn.execute(query)).scalars())
+
+
+async def test_brokerage_avoids_a_queue_with_zero_slots(world) -> None:
+    api, runner = world
+    await add_queue(api, "OTHER_PQ")
+    await call(api, "add_target_slots", panda_queue="TEST_PQ", slots=0)
+    assert await sites_of_new_jobs(api, runner, 4) == {"OTHER_PQ"}
+    await call(api, "add_target_slots", panda_queue="OTHER_PQ", slots=0, resource_type="SCORE")
+    task_id = await submit(api, {**NO_INPUT_TASK, "site": "TEST_PQ,OTHER_PQ", "taskName": "user.t.closed/"})
+    await runner.drain()
+    async with api.state.db.transaction(write=False) as conn:
+        task = (
+            await conn.execute(
+                sa.select(tasks.c.status, tasks.c.errorDialog).where(tasks.c.jediTaskID == task_id)
+            )
+        ).one()
+    assert task.status == "pending"
+    assert "OTHER_PQ has 0 target slots for" in task.errorDialog and "SCORE jobs" in task.errorDialog
+
+
+async def test_brokerage_prefers_queues_with_workers_waiting(world) -> None:
+    api, runner = world
+    await add_queue(api, "OTHER_PQ")
+    now = datetime.now(UTC)
+    async with api.state.db.transaction() as conn:
+        for site, status, when in (
+            ("OTHER_PQ", "idle", now),
+            ("TEST_PQ", "submitted", now - timedelta(hours=5)),  # too old to count
+            ("TEST_PQ", "running", now),  # busy, not waiting
+        ):
+            await conn.execute(
+                sa.insert(harvester_worker_stats).values(
+                    harvester_ID="harv-1",
+                    computingSite=site,
+                    jobType="user",
+                    resourceType="SCORE",
+                    status=status,
+                    n_workers=100,
+                    lastUpdate=when,
+                )
+            )
+    assert await sites_of_new_jobs(api, runner, 6) == {"OTHER_PQ"}

@@ -228,10 +228,9 @@ async def slots_of(conn: AsyncConnection, queue: str) -> list[dict[str, Any]]:
     return [dict(row) for row in (await conn.execute(_SLOTS_OF, {"queue": queue})).mappings()]
 
 
-async def slots_of_queues(conn: AsyncConnection, queues: Sequence[str]) -> list[dict[str, Any]]:
-    """Slot rows of several queues (brokerage reads them once per cycle)."""
-    query = sa.select(harvester_slots).where(harvester_slots.c.pandaQueueName.in_(list(queues)))
-    return [dict(row) for row in (await conn.execute(query)).mappings()]
+async def all_slots(conn: AsyncConnection) -> list[dict[str, Any]]:
+    """Every slot row (a few per steered queue; brokerage reads them once per cycle)."""
+    return [dict(row) for row in (await conn.execute(sa.select(harvester_slots))).mappings()]
 
 
 # Jobs that hold a slot: handed out and not yet ended.

@@ -14,6 +14,10 @@ to us:
   no more jobs than the smallest remaining room of the queue's rows, so no cap is overrun by a
   single call. Concurrent calls on several replicas may overrun a cap by at most one call's worth:
   the cap steers, it is not a lock.
+* Brokerage (job generation) leaves out a queue whose live rows give the task's jobs 0 slots, and
+  among the queues left prefers those whose Harvester reports (``report_worker_statistics``, last
+  4 h) more idle, ready or submitted workers than the queue has activated jobs: workers there are
+  waiting for work (``logic/brokerage.py``).
 * ``slots = -1`` deletes the row; ``expiration_date`` is a number of days of validity (the
   contract's quirk), none meaning "until changed".
 """
@@ -67,9 +71,34 @@ def live_rows(rows: Iterable[SlotRow], now: datetime) -> tuple[SlotRow, ...]:
     return tuple(row for row in rows if row.live(now))
 
 
-def closed_to(rows: Iterable[SlotRow], now: datetime, gshare: str | None, resource_type: str | None) -> bool:
-    """Whether a live row with 0 slots covers jobs of this share and resource type."""
-    return any(row.num_slots == 0 and row.live(now) and row.covers(gshare, resource_type) for row in rows)
+def closed_to(rows: Iterable[SlotRow], gshare: str | None, resource_type: str | None) -> bool:
+    """Whether one of these (live) rows gives 0 slots to jobs of this share and resource type."""
+    return any(row.num_slots == 0 and row.covers(gshare, resource_type) for row in rows)
+
+
+def live_by_queue(records: Iterable[Mapping[str, Any]], now: datetime) -> dict[str, tuple[SlotRow, ...]]:
+    """The live slot rows of each queue (brokerage reads them once per cycle)."""
+    grouped: dict[str, list[SlotRow]] = {}
+    for record in records:
+        (row,) = rows_from([record])
+        if row.live(now):
+            grouped.setdefault(record["pandaQueueName"], []).append(row)
+    return {queue: tuple(rows) for queue, rows in grouped.items()}
+
+
+# Reported worker statuses of workers that wait for work or will ask for it soon.
+WAITING_WORKER_STATUSES = frozenset({"idle", "ready", "submitted"})
+# How old a worker report may be to count (as harvester/get_worker_statistics reads them).
+WORKER_STATS_WINDOW = timedelta(hours=4)
+
+
+def waiting_workers(stat_rows: Iterable[Mapping[str, Any]]) -> dict[str, int]:
+    """Workers waiting for work per queue, from report_worker_statistics rows (all instances)."""
+    waiting: dict[str, int] = {}
+    for row in stat_rows:
+        if row["status"] in WAITING_WORKER_STATUSES and row["n_workers"] > 0:
+            waiting[row["computingSite"]] = waiting.get(row["computingSite"], 0) + int(row["n_workers"])
+    return waiting
 
 
 @dataclass(frozen=True, slots=True)
