@@ -360,3 +360,44 @@ async def test_brokerage_prefers_queues_with_workers_waiting(world) -> None:
                 )
             )
     assert await sites_of_new_jobs(api, runner, 6) == {"OTHER_PQ"}
+
+
+# --- pilot streaming --------------------------------------------------------------------------------
+
+
+async def test_pilot_streaming_sends_worker_targets_once_per_period(world) -> None:
+    api, runner = world
+    clock = FixedClock(datetime.now(UTC).replace(microsecond=0))
+    api.state.clock = runner.context.clock = clock
+    await add_queue(api, "STREAM_PQ", harvester="harv-s", pilot_streaming=True)
+    await add_queue(api, "QUIET_PQ", harvester="harv-s")  # does not ask for it
+    await submit(api, {**NO_INPUT_TASK, "site": "STREAM_PQ"})
+    await submit(api, {**NO_INPUT_TASK, "site": "QUIET_PQ", "taskName": "user.t.quiet/"})
+    async with api.state.db.transaction() as conn:
+        await conn.execute(
+            sa.insert(harvester_worker_stats).values(
+                harvester_ID="harv-s",
+                computingSite="STREAM_PQ",
+                jobType="user",
+                resourceType="SCORE",
+                status="submitted",
+                n_workers=1,
+                lastUpdate=clock.now(),
+            )
+        )
+    await runner.drain()
+    (command,) = await all_commands(api)
+    # Two activated user SCORE jobs: T = max(min(75, 2), 5) = 5 cores, all for them, 1 worker queued.
+    assert (command["harvester_ID"], command["command"], orjson.loads(command["params"])) == (
+        "harv-s",
+        "SET_N_WORKERS_JOBTYPE:STREAM_PQ",
+        {"user": {"SCORE": 4}, "managed": {"SCORE": 1}},
+    )
+    assert await runner.run_once("pilot_streaming") == 0  # not due again yet
+    clock.set(clock.now() + timedelta(seconds=api.state.settings.pilot_streaming_period_seconds))
+    await take(api, site_name="STREAM_PQ", n_jobs=5)
+    assert await runner.run_once("pilot_streaming") == 1
+    (command,) = await all_commands(api)  # the unfetched target was replaced
+    assert orjson.loads(command["params"]) == {"managed": {"SCORE": 5}}
+    fetched = await call(api, "acquire_commands", harvester_id="harv-s", n_commands=5)
+    assert fetched["data"][0]["params"] == {"managed": {"SCORE": 5}}

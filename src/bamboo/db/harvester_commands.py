@@ -123,6 +123,34 @@ async def commands_of(conn: AsyncConnection, harvester_id: str | None = None) ->
     return [dict(row) for row in (await conn.execute(query)).mappings()]
 
 
+async def last_command_dates(conn: AsyncConnection, names: Sequence[str]) -> dict[str, datetime]:
+    """When each of these commands was last queued (for any instance), by command name."""
+    query = (
+        sa.select(harvester_commands.c.command, sa.func.max(harvester_commands.c.creation_date))
+        .where(harvester_commands.c.command.in_(list(names)))
+        .group_by(harvester_commands.c.command)
+    )
+    return {name: when for name, when in (await conn.execute(query)).all()}
+
+
+async def activated_by_kind(conn: AsyncConnection, queues: Sequence[str]) -> list[dict[str, Any]]:
+    """Activated jobs per queue, label and resource type, with the cores they need (a job without a
+    core count needs one)."""
+    cores = sa.func.coalesce(sa.func.nullif(jobs.c.coreCount, 0), 1)
+    query = (
+        sa.select(
+            jobs.c.computingSite,
+            jobs.c.prodSourceLabel,
+            jobs.c.resource_type,
+            sa.func.count().label("n"),
+            sa.func.sum(cores).label("cores"),
+        )
+        .where(jobs.c.jobStatus == "activated", jobs.c.computingSite.in_(list(queues)))
+        .group_by(jobs.c.computingSite, jobs.c.prodSourceLabel, jobs.c.resource_type)
+    )
+    return [dict(row) for row in (await conn.execute(query)).mappings()]
+
+
 # --- who serves a queue, what its workers report ---------------------------------------------------
 
 
