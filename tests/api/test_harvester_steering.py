@@ -278,7 +278,6 @@ async def test_zero_slots_stop_dispatch_and_expired_or_deleted_ones_do_not(world
     await call(api, "add_target_slots", panda_queue="TEST_PQ", slots=0, expiration_date="1")
     assert taken(await take(api, n_jobs=5)) == []
     api.state.clock.set(api.state.clock.now() + timedelta(days=1, seconds=1))
-    api.state.queue_statuses.forget_slots("TEST_PQ")
     assert taken(await take(api)) == [first]
     await call(api, "add_target_slots", panda_queue="TEST_PQ", slots=0)
     assert taken(await take(api)) == []
