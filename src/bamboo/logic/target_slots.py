@@ -112,7 +112,7 @@ class DispatchLimits:
     @property
     def closed(self) -> bool:
         """A full row covering every kind: nothing may be handed out."""
-        return ("", "") in self.blocked or self.budget == 0
+        return ("", "") in self.blocked
 
 
 async def dispatch_limits(
