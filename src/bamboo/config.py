@@ -245,6 +245,13 @@ class Settings(BaseSettings):
         description="How often the archiver looks for jobs to archive or delete when it found none "
         "the last time; its delays count in hours and days.",
     )
+    pilot_streaming_period_seconds: float = Field(
+        300.0,
+        gt=0,
+        le=86400,
+        description="How often the pilot-streaming agent sizes the workers of each queue whose catalog "
+        "entry has pilot_streaming: true and tells its Harvester (SET_N_WORKERS_JOBTYPE commands).",
+    )
     brokerage_pilot_activity_hours: float = Field(
         3.0,
         gt=0,

@@ -29,6 +29,7 @@ from bamboo.logic import (
     finisher,
     generator,
     job_watchdog,
+    pilot_streaming,
     rebrokerage,
     refiner,
     task_watchdog,
@@ -127,6 +128,12 @@ async def _archive(ctx: AgentContext) -> int:
         return await archive.archive(conn, ctx.clock, policy)
 
 
+async def _stream_pilots(ctx: AgentContext) -> int:
+    period = timedelta(seconds=ctx.settings.pilot_streaming_period_seconds)
+    async with ctx.db.transaction() as conn:
+        return await pilot_streaming.stream(conn, ctx.clock, period)
+
+
 AGENTS: tuple[Agent, ...] = (
     Agent("refiner", _refine, wakes=("generator",)),
     Agent("feeder", _feed, wakes=("generator", "finisher")),
@@ -146,6 +153,8 @@ AGENTS: tuple[Agent, ...] = (
     ),
     # Moves old final jobs out of the tables dispatch and heartbeats read; wakes nobody.
     Agent("archiver", _archive, period_setting="job_archive_period_seconds"),
+    # Tells Harvester how many workers to submit where jobs wait; wakes nobody.
+    Agent("pilot_streaming", _stream_pilots, period_setting="pilot_streaming_period_seconds"),
 )
 
 

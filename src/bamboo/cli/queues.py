@@ -38,6 +38,12 @@ MaxTime = Annotated[int | None, typer.Option(help="Longest walltime, seconds (0 
 MinTime = Annotated[int | None, typer.Option(help="Shortest walltime, seconds.")]
 MaxWdir = Annotated[int | None, typer.Option(help="Scratch space per slot, MB.")]
 JobSeed = Annotated[str | None, typer.Option(help=f"Event service mode: {', '.join(queues.JOBSEEDS)}.")]
+Harvester = Annotated[
+    str | None,
+    typer.Option(
+        help="The Harvester instance (harvester_id) serving the queue: it receives the queue's commands."
+    ),
+]
 Attributes = Annotated[
     list[str] | None,
     typer.Option(
@@ -84,6 +90,7 @@ def add(
     mintime: MinTime = None,
     maxwdir: MaxWdir = None,
     jobseed: JobSeed = None,
+    harvester: Harvester = None,
     attr: Attributes = None,
     home: HomeOption = None,
     database_url: DatabaseOption = None,
@@ -104,6 +111,7 @@ def add(
             mintime=mintime,
             maxwdir=maxwdir,
             jobseed=jobseed,
+            harvester=harvester,
         ),
     }
 
@@ -129,6 +137,7 @@ def set_attributes(
     mintime: MinTime = None,
     maxwdir: MaxWdir = None,
     jobseed: JobSeed = None,
+    harvester: Harvester = None,
     attr: Attributes = None,
     home: HomeOption = None,
     database_url: DatabaseOption = None,
@@ -148,6 +157,7 @@ def set_attributes(
             mintime=mintime,
             maxwdir=maxwdir,
             jobseed=jobseed,
+            harvester=harvester,
         ),
     }
     if not changes:

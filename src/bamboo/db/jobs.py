@@ -184,6 +184,9 @@ class DispatchFilter:
     # Global shares in the order dispatch serves them at this queue (logic/shares.py); jobs of
     # any other share come after them. Empty: order by priority alone.
     share_order: tuple[str, ...] = ()
+    # (gshare, resource type) kinds whose target slots are used up (logic/target_slots.py); ""
+    # matches any. Jobs of these kinds are not picked.
+    excluded: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,7 +314,21 @@ def _pick_statement(selection: DispatchFilter, skip_locked: bool, shares: str = 
         if skip_locked:
             statement = statement.with_for_update(skip_locked=True)
         _pick_cache[key] = statement
+    if selection.excluded:
+        # Only queues with used-up target slots get here; their few kinds are bound values.
+        statement = statement.where(sa.not_(sa.or_(*(_of_kind(*kind) for kind in selection.excluded))))
     return statement
+
+
+def _of_kind(gshare: str, resource_type: str) -> sa.ColumnElement[bool]:
+    """Jobs a slot row of this share and resource type covers ("" = any), NULL-safe so that the
+    negation keeps jobs without a share or resource type."""
+    conditions = []
+    if gshare:
+        conditions.append(sa.func.coalesce(jobs.c.gshare, "") == gshare)
+    if resource_type:
+        conditions.append(sa.func.coalesce(jobs.c.resource_type, "") == resource_type)
+    return sa.and_(sa.true(), *conditions)
 
 
 def _pick_parameters(selection: DispatchFilter, limit: int) -> dict[str, Any]:

@@ -13,7 +13,11 @@ why in its ``errorDialog``. The filters, in order:
 4. cores and 5. memory, both skipped for a queue the task names;
 6. the catchall ``allowed_processing`` / ``excluded_processing`` lists (``|``-separated);
 7. pilot activity: a queue no pilot talked to recently is left out while another can take the work
-   (test-labelled tasks and queues with catchall ``allow_no_pilot`` are exempt).
+   (test-labelled tasks and queues with catchall ``allow_no_pilot`` are exempt);
+8. Harvester's target slots: a queue whose live slot rows give the task's jobs (its global share,
+   the resource type its jobs would get there) 0 slots is left out;
+9. Harvester's worker reports: among the queues left, those with more waiting workers (idle, ready,
+   submitted) than activated jobs go first (:mod:`bamboo.logic.target_slots`).
 
 A queue with capability ``ucore`` (unified resource types) is brokered as one pseudo-queue per
 resource type, ``<PQ>/<type>``, whose core count and memory bounds come from the type: a
@@ -27,6 +31,9 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from bamboo.logic.resource_types import match_job
+from bamboo.logic.target_slots import SlotRow, closed_to
 
 ANALYSIS_LABELS = frozenset({"user", "panda"})
 PRODUCTION_LABELS = frozenset({"managed", "prod_test", "test", "ptest", "rc_test", "rc_test2", "rc_alrb"})
@@ -51,6 +58,7 @@ class TaskNeeds:
         disk: output plus work disk per job, MB.
         largest_input: the largest input file the task still has to process, MB.
         processing_type: the task's processingType.
+        gshare: the task's global share (target slots are per share).
     """
 
     site: str | None
@@ -63,6 +71,7 @@ class TaskNeeds:
     disk: int = 0
     largest_input: int = 0
     processing_type: str | None = None
+    gshare: str | None = None
 
 
 def catchall(queue: Mapping[str, Any]) -> dict[str, str]:
@@ -261,6 +270,20 @@ def pseudo_queues(queue: Mapping[str, Any], rt_rows: Sequence[Mapping[str, Any]]
     return specs
 
 
+def _slot_rejection(
+    needs: TaskNeeds, spec: Mapping[str, Any], rows: Sequence[SlotRow], rt_rows: Sequence[Mapping[str, Any]]
+) -> str | None:
+    if not rows:
+        return None
+    resource_type = spec.get("resource_type")
+    if resource_type is None and rt_rows:
+        cores = job_core_count(needs, spec)
+        resource_type = match_job(list(rt_rows), cores, job_memory(needs, cores))
+    if closed_to(rows, needs.gshare, resource_type):
+        return f"{spec['name']} has 0 target slots for {needs.gshare or 'the task'}'s {resource_type} jobs"
+    return None
+
+
 def _needs_no_pilot(needs: TaskNeeds, queue: Mapping[str, Any]) -> bool:
     return needs.prod_source_label in TEST_LABELS or allows_no_pilot(queue)
 
@@ -273,6 +296,8 @@ def choose_queue(
     *,
     rt_rows: Sequence[Mapping[str, Any]] = (),
     active: frozenset[str] | None = None,
+    slots: Mapping[str, Sequence[SlotRow]] | None = None,
+    waiting: Mapping[str, int] | None = None,
 ) -> Choice:
     """The best queue for the task: among those that pass every filter, the highest weight; ties
     are broken at random so equal queues share the work.
@@ -282,6 +307,9 @@ def choose_queue(
         active: the queues with recent pilot activity; None when not checked. Queues outside it are
             left out as long as an active (or exempt) queue qualifies, so a fresh installation
             whose pilots have not come yet still gets work.
+        slots: the live target slot rows per queue; a queue giving the task's jobs 0 is left out.
+        waiting: workers waiting for work per queue (Harvester's reports); queues with more of
+            them than activated jobs are preferred.
     """
     reasons: list[str] = []
     eligible: list[dict[str, Any]] = []
@@ -289,6 +317,8 @@ def choose_queue(
         refused = []
         for spec in pseudo_queues(queue, rt_rows):
             why = rejection(needs, spec)
+            if why is None and slots:
+                why = _slot_rejection(needs, spec, slots.get(spec["name"], ()), rt_rows)
             if why is None:
                 eligible.append(spec)
                 break
@@ -304,6 +334,13 @@ def choose_queue(
             eligible = lively
     if not eligible:
         return Choice(None, tuple(reasons))
+    if waiting:
+        hungry = [
+            spec
+            for spec in eligible
+            if waiting.get(spec["name"], 0) > loads.get(spec["name"], QueueLoad()).activated
+        ]
+        eligible = hungry or eligible
     weights = [loads.get(spec["name"], QueueLoad()).weight for spec in eligible]
     best = max(weights)
     top = [spec for weight, spec in zip(weights, eligible, strict=True) if weight == best]

@@ -8,6 +8,9 @@ says what brokerage may send to a queue, not whether the jobs already there may 
 queues keep serving pilots, ``paused`` only stops the timeouts, and jobs still activated at an
 ``offline`` queue are left to re-brokerage). A ``test`` queue serves test jobs only: the labels
 user, managed and unified are rewritten to ``test``.
+
+Harvester's target slots steer what a queue takes (:mod:`bamboo.logic.target_slots`): no job of a
+kind whose live target is 0 or reached, and no more per call than the smallest room left.
 """
 
 from __future__ import annotations
@@ -19,11 +22,12 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from bamboo.db import harvester_commands as slots_db
 from bamboo.db import jobs as jobs_db
 from bamboo.db import queues as queues_db
 from bamboo.db import workers as workers_db
 from bamboo.db.jobs import ClaimStamp, DispatchFilter
-from bamboo.logic import shares
+from bamboo.logic import shares, target_slots
 from bamboo.logic.clock import Clock
 from bamboo.logic.errors import InvalidInput
 
@@ -105,6 +109,7 @@ class QueueStatusCache:
         self._ttl = ttl_seconds
         self._entries: dict[str, tuple[float, str | None]] = {}
         self._share_order: tuple[float, shares.ShareOrder] | None = None
+        self._slots: dict[str, tuple[float, tuple[target_slots.SlotRow, ...]]] = {}
 
     async def status(self, conn: AsyncConnection, queue: str) -> str | None:
         now = time.monotonic()
@@ -123,6 +128,22 @@ class QueueStatusCache:
             self._share_order = (now, await shares.dispatch_order(conn))
         return self._share_order[1].for_site(queue)
 
+    async def slots(self, conn: AsyncConnection, queue: str) -> tuple[target_slots.SlotRow, ...]:
+        """The queue's target slot rows (Harvester's add_target_slots), expired ones included: the
+        caller judges expiry by its clock. Most queues have none, so this costs nothing per call."""
+        now = time.monotonic()
+        entry = self._slots.get(queue)
+        if entry is None or now - entry[0] > self._ttl:
+            if len(self._slots) > 10_000:
+                self._slots.clear()
+            entry = (now, target_slots.rows_from(await slots_db.slots_of(conn, queue)))
+            self._slots[queue] = entry
+        return entry[1]
+
+    def forget_slots(self, queue: str) -> None:
+        """Drop a queue's cached slot rows (this process just changed them)."""
+        self._slots.pop(queue, None)
+
 
 async def acquire(
     conn: AsyncConnection, clock: Clock, request: AcquireRequest, statuses: QueueStatusCache
@@ -140,6 +161,16 @@ async def acquire(
     if label in ("user", "managed", "unified") and await statuses.status(conn, request.site_name) == "test":
         label = "test"
     labels = labels_for(label, request.computing_element)
+    limit = max(1, min(request.n_jobs, MAX_JOBS_PER_CALL))
+    excluded: tuple[tuple[str, str], ...] = ()
+    slot_rows = await statuses.slots(conn, request.site_name)
+    if slot_rows:
+        limits = await target_slots.dispatch_limits(conn, request.site_name, slot_rows, clock.now())
+        if limits.closed:
+            return []
+        excluded = limits.blocked
+        if limits.budget is not None:
+            limit = min(limit, limits.budget)
     test_with_ce = label == "test" and bool(request.computing_element)
     selection = DispatchFilter(
         site=request.site_name,
@@ -153,6 +184,7 @@ async def acquire(
         background=bool(request.background),
         also_processing_type=TEST_PROCESSING_TYPE if test_with_ce else None,
         share_order=await statuses.share_order(conn, request.site_name),
+        excluded=excluded,
     )
     # Counted before the claim: the jobs sent earlier and not yet heard of.
     n_sent = 0
@@ -164,7 +196,6 @@ async def acquire(
         computing_element=request.computing_element[:128] if request.computing_element else None,
         scheduler_id=request.scheduler_id[:128] if request.scheduler_id else None,
     )
-    limit = max(1, min(request.n_jobs, MAX_JOBS_PER_CALL))
     claimed = await jobs_db.claim_activated(conn, selection, limit, stamp)
     if not claimed:
         return []

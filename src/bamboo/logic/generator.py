@@ -20,10 +20,20 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bamboo.db import archive as archive_db
 from bamboo.db import brokerage as brokerage_db
+from bamboo.db import harvester_commands as steering_db
 from bamboo.db import jobs as jobs_db
 from bamboo.db import sequences
 from bamboo.db import tasks as tasks_db
-from bamboo.logic import build_jobs, merge_jobs, resource_types, retry_rules, scouting, secondary, task_status
+from bamboo.logic import (
+    build_jobs,
+    merge_jobs,
+    resource_types,
+    retry_rules,
+    scouting,
+    secondary,
+    target_slots,
+    task_status,
+)
 from bamboo.logic import queues as queues_logic
 from bamboo.logic.brokerage import (
     Choice,
@@ -82,7 +92,7 @@ async def generate(
     await tasks_db.lock_datasets_of_tasks(conn, [task["jediTaskID"] for task in candidates])
     queue_specs = await queues_logic.list_specs(conn)
     rt_rows = await resource_types.resource_type_list(conn)
-    loads = _CycleLoads(rt_rows, clock.now() - pilot_activity)
+    loads = _CycleLoads(rt_rows, clock.now(), pilot_activity)
     made = 0
     for task in candidates:
         if made >= JOBS_PER_CYCLE:
@@ -114,11 +124,15 @@ class _CycleLoads:
     a few hundred jobs, every cycle, and a task that only one queue can take does not need it.
     """
 
-    def __init__(self, rt_rows: list[dict[str, Any]], active_since: datetime) -> None:
+    def __init__(self, rt_rows: list[dict[str, Any]], now: datetime, pilot_activity: timedelta) -> None:
         self.rt_rows = rt_rows
-        self._active_since = active_since
+        self._now = now
+        self._active_since = now - pilot_activity
         self._loads: dict[str, QueueLoad] | None = None
         self._active: frozenset[str] | None = None
+        # Harvester's target slots (a small table, read whole) and worker reports.
+        self._slots: dict[str, tuple[target_slots.SlotRow, ...]] | None = None
+        self._waiting: dict[str, int] | None = None
 
     async def choose(
         self,
@@ -128,18 +142,31 @@ class _CycleLoads:
         rng: random.Random | None,
     ) -> Choice:
         """Brokerage for one task (logic/brokerage.py) with this cycle's loads and activity."""
+        if self._slots is None:
+            self._slots = target_slots.live_by_queue(await steering_db.all_slots(conn), self._now)
         candidates = sum(
             any(rejection(needs, spec) is None for spec in pseudo_queues(queue, self.rt_rows))
             for queue in queue_specs
         )
         if candidates < 2:
-            return choose_queue(needs, queue_specs, {}, rng, rt_rows=self.rt_rows)
+            return choose_queue(needs, queue_specs, {}, rng, rt_rows=self.rt_rows, slots=self._slots)
         if self._loads is None:
             self._loads = _loads(
                 await jobs_db.status_counts_by_site(conn, ["activated", "defined", "running"])
             )
             self._active = frozenset(await brokerage_db.sites_with_pilot_activity(conn, self._active_since))
-        return choose_queue(needs, queue_specs, self._loads, rng, rt_rows=self.rt_rows, active=self._active)
+            since = self._now - target_slots.WORKER_STATS_WINDOW
+            self._waiting = target_slots.waiting_workers(await steering_db.worker_stats(conn, since))
+        return choose_queue(
+            needs,
+            queue_specs,
+            self._loads,
+            rng,
+            rt_rows=self.rt_rows,
+            active=self._active,
+            slots=self._slots,
+            waiting=self._waiting,
+        )
 
 
 def _loads(counts: dict[tuple[str, str], int]) -> dict[str, QueueLoad]:
@@ -198,6 +225,7 @@ async def _needs(
         + _megabytes(task["workDiskCount"], task["workDiskUnit"]),
         largest_input=largest,
         processing_type=task["processingType"],
+        gshare=task["gshare"],
     )
 
 
