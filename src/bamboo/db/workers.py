@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -62,6 +62,11 @@ async def get(conn: AsyncConnection, harvester_id: str, worker_id: int) -> dict[
     return dict(row) if row else None
 
 
+def _dialect(conn: AsyncConnection) -> Any:
+    # INSERT ... ON CONFLICT has the same shape on both backends but lives in each dialect.
+    return postgresql if conn.dialect.name == "postgresql" else sqlite
+
+
 async def lock_states(
     conn: AsyncConnection, harvester_id: str, worker_ids: Sequence[int]
 ) -> dict[int, dict[str, Any]]:
@@ -92,9 +97,8 @@ async def upsert(
         groups.setdefault(tuple(sorted(values)), []).append(
             {**values, "harvesterID": harvester_id, "workerID": worker_id}
         )
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
     for columns, parameters in groups.items():
-        statement = dialect.insert(harvester_workers)
+        statement = _dialect(conn).insert(harvester_workers)
         statement = statement.on_conflict_do_update(
             index_elements=["harvesterID", "workerID"],
             set_={name: statement.excluded[name] for name in columns},
@@ -103,28 +107,42 @@ async def upsert(
 
 
 async def sync_jobs(
-    conn: AsyncConnection, harvester_id: str, worker_id: int, panda_ids: Sequence[int], now: datetime
+    conn: AsyncConnection, harvester_id: str, lists: Mapping[int, Sequence[int]], now: datetime
 ) -> None:
-    """Make the worker's job relations exactly ``panda_ids``: new pairs inserted, kept ones
-    refreshed, the others deleted."""
-    where = (worker_jobs.c.harvesterID == harvester_id, worker_jobs.c.workerID == worker_id)
-    known = set((await conn.execute(sa.select(worker_jobs.c.PandaID).where(*where))).scalars())
-    stale = known.difference(panda_ids)
+    """Make each worker's job relations exactly its list (``{workerID: PandaIDs}``): new pairs
+    inserted, kept ones refreshed, the others deleted; a few statements for the whole call."""
+    if not lists:
+        return
+    query = sa.select(worker_jobs.c.workerID, worker_jobs.c.PandaID).where(
+        worker_jobs.c.harvesterID == harvester_id, worker_jobs.c.workerID.in_(sorted(lists))
+    )
+    known = {(worker_id, panda_id) for worker_id, panda_id in (await conn.execute(query)).all()}
+    wanted = {(worker_id, panda_id) for worker_id, panda_ids in lists.items() for panda_id in panda_ids}
+    pair = (
+        worker_jobs.c.harvesterID == harvester_id,
+        worker_jobs.c.workerID == sa.bindparam("b_worker"),
+        worker_jobs.c.PandaID == sa.bindparam("b_panda"),
+    )
+    stale = [{"b_worker": w, "b_panda": p} for w, p in sorted(known - wanted)]
     if stale:
-        await conn.execute(sa.delete(worker_jobs).where(*where, worker_jobs.c.PandaID.in_(sorted(stale))))
-    kept = sorted(known.intersection(panda_ids))
+        await conn.execute(sa.delete(worker_jobs).where(*pair), stale)
+    kept = [{"b_worker": w, "b_panda": p, "b_now": now} for w, p in sorted(known & wanted)]
     if kept:
-        await conn.execute(
-            sa.update(worker_jobs).where(*where, worker_jobs.c.PandaID.in_(kept)).values(lastUpdate=now)
+        statement = (
+            sa.update(worker_jobs).where(*pair).values(lastUpdate=sa.bindparam("b_now", type_=UTCDateTime()))
         )
-    new = sorted(set(panda_ids).difference(known))
+        await conn.execute(statement, kept)
+    new = sorted(wanted - known)
     if new:
+        # A pair acquire_jobs records meanwhile (a job handed to the worker now) is no error.
+        insert = _dialect(conn).insert(worker_jobs)
+        insert = insert.on_conflict_do_update(
+            index_elements=["harvesterID", "workerID", "PandaID"],
+            set_={"lastUpdate": insert.excluded.lastUpdate},
+        )
         await conn.execute(
-            sa.insert(worker_jobs),
-            [
-                {"harvesterID": harvester_id, "workerID": worker_id, "PandaID": panda_id, "lastUpdate": now}
-                for panda_id in new
-            ],
+            insert,
+            [{"harvesterID": harvester_id, "workerID": w, "PandaID": p, "lastUpdate": now} for w, p in new],
         )
 
 

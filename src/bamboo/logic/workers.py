@@ -179,9 +179,8 @@ async def update_workers(
         report.status = report.values.get("status", previous["status"] if previous else None)
         rows.append((report.worker_id, {**report.values, "lastUpdate": now}))
     await workers_db.upsert(conn, harvester_id, rows)
-    for report in reports:
-        if report.panda_ids is not None:
-            await workers_db.sync_jobs(conn, harvester_id, report.worker_id, report.panda_ids, now)
+    lists = {report.worker_id: report.panda_ids for report in reports if report.panda_ids is not None}
+    await workers_db.sync_jobs(conn, harvester_id, lists, now)
     failed = await _job_effects(conn, caller, reports, now)
     return [True] * len(workers), failed
 
