@@ -29,8 +29,10 @@ import httpx
 import orjson
 import uvloop
 
-Operation = Literal["is_alive", "acquire", "heartbeat", "cycle"]
+Operation = Literal["is_alive", "acquire", "heartbeat", "cycle", "update_workers"]
 NO_JOBS = "No jobs in PanDA"
+# harvester/update_workers loads send this many workers per call.
+WORKERS_PER_CALL = 100
 REQUEST_TIMEOUT_SECONDS = 30.0
 MAX_ERRORS = 100
 
@@ -51,6 +53,8 @@ class LoadSpec:
     n_jobs: int = 1
     job_ids: tuple[int, ...] = ()
     """Heartbeat targets of this client process."""
+    client_index: int = 0
+    """Which client process this is (each reports as a Harvester instance of its own)."""
 
 
 @dataclass
@@ -119,6 +123,9 @@ def _operation(spec: LoadSpec, result: LoadResult) -> Callable[[httpx.AsyncClien
 
     if spec.operation == "cycle":
         return _job_cycle(spec, result)
+
+    if spec.operation == "update_workers":
+        return _worker_updates(spec)
 
     # Connections take the jobs in turn, so two heartbeats for one job are in flight together only
     # when there are fewer jobs than connections.
@@ -189,6 +196,57 @@ def _job_cycle(spec: LoadSpec, result: LoadResult) -> Callable[[httpx.AsyncClien
         return len(jobs)
 
     return cycle
+
+
+def _worker_updates(spec: LoadSpec) -> Callable[[httpx.AsyncClient], Awaitable[int]]:
+    """Harvester's propagator: ``WORKERS_PER_CALL`` running workers per call, each with one job.
+
+    Every connection reports its own block of workers again and again (after the first call, every
+    row is an update and every worker-job relation is refreshed), so two calls in flight never
+    write the same rows. Returns the workers reported.
+    """
+    harvester_id = f"bench-harvester-{spec.client_index}"
+    blocks: dict[int, int] = {}
+
+    async def update_workers(client: httpx.AsyncClient) -> int:
+        block = blocks.setdefault(id(client), len(blocks))
+        first = block * WORKERS_PER_CALL + 1
+        workers = [
+            {
+                "workerID": worker_id,
+                "batchID": f"{worker_id}.0",
+                "queueName": spec.site,
+                "computingSite": spec.site,
+                "status": "running",
+                "nCore": 8,
+                "nodeID": f"wn{worker_id % 50:03d}.example.org",
+                "submitTime": "datetime/2026-01-01 00:00:00.000000",
+                "startTime": "datetime/2026-01-01 00:05:00.000000",
+                "endTime": None,
+                "resourceType": "MCORE",
+                "jobType": "managed",
+                "nJobs": 1,
+                "computingElement": "ce01.example.org",
+                "submissionHost": "bench-submit",
+                "harvesterHost": "bench-harvester",
+                "errorCode": 0,
+                "diagMessage": "",
+                "syncLevel": 0,
+                "minRamCount": 16000,
+                "pandaid_list": [10**12 + worker_id],
+            }
+            for worker_id in range(first, first + WORKERS_PER_CALL)
+        ]
+        body = _envelope(
+            await client.post(
+                "/api/v1/harvester/update_workers", json={"harvester_id": harvester_id, "workers": workers}
+            )
+        )
+        if body.get("success") is not True or body.get("data") != [True] * WORKERS_PER_CALL:
+            raise _BadAnswer(str(body)[:200])
+        return WORKERS_PER_CALL
+
+    return update_workers
 
 
 def output_report(job: dict[str, Any]) -> str:

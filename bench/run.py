@@ -4,7 +4,8 @@ The measurements, in order, each against the same server:
 
 1. ``system/is_alive``: the ceiling of the stack (HTTP parsing, routing, envelope; no database);
 2. ``pilot/acquire_jobs`` with n_jobs=1 and n_jobs=10, on jobs the agents generated beforehand;
-3. ``pilot/update_job`` heartbeats (``running``) on the jobs dispatched in 2;
+3. ``pilot/update_job`` heartbeats (``running``) on the jobs dispatched in 2, then
+   ``harvester/update_workers`` with 100 workers per call;
 4. the latency from a task submission's answer to its first activated job;
 5. dispatch and heartbeats again beside 10,000 active jobs, with an empty job archive and then
    with 1,000,000 archived jobs (written straight into the database), compared in the same run
@@ -44,7 +45,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench import machine
-from bench.load import LoadResult, LoadSpec, Operation, run_load
+from bench.load import WORKERS_PER_CALL, LoadResult, LoadSpec, Operation, run_load
 from bench.server import (
     BenchError,
     Server,
@@ -246,6 +247,7 @@ class Bench:
                 site=SITE,
                 n_jobs=n_jobs,
                 job_ids=tuple(job_ids[i::clients]),
+                client_index=i,
             )
             for i in range(clients)
         ]
@@ -409,6 +411,22 @@ class Bench:
             max_requests=int(duration * REQUESTS_PER_SECOND_BUDGET),
             job_ids=dispatched,
         )
+        return row
+
+    async def measure_worker_updates(self) -> Row:
+        """harvester/update_workers, as many Harvester instances as client processes."""
+        duration = self.options.duration
+        self.say(f"harvester/update_workers ({WORKERS_PER_CALL} workers per call) for {duration:g} s")
+        row, result = await self.load(
+            "harvester/update_workers",
+            "update_workers",
+            duration=duration,
+            max_requests=int(duration * REQUESTS_PER_SECOND_BUDGET),
+        )
+        if result.elapsed:
+            row.notes.append(
+                f"{WORKERS_PER_CALL} workers per call: {result.jobs / result.elapsed:,.0f} workers/s"
+            )
         return row
 
     async def measure_activation(self, client: httpx.AsyncClient) -> Row:
@@ -675,6 +693,7 @@ class Bench:
             acquire_rows, dispatched = await self.measure_acquire(client, alive)
             rows += acquire_rows
             rows.append(await self.measure_heartbeats(dispatched))
+            rows.append(await self.measure_worker_updates())
             if self.options.archive_jobs:
                 rows += await self.measure_archive(client, alive)
             rows.append(await self.measure_activation(client))

@@ -91,6 +91,39 @@ def pilot_report(current: str, reported: str, *, has_dispatcher_diag: bool = Fal
     return PilotDecision(reported)
 
 
+# --- Harvester workers (api-v1.md §3.5, domain.md §8.1) ---------------------------------------------
+WORKER_FINAL = frozenset({"finished", "failed", "cancelled", "missed"})
+# Before the batch system runs the worker: Harvester's to_submit and pending, then submitted.
+WORKER_NOT_STARTED = frozenset({"to_submit", "pending", "submitted"})
+WORKER_STATUSES = WORKER_NOT_STARTED | frozenset({"ready", "running", "idle"}) | WORKER_FINAL
+# A worker that ran does not go back to "not started yet".
+_WORKER_STARTED = frozenset({"running", "idle"})
+
+
+def worker_status(current: str | None, reported: str, *, final_is_recent: bool) -> str:
+    """The status a worker row keeps after Harvester reports ``reported`` for it.
+
+    Args:
+        current: the stored status, None for a new worker (or a stored value outside the
+            vocabulary, which the report then replaces).
+        reported: a status of :data:`WORKER_STATUSES`.
+        final_is_recent: the row was last updated less than 3 h ago (domain.md §8.2): a final
+            status that recent is kept, whatever is reported, so a late report of an older state
+            cannot reopen a worker that has ended.
+
+    A worker running or idle never goes back to a not-started status (domain.md §8.1); a final
+    status older than 3 h may be replaced (Harvester reuses nothing, but a row that old is
+    stale and the report is the fresher truth).
+    """
+    if reported not in WORKER_STATUSES:
+        raise ValueError(f"not a worker status: {reported}")
+    if current in WORKER_FINAL and final_is_recent:
+        return current
+    if current in _WORKER_STARTED and reported in WORKER_NOT_STARTED:
+        return current
+    return reported
+
+
 # --- tasks ----------------------------------------------------------------------------------------
 TASK_FINAL = frozenset({"done", "finished", "failed", "aborted", "broken"})
 # Tasks whose jobs run, finished by the finisher once their inputs are processed.
