@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from bamboo.cli import credentials, data, database, nodes, queues, shares, tasks, users
+from bamboo.cli import credentials, data, database, events, nodes, queues, shares, tasks, users
 from bamboo.cli.options import DatabaseOption, HomeOption, fail, settings_for
 
 app = typer.Typer(
@@ -25,6 +25,7 @@ app.add_typer(tasks.app, name="task")
 app.add_typer(data.app, name="data")
 app.add_typer(shares.app, name="share")
 app.add_typer(nodes.app, name="node")
+app.command("events")(events.show)
 
 
 @app.command()

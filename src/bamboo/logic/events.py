@@ -30,23 +30,8 @@ from bamboo.logic.states import COMMAND_KILL
 
 log = logging.getLogger(__name__)
 
-#: Range statuses (api-v1.md §3.4). Bamboo stores the names; the transient reservation states
-#: (98/99) do not exist here because a hand-out is one transaction.
-EVENT_STATUSES = frozenset(
-    {
-        "ready",
-        "sent",
-        "running",
-        "finished",
-        "cancelled",
-        "discarded",
-        "done",
-        "failed",
-        "fatal",
-        "merged",
-        "corrupted",
-    }
-)
+#: Ranges whose events count as processed (a job's nEvents, a task's progress).
+PROCESSED_STATUSES = events_db.PROCESSED
 #: What a pilot may report (api-v1.md §3.4): running/transferring are acknowledged only.
 REPORTABLE = frozenset({"running", "transferring", "finished", "failed", "fatal"})
 COMMAND_SOFTKILL = "softkill"
