@@ -390,7 +390,14 @@ async def test_update_writes_final_statuses_and_counts_the_events(es) -> None:
                 "cpuConsumptionTime": 12.5,
                 "objstoreID": 7,
             },
-            {"eventRangeID": b, "eventStatus": "failed", "errorCode": 1234, "errorDiag": "x" * 600},
+            {
+                "eventRangeID": b,
+                "eventStatus": "failed",
+                "errorCode": "1234",
+                "errorDiag": "x" * 600,
+                "coreCount": "²",  # not a number: dropped, the report still counts
+                "objstoreID": 2**70,
+            },
             {"eventRangeID": c, "eventStatus": "fatal", "pathConvention": 2},
             {"eventRangeID": d, "eventStatus": "running"},
             {"eventRangeID": d, "eventStatus": "transferring"},
@@ -411,6 +418,7 @@ async def test_update_writes_final_statuses_and_counts_the_events(es) -> None:
     first, second, third, _ = rows
     assert (first["core_count"], first["cpu_consumption_time"], first["objstore_ID"]) == (8, 12.5, 7)
     assert (second["error_code"], second["error_diag"]) == (1234, "x" * 500)
+    assert (second["core_count"], second["objstore_ID"]) == (None, None)
     assert third["path_convention"] == 2
     assert first["modificationTime"] == T0.replace(hour=13)
     assert (await job_row(api, consumer))["nEvents"] == 2
@@ -448,6 +456,7 @@ async def test_update_accepts_a_list_and_refuses_what_it_cannot_apply(es) -> Non
         ("[", 0, "event_ranges is not valid JSON: "),
         ('{"a": 1}', 0, "event_ranges must be a list (or the JSON text of one)"),
         ("[]", 3, "version must be 0, 1 or 2, got 3"),
+        ("[" * 100_000, 0, "event_ranges is not valid JSON: nested too deeply"),
         (
             '[{"eventRangeID": "1-2-3-4-5"}]',
             1,
@@ -655,6 +664,7 @@ async def test_range_statuses(es) -> None:
         ("{'task_id': 'x'}", "job_task_ids: a Python literal must be a dict of integers"),
         ('[{"task_id": 1}]', "job_task_ids: task_id and panda_id must be integers"),
         ("[1]", "job_task_ids: each item must be an object {task_id, panda_id}"),
+        ("[" * 5_000, "job_task_ids: not valid JSON"),
         (json.dumps([{"task_id": 1, "panda_id": 2}] * 1001), "job_task_ids: at most 1000 items"),
     ],
 )

@@ -209,8 +209,11 @@ async def lock_job(conn: AsyncConnection, panda_id: int) -> dict[str, Any] | Non
     return dict(row) if row else None
 
 
-async def lock_jobs(conn: AsyncConnection, panda_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
-    """:func:`lock_job` for several jobs, locked in PandaID order (no lock cycles between calls)."""
+async def event_jobs(
+    conn: AsyncConnection, panda_ids: Sequence[int], *, lock: bool
+) -> dict[int, dict[str, Any]]:
+    """:func:`lock_job`'s columns for several jobs; with ``lock``, locked in PandaID order (no lock
+    cycles between concurrent calls)."""
     if not panda_ids:
         return {}
     query = (
@@ -224,8 +227,9 @@ async def lock_jobs(conn: AsyncConnection, panda_ids: Sequence[int]) -> dict[int
         )
         .where(jobs.c.PandaID.in_(sorted(panda_ids)))
         .order_by(jobs.c.PandaID)
-        .with_for_update()
     )
+    if lock:
+        query = query.with_for_update()
     return {row["PandaID"]: dict(row) for row in (await conn.execute(query)).mappings()}
 
 

@@ -170,8 +170,7 @@ async def _close_unused_siblings(conn: AsyncConnection, clock: Clock, job: dict[
 
 async def available_count(conn: AsyncConnection, *, job_id: int, jobset_id: int, task_id: int) -> int:
     """Ranges the job could still take: ready with attempts left, of its jobset (jumbo: task)."""
-    job = await events_db.lock_jobs(conn, [job_id])
-    found = job.get(job_id)
+    found = (await events_db.event_jobs(conn, [job_id], lock=False)).get(job_id)
     if found is None:
         raise InvalidInput(f"job {job_id} not found among active jobs")
     if found["jediTaskID"] != task_id:
@@ -223,6 +222,8 @@ def parse_updates(event_ranges: Any, version: int) -> list[_Chunk]:
             event_ranges = json.loads(event_ranges)
         except ValueError as exc:
             raise InvalidInput(f"event_ranges is not valid JSON: {exc}") from exc
+        except RecursionError:
+            raise InvalidInput("event_ranges is not valid JSON: nested too deeply") from None
     if not isinstance(event_ranges, list):
         raise InvalidInput("event_ranges must be a list (or the JSON text of one)")
     if version == 0:
@@ -249,7 +250,10 @@ class _Report:
 def _bounded_int(value: Any, limit: int) -> int | None:
     if isinstance(value, bool):
         return None
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit() and len(value) < 24:
+    if isinstance(value, str):
+        digits = value.strip().removeprefix("-")
+        if not (digits.isascii() and digits.isdigit() and len(digits) < 20):
+            return None
         value = int(value)
     if isinstance(value, int) and -limit <= value <= limit:
         return value
@@ -337,7 +341,7 @@ async def update(conn: AsyncConnection, clock: Clock, event_ranges: Any, version
     now = clock.now()
     reports: list[list[_Report | str]] = [[_read_report(item) for item in chunk.items] for chunk in chunks]
     panda_ids = {report.ids[1] for chunk in reports for report in chunk if isinstance(report, _Report)}
-    jobs = await events_db.lock_jobs(conn, sorted(panda_ids))
+    jobs = await events_db.event_jobs(conn, sorted(panda_ids), lock=True)
     range_statuses = _UPDATABLE_RANGES_V2 if version == 2 else _UPDATABLE_RANGES
     job_statuses = _UPDATABLE_JOBS_V2 if version == 2 else _UPDATABLE_JOBS
     live = [panda_id for panda_id, job in jobs.items() if job["jobStatus"] in job_statuses]
@@ -425,6 +429,7 @@ async def _commands(
     result: UpdateResult,
 ) -> None:
     open_holders = {key[0] for key, row in held.items() if row["status"] in ("sent", "running")}
+    ready: dict[tuple[int, int | None], int] = {}  # ranges left by (task, jobset), counted once
     for panda_id in result.commands:
         job = jobs[panda_id]
         command = job["commandToPilot"]
@@ -433,8 +438,10 @@ async def _commands(
             continue
         if panda_id in open_holders:
             continue
-        jobset = None if job["eventService"] == ES_JUMBO else job["jobsetID"]
-        if not await events_db.count_ready(conn, job["jediTaskID"], jobset):
+        scope = (job["jediTaskID"], None if job["eventService"] == ES_JUMBO else job["jobsetID"])
+        if scope not in ready:
+            ready[scope] = await events_db.count_ready(conn, *scope)
+        if not ready[scope]:
             result.commands[panda_id] = COMMAND_SOFTKILL
 
 
@@ -491,6 +498,8 @@ def _one_text(text: Any) -> Any:
         return json.loads(text)
     except ValueError:
         pass
+    except RecursionError:
+        raise InvalidInput("job_task_ids: not valid JSON") from None
     if len(text) > 200:
         raise InvalidInput("job_task_ids: not valid JSON")
     try:
