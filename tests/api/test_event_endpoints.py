@@ -332,6 +332,9 @@ async def test_event_writes_need_the_production_role(es) -> None:
         task_id=TASK,
     )
     assert body == PRODUCTION_REQUIRED
+    items = json.dumps([{"task_id": TASK, "panda_id": js.consumers[0]}])
+    body = await call(api, "get_event_range_statuses", "GET", as_user=None, job_task_ids=items)
+    assert body == {"success": False, "message": "SSL secure connection is required", "data": None}
     assert {row["status"] for row in await event_rows(api)} == {"ready"}
 
 
