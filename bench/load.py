@@ -29,7 +29,7 @@ import httpx
 import orjson
 import uvloop
 
-Operation = Literal["is_alive", "acquire", "heartbeat", "cycle", "update_workers"]
+Operation = Literal["is_alive", "acquire", "heartbeat", "cycle", "update_workers", "events"]
 NO_JOBS = "No jobs in PanDA"
 # harvester/update_workers loads send this many workers per call.
 WORKERS_PER_CALL = 100
@@ -52,9 +52,11 @@ class LoadSpec:
     site: str = ""
     n_jobs: int = 1
     job_ids: tuple[int, ...] = ()
-    """Heartbeat targets of this client process."""
+    """Heartbeat targets of this client process (event loads: its consumer jobs)."""
     client_index: int = 0
     """Which client process this is (each reports as a Harvester instance of its own)."""
+    jobset_id: int = 0
+    """The jobset the consumers of an event load belong to."""
 
 
 @dataclass
@@ -126,6 +128,8 @@ def _operation(spec: LoadSpec, result: LoadResult) -> Callable[[httpx.AsyncClien
 
     if spec.operation == "update_workers":
         return _worker_updates(spec)
+    if spec.operation == "events":
+        return _event_ranges(spec)
 
     # Connections take the jobs in turn, so two heartbeats for one job are in flight together only
     # when there are fewer jobs than connections.
@@ -152,6 +156,24 @@ async def _take(client: httpx.AsyncClient, spec: LoadSpec, result: LoadResult) -
     jobs: list[dict[str, Any]] = body["data"]["jobs"]
     result.acquired.extend(job["PandaID"] for job in jobs)
     return jobs
+
+
+def _event_ranges(spec: LoadSpec) -> Callable[[httpx.AsyncClient], Awaitable[int]]:
+    """``event/acquire_event_ranges`` for ``spec.n_jobs`` ranges, the consumers taking turns;
+    returns how many ranges were handed out. An empty answer means the jobset ran dry."""
+    consumers = itertools.cycle(spec.job_ids)
+
+    async def take(client: httpx.AsyncClient) -> int:
+        request = {"job_id": next(consumers), "jobset_id": spec.jobset_id, "n_ranges": spec.n_jobs}
+        body = _envelope(await client.post("/api/v1/event/acquire_event_ranges", json=request))
+        if body.get("success") is not True or body["data"].get("StatusCode") != 0:
+            raise _BadAnswer(str(body)[:200])
+        ranges = body["data"]["eventRanges"]
+        if not ranges:
+            raise _Drained
+        return len(ranges)
+
+    return take
 
 
 def _job_cycle(spec: LoadSpec, result: LoadResult) -> Callable[[httpx.AsyncClient], Awaitable[int]]:

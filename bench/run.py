@@ -99,6 +99,14 @@ ARCHIVE_CHUNK = 100_000
 # The full job cycle: Harvester-style pilots taking this many jobs per round, on a task with enough
 # jobs to keep them busy for the whole load at the aimed rate and this many more, which the agents
 # generate while the pilots run.
+# The event range row: one task and jobset of consumer jobs, ids far above any the server gives.
+EVENT_ROW = "event/acquire_event_ranges n_ranges=10"
+EVENT_RANGES_PER_CALL = 10
+EVENT_CONSUMERS = 64
+EVENT_RANGES_PER_FILE = 1_000
+MIN_EVENT_RANGES = 1_000
+MAX_EVENT_RANGES = 300_000
+EVENT_ID_BASE = 2 * 10**12
 FULL_CYCLE_ROW = "full job cycle"
 FULL_CYCLE_AIM_JOBS_PER_S = 1_000
 FULL_CYCLE_JOBS_PER_PILOT = 10
@@ -225,6 +233,7 @@ class Bench:
         n_jobs: int = 1,
         job_ids: Sequence[int] = (),
         concurrency: int | None = None,
+        jobset_id: int = 0,
     ) -> tuple[Row, LoadResult]:
         """Run one load from all client processes at once and measure the CPU it cost."""
         concurrency = concurrency or self.options.concurrency
@@ -248,6 +257,7 @@ class Bench:
                 n_jobs=n_jobs,
                 job_ids=tuple(job_ids[i::clients]),
                 client_index=i,
+                jobset_id=jobset_id,
             )
             for i in range(clients)
         ]
@@ -267,7 +277,11 @@ class Bench:
             latency_p50_ms=_ms(percentile(result.latencies, 0.50)),
             latency_p95_ms=_ms(percentile(result.latencies, 0.95)),
             ops_per_s=result.requests / result.elapsed if result.elapsed else None,
-            jobs_per_s=result.jobs / result.elapsed if result.elapsed and operation == "acquire" else None,
+            jobs_per_s=(
+                result.jobs / result.elapsed
+                if result.elapsed and operation in ("acquire", "events")
+                else None
+            ),
             client_cores=result.client_cpu / result.elapsed if result.elapsed else None,
             server_cores=server_cores,
             machine_cores=machine_cores,
@@ -397,6 +411,32 @@ class Bench:
             expected_jobs_per_s = 10 * (row.ops_per_s or 0.0)
         self.queued = activated
         return rows, dispatched
+
+    async def measure_event_ranges(self, alive: Row) -> Row:
+        """``event/acquire_event_ranges`` with n_ranges=10 from one jobset filled beforehand.
+
+        The jobset holds a little more than the load can take at ten ranges per is_alive call,
+        written straight into the database (the ES generator is not what is measured here).
+        """
+        duration = self.options.duration
+        wanted = math.ceil(duration * (alive.ops_per_s or 0.0) * EVENT_RANGES_PER_CALL * POOL_MARGIN)
+        size = min(MAX_EVENT_RANGES, max(MIN_EVENT_RANGES, wanted))
+        self.say(f"filling one jobset with {size:,} event ranges and {EVENT_CONSUMERS} consumers")
+        await _fill_jobset(self.server, size)
+        self.say(f"event/acquire_event_ranges n_ranges={EVENT_RANGES_PER_CALL} for {duration:g} s")
+        row, result = await self.load(
+            EVENT_ROW,
+            "events",
+            duration=duration,
+            max_requests=math.ceil(size / EVENT_RANGES_PER_CALL) + self.options.concurrency,
+            n_jobs=EVENT_RANGES_PER_CALL,
+            job_ids=[EVENT_ID_BASE + 1 + index for index in range(EVENT_CONSUMERS)],
+            jobset_id=EVENT_ID_BASE,
+        )
+        row.notes.append("jobs/s counts event ranges")
+        if result.drained:
+            row.notes.append(f"drained all {result.jobs:,} ranges after {result.elapsed:.2f} s")
+        return row
 
     async def measure_heartbeats(self, dispatched: list[int], suffix: str = "") -> Row:
         duration = self.options.duration
@@ -694,6 +734,7 @@ class Bench:
             rows += acquire_rows
             rows.append(await self.measure_heartbeats(dispatched))
             rows.append(await self.measure_worker_updates())
+            rows.append(await self.measure_event_ranges(alive))
             if self.options.archive_jobs:
                 rows += await self.measure_archive(client, alive)
             rows.append(await self.measure_activation(client))
@@ -858,6 +899,96 @@ SELECT g, g, g / 1000, 'bench.archived.' || g || '.log.tgz', 'log', 'ready', 'be
     'bench', 1000
 FROM s
 """
+
+
+# The jobset of the event row: its task, input dataset, files of 1,000 ranges, running consumers
+# (PandaID = base + 1 ...) and ready ranges of one event with attempts left. Ids: task, dataset
+# and jobset = EVENT_ID_BASE; files EVENT_ID_BASE + n. Written in PostgreSQL's parameter style;
+# SQLite takes the same statements with ?n for $n and a recursive CTE for generate_series.
+_EVENT_TASK = """INSERT INTO tasks ("jediTaskID", task_params, "userName", "eventService", status)
+    VALUES ($1, '{{}}', 'benchuser', 1, 'running')"""
+_EVENT_DATASET = """INSERT INTO task_datasets ("datasetID", "jediTaskID", "datasetName", type,
+    "creationTime", "modificationTime", status, "nFiles", "nFilesToBeUsed", "nFilesUsed", "nFilesFinished",
+    "nFilesFailed", "nFilesOnHold", "nFilesMissing", "nEvents", "nEventsToBeUsed", "nEventsUsed", serial_nr)
+    VALUES ($1, $1, 'bench.events/', 'input', $2, $2, 'ready', 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1)"""
+_EVENT_FILES = """INSERT INTO task_files ("fileID", "jediTaskID", "datasetID", "creationDate", lfn, "GUID",
+    type, status, scope, "PandaID", "attemptNr", "failedAttempt", "nEvents")
+SELECT $1 + g, $1, $1, $3, 'bench.EVNT.' || g || '.root', 'guid-' || g, 'input', 'running', 'bench', $1,
+    0, 0, 1000
+FROM {series}"""
+_EVENT_JOBS = """INSERT INTO jobs ("PandaID", "jediTaskID", "jobsetID", "jobStatus", "eventService",
+    "prodSourceLabel", "computingSite", "attemptNr", "modificationTime")
+SELECT $1 + g, $1, $1, 'running', 1, 'managed', 'BENCH_PQ', 1, $3 FROM {series}"""
+_EVENT_RANGES = """INSERT INTO events ("jediTaskID", "datasetID", "PandaID", "jobsetID", "fileID",
+    "job_processID", "attemptNr", status, "def_min_eventID", "def_max_eventID", is_jumbo, "modificationTime")
+SELECT $1, $1, $1, $1, CAST($1 AS BIGINT) + 1 + g / CAST($3 AS BIGINT), g % CAST($3 AS BIGINT), 10, 'ready',
+    g % CAST($3 AS BIGINT), g % CAST($3 AS BIGINT), {false}, $4 FROM {series}"""
+_PG_SERIES = "generate_series({first}, $2::bigint) AS g"
+_SQLITE_SERIES = "s"
+_SQLITE_CTE = "WITH RECURSIVE s(g) AS (SELECT {first} UNION ALL SELECT g + 1 FROM s WHERE g < ?2) "
+
+
+def _event_statements(postgresql: bool) -> list[str]:
+    """The five statements in the dialect's parameter and series style."""
+    statements = []
+    for template, first in (
+        (_EVENT_TASK, None),
+        (_EVENT_DATASET, None),
+        (_EVENT_FILES, 1),
+        (_EVENT_JOBS, 1),
+        (_EVENT_RANGES, 0),
+    ):
+        # The ranges go from 0 to size - 1: their series ends one before $2.
+        last_fix = "$2::bigint - 1" if first == 0 else "$2::bigint"
+        if postgresql:
+            series = _PG_SERIES.format(first=first).replace("$2::bigint", last_fix)
+            statement = template.format(series=series, false="false")
+        else:
+            statement = template.format(series=_SQLITE_SERIES, false="0")
+            if first is not None:
+                bound = "?2 - 1" if first == 0 else "?2"
+                statement = _SQLITE_CTE.format(first=first).replace("?2", bound) + statement
+            for number in range(4, 0, -1):
+                statement = statement.replace(f"${number}", f"?{number}")
+        statements.append(statement)
+    return statements
+
+
+async def _fill_jobset(server: Server, size: int) -> None:
+    """Write the event row's jobset of ``size`` ranges (set-based statements)."""
+    at = datetime.now(UTC)
+    files = math.ceil(size / EVENT_RANGES_PER_FILE)
+    base = EVENT_ID_BASE
+    if server.database_url:
+        task, dataset, file_rows, job_rows, ranges = _event_statements(postgresql=True)
+        connection = await asyncpg.connect(server.database_url.replace("postgresql+asyncpg", "postgresql"))
+        try:
+            await connection.execute(task, base)
+            await connection.execute(dataset, base, at)
+            await connection.execute(file_rows, base, files, at)
+            await connection.execute(job_rows, base, EVENT_CONSUMERS, at)
+            await connection.execute(ranges, base, size, EVENT_RANGES_PER_FILE, at)
+            await connection.execute("ANALYZE events, jobs, task_files")
+        finally:
+            await connection.close()
+        return
+    task, dataset, file_rows, job_rows, ranges = _event_statements(postgresql=False)
+    stamp = at.strftime("%Y-%m-%d %H:%M:%S.%f")
+    database = sqlite3.connect(server.home / "bamboo.db", timeout=60)
+    try:
+        with database:
+            database.execute(task, (base,))
+            database.execute(dataset, (base, stamp))
+            database.execute(file_rows, (base, files, stamp))
+            database.execute(job_rows, (base, EVENT_CONSUMERS, stamp))
+            database.execute(ranges, (base, size, EVENT_RANGES_PER_FILE, stamp))
+        database.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        database.close()
+
+
+# Loads whose jobs/s column means something: jobs (acquire) or event ranges (events) handed out.
+_MOVERS = ("acquire", "events")
 
 
 def _archive_chunks(size: int) -> list[tuple[int, int]]:
