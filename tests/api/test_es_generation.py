@@ -423,3 +423,20 @@ async def test_ten_thousand_ranges_take_one_cycle_of_a_few_statements(world) -> 
     assert sum("INSERT INTO events" in statement for statement in executed) == 2
     assert len(executed) < 80, len(executed)
     assert elapsed < 10, elapsed
+
+
+async def test_the_jobs_of_a_jobset_share_their_random_seed(world) -> None:
+    api, runner = world
+    await register(api, [4, 4, 4])
+    params = es_task()
+    params["jobParameters"].append(
+        {"type": "template", "param_type": "number", "value": "--seed=${RNDMSEED}"}
+    )
+    await submit(api, params)
+    await runner.drain()
+    seeds = [
+        (job["jobsetID"], job["jobPars"].rsplit("--seed=", 1)[1]) for job in await acquire(api, n_jobs=10)
+    ]
+    assert len(seeds) == 4
+    assert seeds[0][1] == seeds[1][1] != seeds[2][1] == seeds[3][1]
+    assert seeds[0][0] == seeds[1][0] != seeds[2][0]

@@ -186,3 +186,21 @@ def test_clone_mode_travels_in_special_handling() -> None:
     )
     assert es_generation.clone_mode(row) == "storeonce"
     assert es_generation.clone_mode({"specialHandling": None}) is None
+
+
+def test_the_refined_task_keeps_the_es_merge_spec_and_es_only_text() -> None:
+    es_only = {"type": "constant", "value": "--es", "es_only": True}
+    params = {
+        **NO_INPUT_TASK,
+        "jobParameters": [*NO_INPUT_TASK["jobParameters"], es_only],
+        "eventService": 1,
+        "nEventsPerWorker": 2,
+        "esmergeSpec": {"transPath": "merge.sh", "jobParameters": "--in ${INPUT0}"},
+    }
+    refined = refine(params)
+    assert refined.event_service is not None and refined.event_service.merge is not None
+    assert refined.event_service.merge.trans_path == "merge.sh"
+    assert refined.event_service.merge.job_parameters == "--in ${INPUT0}"
+    assert refined.job_params_template.endswith("--es")
+    assert not refine({**params, "eventService": 0}).job_params_template.endswith("--es")
+    assert refine({**params, "eventService": 0}).event_service is None

@@ -368,7 +368,8 @@ async def _make_run_jobs(
         d["datasetID"]: await tasks_db.reserve_serials(conn, d["datasetID"], len(groups))
         for d in per_jobset_outputs
     }
-    first_seed = await tasks_db.reserve_serials(conn, seeds["datasetID"], count) if seeds else None
+    # The jobs of a jobset run the same work, with the same seed.
+    first_seed = await tasks_db.reserve_serials(conn, seeds["datasetID"], len(groups)) if seeds else None
     # The previous attempts name the retry chain; a task retried long after they failed finds
     # them archived.
     previous = await archive_db.get_many_incl_archive(
@@ -389,7 +390,7 @@ async def _make_run_jobs(
         inputs = [row.key for row in groups[slot.group]]
         planned = planned_outputs(per_job_outputs, first_serials, index, task_id)
         attempt = 1 + max(row["attemptNr"] for row in inputs)
-        seed = first_seed + refined.random_seed_offset + index if first_seed is not None else None
+        seed = first_seed + refined.random_seed_offset + slot.group if first_seed is not None else None
         plans.append((inputs, planned, attempt, seed))
     panda_ids = await sequences.allocate(conn, sequences.PANDA_ID, count)
     rendered = []
