@@ -284,16 +284,9 @@ def jobset_event_rows(
 
 
 def mark_job(row: dict[str, Any], slot: JobSlot, jobset_id: int, rule: JobsetRule) -> None:
-    """Make a run job row one of a jobset: its ``eventService``, jobsetID, queue and clone mode."""
-    queue = slot.queue
-    row.update(
-        eventService=slot.event_service,
-        jobsetID=jobset_id,
-        computingSite=queue["name"],
-        destinationSE=queue["name"],
-        cloud=queue.get("cloud"),
-        maxWalltime=queue.get("maxtime") or 0,
-    )
+    """Make a run job row (made for ``slot.queue``) one of a jobset: its ``eventService``, jobsetID
+    and, for a clone, its mode."""
+    row.update(eventService=slot.event_service, jobsetID=jobset_id)
     if rule.clone_mode is not None:
         row["specialHandling"] = _with_token(row.get("specialHandling"), CLONE_MODE_PREFIX + rule.clone_mode)
 
@@ -311,8 +304,24 @@ def clone_mode(job: Mapping[str, Any]) -> str | None:
     return None
 
 
-async def insert_event_rows(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
-    await event_rows_db.insert_ranges(conn, rows)
+async def insert_event_rows(
+    conn: AsyncConnection,
+    task_id: int,
+    jobset_ids: Sequence[int],
+    groups: Sequence[Sequence[Mapping[str, Any]]],
+    rule: JobsetRule,
+    now: Any,
+) -> None:
+    """Insert the event rows of new jobsets (``groups[i]`` are the input rows of ``jobset_ids[i]``),
+    the whole batch in a few statements."""
+    await event_rows_db.insert_ranges(
+        conn,
+        [
+            event_row
+            for jobset_id, inputs in zip(jobset_ids, groups, strict=True)
+            for event_row in jobset_event_rows(task_id, jobset_id, inputs, rule, now)
+        ],
+    )
 
 
 # --- jumbo jobs ---------------------------------------------------------------------------------

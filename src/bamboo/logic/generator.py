@@ -440,14 +440,7 @@ async def _make_run_jobs(
     await secondary.mark_used(conn, holders, attached, now)
     if jobset is not None:
         await es_generation.insert_event_rows(
-            conn,
-            [
-                event_row
-                for jobset_id, group in zip(jobset_ids, groups, strict=True)
-                for event_row in es_generation.jobset_event_rows(
-                    task_id, jobset_id, [row.key for row in group], jobset, now
-                )
-            ],
+            conn, task_id, jobset_ids, [[row.key for row in group] for group in groups], jobset, now
         )
     job_rows: list[dict[str, Any]] = []
     job_files: list[dict[str, Any]] = []
