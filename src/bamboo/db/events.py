@@ -22,10 +22,15 @@ from bamboo.db.schema import events, job_files, jobs, jobs_archive, task_files
 PROCESSED = ("finished", "done", "merged")
 
 
+# Rows per executemany: bounded so one statement's parameters stay small on both backends.
+INSERT_CHUNK = 5000
+
+
 async def insert_ranges(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
-    """Insert event rows, each a dict of ``events`` columns (``row_ID`` is assigned)."""
-    if rows:
-        await conn.execute(sa.insert(events), uniform(rows))
+    """Insert event rows, each a dict of ``events`` columns (``row_ID`` is assigned), in a few
+    executemany statements: a 10,000-range task costs a few statements, not one per range."""
+    for start in range(0, len(rows), INSERT_CHUNK):
+        await conn.execute(sa.insert(events), uniform(rows[start : start + INSERT_CHUNK]))
 
 
 def _eligible(task_id: Any, jobset_id: Any | None, dataset_id: Any | None) -> list[sa.ColumnElement[bool]]:

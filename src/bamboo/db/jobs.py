@@ -236,6 +236,7 @@ DISPATCH_COLUMNS = (
     "diskIO",
     "container_name",
     "specialHandling",
+    "eventService",
 )
 
 # Built once: dispatch is the hottest write path, and building the statement costs more than

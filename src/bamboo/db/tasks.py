@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bamboo.db import merges
 from bamboo.db.rows import skips_locked, uniform, update_each
-from bamboo.db.schema import task_datasets, task_files, tasks
+from bamboo.db.schema import events, task_datasets, task_files, tasks
 
 
 async def insert(conn: AsyncConnection, values: dict[str, Any]) -> None:
@@ -334,6 +334,16 @@ async def claim_generating(
             sa.or_(task_files.c.maxFailure.is_(None), task_files.c.failedAttempt < task_files.c.maxFailure),
         )
     )
+    # An event-service task waiting for its jumbo jobs (logic/es_generation.py) once it has ranges.
+    jumbo_work = sa.and_(
+        tasks.c.eventService == 1,
+        tasks.c.useJumbo == "W",
+        sa.exists(
+            sa.select(events.c.row_ID).where(
+                events.c.jediTaskID == tasks.c.jediTaskID, events.c.status == "ready", events.c.attemptNr > 0
+            )
+        ),
+    )
     status_ok = sa.or_(
         tasks.c.status.in_(list(statuses)),
         sa.and_(tasks.c.status == "pending", tasks.c.oldStatus.in_(list(statuses))),
@@ -344,7 +354,7 @@ async def claim_generating(
         sa.select(tasks)
         .where(
             sa.or_(
-                sa.and_(status_ok, has_work),
+                sa.and_(status_ok, sa.or_(has_work, jumbo_work)),
                 sa.and_(merge_status_ok, merges.waiting_for_merge(tasks.c.jediTaskID)),
             )
         )

@@ -27,7 +27,7 @@ from bamboo.db import jobs as jobs_db
 from bamboo.db import queues as queues_db
 from bamboo.db import workers as workers_db
 from bamboo.db.jobs import ClaimStamp, DispatchFilter
-from bamboo.logic import shares, target_slots
+from bamboo.logic import es_generation, shares, target_slots
 from bamboo.logic.clock import Clock
 from bamboo.logic.errors import InvalidInput
 
@@ -286,8 +286,22 @@ def job_dict(job: dict[str, Any], files: Sequence[dict[str, Any]], n_sent: int =
         "ioIntensityUnit": "kBPerS",
         "nSent": n_sent,
     }
+    description.update(_event_service_keys(job))
     if job["container_name"]:
         description["container_name"] = job["container_name"]
     if job["specialHandling"] and "debug" in job["specialHandling"].split(","):
         description["debug"] = "True"
     return description
+
+
+def _event_service_keys(job: dict[str, Any]) -> dict[str, str]:
+    """The keys that tell the pilot what kind of event-service job it runs (api-v1.md §2.3):
+    consumers and jumbo jobs take event ranges, merge jobs merge them, clones race each other."""
+    kind = job["eventService"]
+    if kind in (es_generation.JOB_ES_CONSUMER, es_generation.JOB_JUMBO):
+        return {"eventService": "True"}
+    if kind == es_generation.JOB_ES_MERGE:
+        return {"eventServiceMerge": "True"}
+    if kind == es_generation.JOB_CLONE:
+        return {"cloneJob": es_generation.clone_mode(job) or "runonce"}
+    return {}

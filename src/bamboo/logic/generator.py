@@ -26,6 +26,7 @@ from bamboo.db import sequences
 from bamboo.db import tasks as tasks_db
 from bamboo.logic import (
     build_jobs,
+    es_generation,
     merge_jobs,
     resource_types,
     retry_rules,
@@ -286,20 +287,31 @@ async def _generate_for_task(
         # A task that only merges (finishing, or with no input left for run jobs) needs no queue.
         if not generating or not await tasks_db.eligible_rows(conn, master["datasetID"], 1):
             return merges
-    return merges + await _make_run_jobs(
-        conn,
-        clock,
-        task,
-        params,
-        refined,
-        datasets,
-        master,
-        queue_specs,
-        loads,
-        rt_rows,
-        rng,
-        max_jobs - merges,
-    )
+    jumbo = es_generation.jumbo_wanted(task)
+    # A task claimed only for its jumbo jobs has no input left for run jobs: it needs no brokerage.
+    if jumbo and not await tasks_db.eligible_rows(conn, master["datasetID"], 1):
+        made = merges
+    else:
+        made = merges + await _make_run_jobs(
+            conn,
+            clock,
+            task,
+            params,
+            refined,
+            datasets,
+            master,
+            queue_specs,
+            loads,
+            rt_rows,
+            rng,
+            max_jobs - merges,
+        )
+    if jumbo and made < max_jobs:
+        needs = await _needs(conn, task, refined, master, queue_specs)
+        made += await es_generation.make_jumbo_jobs(
+            conn, clock, task, refined, datasets, needs, queue_specs, rt_rows, max_jobs - made
+        )
+    return made
 
 
 async def _make_run_jobs(
@@ -321,6 +333,15 @@ async def _make_run_jobs(
     task_id = task["jediTaskID"]
     outputs = merge_jobs.run_job_outputs(datasets)
     seeds = next((d for d in datasets if d["type"] == "random_seed"), None)
+    try:
+        jobset = es_generation.jobset_rule(task, refined)
+    except InvalidInput as exc:
+        await _set_pending(conn, clock, task, exc.message)
+        return 0
+    # A jobset's jobs each write a log; its data outputs are written once (logic/es_generation.py).
+    per_job_outputs, per_jobset_outputs = (
+        es_generation.split_outputs(outputs) if jobset is not None else (outputs, [])
+    )
     needs = await _needs(conn, task, refined, master, queue_specs)
     choice = await loads.choose(conn, needs, queue_specs, rng)
     if choice.queue is None:
@@ -333,22 +354,42 @@ async def _make_run_jobs(
     if not build.ready:
         return build.jobs_made
     scouts = scouting.wants_scouts(task, params)
+    max_groups = max(1, max_jobs // jobset.jobs_per_set) if jobset is not None else max_jobs
     groups = await _first_groups(
         conn,
         master["datasetID"],
         retry_rules.split_for_task(refined.split, task["splitRule"]).for_queue(queue, task["cpuTime"]),
-        min(max_jobs, scouting.N_SCOUT_JOBS) if scouts else max_jobs,
+        min(max_groups, scouting.N_SCOUT_JOBS) if scouts else max_groups,
     )
+    if jobset is not None:
+        try:
+            kept = es_generation.groups_within_budget(
+                [[row.key for row in group] for group in groups], jobset
+            )
+        except InvalidInput as exc:
+            await _set_pending(conn, clock, task, exc.message)
+            return 0
+        groups = groups[: len(kept)]
     if not groups:
         return 0
     groups, attached = await secondary.attach(conn, datasets, groups)
     if not groups:
         return 0
-    count = len(groups)
+    if jobset is None:
+        slots = [es_generation.JobSlot(index, queue, 0) for index in range(len(groups))]
+    else:
+        candidates = es_generation.qualifying_queues(needs, queue_specs, loads.rt_rows)
+        slots = es_generation.job_slots(jobset, len(groups), queue, candidates)
+    count = len(slots)
     first_serials = {
-        d["datasetID"]: await tasks_db.reserve_serials(conn, d["datasetID"], count) for d in outputs
+        d["datasetID"]: await tasks_db.reserve_serials(conn, d["datasetID"], count) for d in per_job_outputs
     }
-    first_seed = await tasks_db.reserve_serials(conn, seeds["datasetID"], count) if seeds else None
+    jobset_serials = {
+        d["datasetID"]: await tasks_db.reserve_serials(conn, d["datasetID"], len(groups))
+        for d in per_jobset_outputs
+    }
+    # The jobs of a jobset run the same work, with the same seed.
+    first_seed = await tasks_db.reserve_serials(conn, seeds["datasetID"], len(groups)) if seeds else None
     # The previous attempts name the retry chain; a task retried long after they failed finds
     # them archived.
     previous = await archive_db.get_many_incl_archive(
@@ -359,18 +400,31 @@ async def _make_run_jobs(
     cores = job_core_count(needs, queue)
     memory = job_memory(needs, cores)
     resource_type = resource_types.match_job(rt_rows, cores, memory)
+    jobset_ids = await sequences.allocate(conn, sequences.PANDA_ID, len(groups)) if jobset else []
+    shared = [
+        planned_outputs(per_jobset_outputs, jobset_serials, index, task_id)
+        for index in range(len(jobset_ids))
+    ]
     plans = []
-    for index, group in enumerate(groups):
-        inputs = [row.key for row in group]
-        planned = planned_outputs(outputs, first_serials, index, task_id)
+    for index, slot in enumerate(slots):
+        inputs = [row.key for row in groups[slot.group]]
+        planned = planned_outputs(per_job_outputs, first_serials, index, task_id)
         attempt = 1 + max(row["attemptNr"] for row in inputs)
-        seed = first_seed + refined.random_seed_offset + index if first_seed is not None else None
+        seed = first_seed + refined.random_seed_offset + slot.group if first_seed is not None else None
         plans.append((inputs, planned, attempt, seed))
     panda_ids = await sequences.allocate(conn, sequences.PANDA_ID, count)
     rendered = []
-    for panda_id, (inputs, planned, attempt, seed), extra in zip(panda_ids, plans, attached, strict=True):
+    for panda_id, slot, (inputs, planned, attempt, seed) in zip(panda_ids, slots, plans, strict=True):
+        extra = attached[slot.group]
         context = _context(
-            task, refined, inputs, planned, seed, attempt, panda_id, master["type"] == "pseudo_input"
+            task,
+            refined,
+            inputs,
+            [*shared[slot.group], *planned] if jobset else planned,
+            seed,
+            attempt,
+            panda_id,
+            master["type"] == "pseudo_input",
         )
         context = build_jobs.with_lib(secondary.with_streams(context, extra), build)
         try:
@@ -387,32 +441,37 @@ async def _make_run_jobs(
             planned_output_row(task_id, dataset, lfn, panda_id, now)
             for panda_id, (_, planned, _, _) in zip(panda_ids, plans, strict=True)
             for dataset, _, lfn in planned
+        ]
+        + [
+            planned_output_row(task_id, dataset, lfn, jobset_id, now)
+            for jobset_id, planned in zip(jobset_ids, shared, strict=True)
+            for dataset, _, lfn in planned
         ],
     )
+    # The input rows are held by the job, or by the jobset whose jobs share them.
+    holders = jobset_ids or panda_ids
     await tasks_db.assign_files(
         conn,
-        [
-            (row["fileID"], panda_id)
-            for panda_id, (inputs, _, _, _) in zip(panda_ids, plans, strict=True)
-            for row in inputs
-        ],
+        [(row.key["fileID"], holder) for holder, group in zip(holders, groups, strict=True) for row in group],
         status="running",
         proc_status="queued",
         lastAttemptTime=now,
     )
-    await secondary.mark_used(conn, panda_ids, attached, now)
+    await secondary.mark_used(conn, holders, attached, now)
+    if jobset is not None:
+        await es_generation.insert_event_rows(
+            conn, task_id, jobset_ids, [[row.key for row in group] for group in groups], jobset, now
+        )
     job_rows: list[dict[str, Any]] = []
     job_files: list[dict[str, Any]] = []
-    used_ids: list[int] = []
-    for index, (panda_id, (inputs, planned, attempt, _), parameters) in enumerate(
-        zip(panda_ids, plans, rendered, strict=True)
+    for panda_id, slot, (inputs, planned, attempt, _), parameters in zip(
+        panda_ids, slots, plans, rendered, strict=True
     ):
-        used_ids.extend(row["fileID"] for row in inputs)
         origin = _origin(inputs, previous) or panda_id
         job_rows.append(
             _job_row(
                 task,
-                queue,
+                slot.queue,
                 master,
                 outputs,
                 panda_id,
@@ -426,11 +485,21 @@ async def _make_run_jobs(
                 now,
             )
         )
+        if jobset is not None:
+            es_generation.mark_job(job_rows[-1], slot, jobset_ids[slot.group], jobset)
         job_files.extend(_input_files(task, master, panda_id, inputs))
-        job_files.extend(secondary.job_files(task_id, panda_id, attached[index]))
+        job_files.extend(secondary.job_files(task_id, panda_id, attached[slot.group]))
         job_files.extend(build_jobs.lib_files(task_id, panda_id, build))
         produced = [(dataset, lfn, output_ids[panda_id, dataset["datasetID"]]) for dataset, _, lfn in planned]
-        job_files.extend(output_files(task_id, queue["name"], panda_id, attempt, produced))
+        if jobset is not None and jobset.is_cloning:
+            # Every clone carries the jobset's data outputs: whichever wins writes them.
+            holder = jobset_ids[slot.group]
+            produced = [
+                (dataset, lfn, output_ids[holder, dataset["datasetID"]])
+                for dataset, _, lfn in shared[slot.group]
+            ] + produced
+        job_files.extend(output_files(task_id, slot.queue["name"], panda_id, attempt, produced))
+    used_ids = [row.key["fileID"] for group in groups for row in group]
     if scouts:
         for job in job_rows:
             scouting.mark(job, task)

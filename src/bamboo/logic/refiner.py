@@ -109,6 +109,7 @@ async def _refine_one(conn: AsyncConnection, clock: Clock, dm: DataManagement, t
         errorDialog=None,
         job_params_template=refined.job_params_template,
         splitRule=_split_rule_text(refined),
+        **_event_service_columns(refined),
     )
     return True
 
@@ -123,7 +124,21 @@ async def _wait(conn: AsyncConnection, clock: Clock, task: dict[str, Any], dialo
 
 def _split_rule_text(refined: RefinedTask) -> str | None:
     tokens = {**refined.split.size_tags(), "UB": "1" if refined.build is not None else None}
+    if refined.event_service is not None:
+        tokens.update(refined.event_service.split_tags())
     return ",".join(f"{key}={value}" for key, value in tokens.items() if value is not None) or None
+
+
+def _event_service_columns(refined: RefinedTask) -> dict[str, Any]:
+    """The task's ``eventService`` (0 normal, 1 ES, 2 job cloning) and, when the parameters ask for
+    jumbo jobs, ``useJumbo`` ``W`` (waiting, as ``task/enable_jumbo_jobs`` sets it)."""
+    spec = refined.event_service
+    if spec is None:
+        return {}
+    columns: dict[str, Any] = {"eventService": spec.task_event_service}
+    if spec.n_jumbo_jobs:
+        columns["useJumbo"] = "W"
+    return columns
 
 
 async def _create_datasets(

@@ -80,8 +80,15 @@ _INT_KEYS: dict[str, int | None] = {
     "nMaxFilesPerMergeJob": 1,
     "mergeRamCount": 0,
     "mergeCoreCount": 1,
+    "nEventsPerWorker": 1,
+    "nEsConsumers": 1,
+    "maxAttemptES": 1,
+    "maxAttemptEsJob": 1,
+    "nJumboJobs": 0,
+    "maxJumboPerSite": 1,
+    "nSitesPerJob": 1,
 }
-_BOOL_KEYS = ("noInput", "disableAutoRetry", "mergeOutput", "umNameAtEnd")
+_BOOL_KEYS = ("noInput", "disableAutoRetry", "mergeOutput", "umNameAtEnd", "allowPartialFinish")
 _INT64 = (-(2**63), 2**63 - 1)
 _INT32 = (-(2**31), 2**31 - 1)
 # Parameter keys stored in a task column of another name.
@@ -198,6 +205,156 @@ class MergeSpec:
         return cls(job_parameters=spec["jobParameters"], trans_path=spec.get("transPath"))
 
 
+#: Task ``eventService`` values (domain.md §7): normal, event service, job cloning.
+TASK_NORMAL, TASK_EVENT_SERVICE, TASK_JOB_CLONING = 0, 1, 2
+#: ``useJobCloning`` modes and their ``UC`` split-rule codes (api-v1.md §3.7).
+CLONING_MODES = {"runonce": 1, "storeonce": 2}
+DEFAULT_ES_CONSUMERS = 1
+DEFAULT_MAX_ATTEMPT_ES = 10
+DEFAULT_MAX_ATTEMPT_ES_JOB = 3
+DEFAULT_SITES_PER_JOB = 2
+# Each jobset makes nEsConsumers (or nSitesPerJob) jobs in one generator cycle, and a task makes
+# at most nJumboJobs jumbo jobs: bounded so that one task cannot ask for an unbounded batch.
+MAX_ES_CONSUMERS = 100
+MAX_SITES_PER_JOB = 20
+MAX_JUMBO_JOBS = 10_000
+
+
+@dataclass(frozen=True)
+class EsMergeSpec:
+    """The task's ``esmergeSpec``: transformation and parameter template of its ES merge jobs."""
+
+    job_parameters: str
+    trans_path: str | None
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> EsMergeSpec | None:
+        """The ES merge spec of a task, None without one.
+
+        Raises:
+            InvalidInput: ``esmergeSpec`` is not an object with a non-empty string
+                ``jobParameters`` and an optional string ``transPath``.
+        """
+        spec = params.get("esmergeSpec")
+        if spec is None:
+            return None
+        if not isinstance(spec, Mapping):
+            raise InvalidInput(f"task parameter 'esmergeSpec' must be an object, got {_show(spec)}")
+        if not isinstance(spec.get("jobParameters"), str) or not spec["jobParameters"]:
+            raise InvalidInput("task parameter 'esmergeSpec': 'jobParameters' must be a non-empty string")
+        if len(spec["jobParameters"].encode("utf-8", "surrogatepass")) > MAX_TEMPLATE_BYTES:
+            raise InvalidInput(
+                f"task parameter 'esmergeSpec': 'jobParameters' must be at most {MAX_TEMPLATE_BYTES} bytes"
+            )
+        if spec.get("transPath") is not None and not isinstance(spec["transPath"], str):
+            raise InvalidInput("task parameter 'esmergeSpec': 'transPath' must be a string")
+        return cls(job_parameters=spec["jobParameters"], trans_path=spec.get("transPath"))
+
+
+@dataclass(frozen=True)
+class EventServiceSpec:
+    """The event-service and job-cloning keys of a task (domain.md §1.4, §7).
+
+    ``task_event_service`` is the task's ``eventService`` column: 1 for an event-service task
+    (``nEventsPerWorker`` set), 2 for job cloning (``useJobCloning`` set). ``n_events_per_worker``
+    is the size of an event range (``ES``), ``n_consumers`` the consumer jobs of a jobset
+    (``EC``), ``max_attempt_es`` the attempts of a range (``XA``), ``max_attempt_es_job`` those
+    of a consumer (``XJ``), ``n_sites_per_job`` the clones of a cloned job (``NS``),
+    ``clone_mode`` runonce or storeonce (``UC``), ``n_jumbo_jobs`` and ``max_jumbo_per_site``
+    the jumbo jobs (``NJ``, ``MJ``), ``allow_partial`` lets a jobset merge without its hopeless
+    ranges (``AP``).
+    """
+
+    task_event_service: int
+    n_events_per_worker: int | None = None
+    n_consumers: int = DEFAULT_ES_CONSUMERS
+    max_attempt_es: int = DEFAULT_MAX_ATTEMPT_ES
+    max_attempt_es_job: int = DEFAULT_MAX_ATTEMPT_ES_JOB
+    n_sites_per_job: int = DEFAULT_SITES_PER_JOB
+    clone_mode: str | None = None
+    n_jumbo_jobs: int | None = None
+    max_jumbo_per_site: int | None = None
+    allow_partial: bool = False
+    merge: EsMergeSpec | None = None
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> EventServiceSpec | None:
+        """The spec of an event-service or job-cloning task, None for a normal one.
+
+        The integer keys were checked by :func:`validate`.
+
+        Raises:
+            InvalidInput: ``eventService`` is not 0, 1 or 2; an event-service task without
+                ``nEventsPerWorker`` or with ``mergeOutput``; a bad ``useJobCloning`` mode; a count
+                above its bound; a bad ``esmergeSpec``.
+        """
+        kind = params.get("eventService")
+        if kind is not None and (isinstance(kind, bool) or kind not in (0, 1, 2)):
+            raise InvalidInput(
+                "task parameter 'eventService' must be 0, 1 (event service) or 2 (job cloning), "
+                f"got {_show(kind)}"
+            )
+        mode = params.get("useJobCloning")
+        if mode is not None and mode not in CLONING_MODES:
+            raise InvalidInput(
+                f"task parameter 'useJobCloning' must be runonce or storeonce, got {_show(mode)}"
+            )
+        for key, bound in (
+            ("nEsConsumers", MAX_ES_CONSUMERS),
+            ("nSitesPerJob", MAX_SITES_PER_JOB),
+            ("nJumboJobs", MAX_JUMBO_JOBS),
+        ):
+            if isinstance(params.get(key), int) and params[key] > bound:
+                raise InvalidInput(f"task parameter {key!r} must be at most {bound}, got {params[key]}")
+        merge = EsMergeSpec.from_params(params)
+        if mode is not None or kind == TASK_JOB_CLONING:
+            kind = TASK_JOB_CLONING
+        elif kind == TASK_EVENT_SERVICE:
+            if params.get("nEventsPerWorker") is None:
+                raise InvalidInput("task parameter 'nEventsPerWorker' is required with eventService 1")
+            if params.get("mergeOutput"):
+                raise InvalidInput(
+                    "task parameter 'mergeOutput' cannot be used with eventService 1: "
+                    "event-service outputs are merged by the esmergeSpec jobs"
+                )
+        else:
+            return None
+        return cls(
+            task_event_service=kind,
+            n_events_per_worker=params.get("nEventsPerWorker") if kind == TASK_EVENT_SERVICE else None,
+            n_consumers=params.get("nEsConsumers") or DEFAULT_ES_CONSUMERS,
+            max_attempt_es=params.get("maxAttemptES") or DEFAULT_MAX_ATTEMPT_ES,
+            max_attempt_es_job=params.get("maxAttemptEsJob") or DEFAULT_MAX_ATTEMPT_ES_JOB,
+            n_sites_per_job=params.get("nSitesPerJob") or DEFAULT_SITES_PER_JOB,
+            clone_mode=(mode or "runonce") if kind == TASK_JOB_CLONING else None,
+            n_jumbo_jobs=params.get("nJumboJobs") if kind == TASK_EVENT_SERVICE else None,
+            max_jumbo_per_site=params.get("maxJumboPerSite") if kind == TASK_EVENT_SERVICE else None,
+            allow_partial=bool(params.get("allowPartialFinish")),
+            merge=merge,
+        )
+
+    @property
+    def is_event_service(self) -> bool:
+        return self.task_event_service == TASK_EVENT_SERVICE
+
+    def split_tags(self) -> dict[str, str | None]:
+        """The task's ``splitRule`` tags (domain.md §1.4); None where unset."""
+        es = self.is_event_service
+        cloning = not es
+        tags: dict[str, int | None] = {
+            "ES": self.n_events_per_worker if es else 1,
+            "EC": self.n_consumers if es else None,
+            "XA": self.max_attempt_es if es else None,
+            "XJ": self.max_attempt_es_job if es else None,
+            "UC": CLONING_MODES[self.clone_mode] if cloning and self.clone_mode else None,
+            "NS": self.n_sites_per_job if cloning else None,
+            "NJ": self.n_jumbo_jobs or None,
+            "MJ": (self.max_jumbo_per_site or self.n_jumbo_jobs) if self.n_jumbo_jobs else None,
+            "AP": 1 if self.allow_partial else None,
+        }
+        return {tag: None if value is None else str(value) for tag, value in tags.items()}
+
+
 @dataclass(frozen=True)
 class RefinedTask:
     """Everything job generation needs from a task's parameters.
@@ -232,6 +389,7 @@ class RefinedTask:
     walltime: int
     build: BuildSpec | None = None
     merge: MergeSpec | None = None
+    event_service: EventServiceSpec | None = None
 
     @property
     def master(self) -> DatasetPlan:
@@ -271,6 +429,7 @@ def validate(params: Mapping[str, Any]) -> None:
     _check_gb_per_job("nGBPerMergeJob", params.get("nGBPerMergeJob"))
     BuildSpec.from_params(params)
     MergeSpec.from_params(params)
+    EventServiceSpec.from_params(params)
     _check_columns(params)
     goal_per_mille(params)
     pfn_list = _check_pfn_list(params.get("pfnList"))
@@ -306,8 +465,9 @@ def refine(params: Mapping[str, Any]) -> RefinedTask:
     by a space unless ``"padding": false``, ``hidden`` items adding datasets but no text. The
     filename template of an output or log item is its text after the last ``=`` (quotes
     removed), replaced in the template by ``${OUTPUT<n>}`` / ``${LOG<n>}``; for a hidden item
-    it is the whole value. Items marked ``es_only`` add no text, since Bamboo makes no
-    event-service jobs.
+    it is the whole value. Items marked ``es_only`` add text only for an event-service task
+    (``eventService`` 1), whose run jobs are all ES consumers; ES merge jobs render their own
+    ``esmergeSpec`` template.
 
     Args:
         params: the decoded ``taskParamMap``.
@@ -321,7 +481,8 @@ def refine(params: Mapping[str, Any]) -> RefinedTask:
     """
     validate(params)
     merge = MergeSpec.from_params(params)
-    builder = _Builder(params)
+    event_service = EventServiceSpec.from_params(params)
+    builder = _Builder(params, event_service=event_service is not None and event_service.is_event_service)
     for label, log in _log_items(params):
         builder.add_top_level_log(label, log)
     if merge is not None and params.get("log_merge") is not None:
@@ -361,13 +522,15 @@ def refine(params: Mapping[str, Any]) -> RefinedTask:
         walltime=params.get("walltime") or 0,
         build=BuildSpec.from_params(params),
         merge=merge,
+        event_service=event_service,
     )
 
 
 class _Builder:
     """Collects template text and datasets while walking the items in order."""
 
-    def __init__(self, params: Mapping[str, Any]) -> None:
+    def __init__(self, params: Mapping[str, Any], *, event_service: bool) -> None:
+        self.event_service = event_service
         self.text: list[str] = []
         self.pfn_list: list[str] | None = params.get("pfnList")
         self.inputs: list[DatasetPlan] = []
@@ -414,7 +577,7 @@ class _Builder:
                 value = self._add_output(label, item, "log", self.logs, f"LOG{len(self.logs)}")
             else:
                 value = _output_plan(label, "log", item, same.stream)[1]
-        if item.get("hidden") or item.get("es_only"):
+        if item.get("hidden") or (item.get("es_only") and not self.event_service):
             return
         self.text.append(value)
         if item.get("padding", True):
