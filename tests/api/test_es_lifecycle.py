@@ -3,10 +3,13 @@ jobset ends once in a merge job, a new consumer or a failure, and merge jobs end
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from typing import Any
 
 import sqlalchemy as sa
 
+from bamboo.db import es_jobs
 from bamboo.db import jobs as jobs_db
 from bamboo.db import tasks as tasks_db
 from bamboo.db.schema import job_files, jobs, task_files
@@ -104,3 +107,163 @@ async def test_all_ranges_done_make_one_merge_job_whose_end_finishes_the_task(wo
     assert task["status"] == "done"
     assert datasets["input"]["nFilesFinished"] == 2
     assert datasets["output"]["nFilesFinished"] == 1
+
+
+async def test_a_consumer_ending_with_ranges_left_gets_a_successor(world) -> None:
+    api, runner = world
+    es = await es_task(api, runner, "esretry")
+    (consumer,) = es.consumers
+    await run_ranges(api, consumer, es.jobset_id, 1)
+    await run_ranges(api, consumer, es.jobset_id, 1, status="sent")
+    await run_ranges(api, consumer, es.jobset_id, 1, status="failed")
+    await report_end(api, consumer, "failed")
+    assert await finalise(api) == 1
+    ranges = await ranges_of(api, es.jobset_id)
+    assert [(r["status"], r["attemptNr"], r["PandaID"]) for r in ranges] == [
+        ("done", 10, consumer),
+        ("ready", 9, es.jobset_id),
+        ("ready", 9, es.jobset_id),
+        ("ready", 10, es.jobset_id),
+    ]
+    old, new = await jobs_of(api, es.jobset_id)
+    assert (old["jobStatus"], old["taskBufferErrorCode"]) == ("failed", 111)
+    assert new["eventService"] == 1 and new["jobStatus"] == "activated"
+    assert (new["attemptNr"], new["currentPriority"]) == (2, old["currentPriority"] + 1)
+    assert new["reported_status"] is None and new["startTime"] is None
+    old_log = next(f for f in await files_of(api, old["PandaID"]) if f["type"] == "log")
+    new_files = await files_of(api, new["PandaID"])
+    new_log = next(f for f in new_files if f["type"] == "log")
+    assert new_log["lfn"] != old_log["lfn"] and new_log["lfn"] in new["jobParameters"]
+    assert [f["fileID"] for f in new_files if f["type"] == "input"] == es.file_ids
+    # The input rows stay with the jobset.
+    assert {(r["PandaID"], r["status"]) for r in await file_rows(api, es.file_ids)} == {(es.jobset_id, "running")}
+
+
+async def test_a_consumer_without_a_finished_range_is_closed(world) -> None:
+    api, runner = world
+    es = await es_task(api, runner, "esnone", n_consumers=2)
+    first, second = es.consumers
+    await run_ranges(api, second, es.jobset_id, 4, status="running")
+    await report_end(api, first)
+    assert await finalise(api) == 1
+    members = await jobs_of(api, es.jobset_id)
+    assert [(j["jobStatus"], j["taskBufferErrorCode"]) for j in members] == [("closed", 114), ("activated", None)]
+
+
+async def test_hopeless_ranges_fail_the_jobset_without_partial_acceptance(world) -> None:
+    api, runner = world
+    es = await es_task(api, runner, "eshopeless", range_attempts=1)
+    (consumer,) = es.consumers
+    await run_ranges(api, consumer, es.jobset_id, 3)
+    await run_ranges(api, consumer, es.jobset_id, 1, status="failed")
+    await report_end(api, consumer)
+    assert await finalise(api) == 1
+    ranges = await ranges_of(api, es.jobset_id)
+    assert [(r["status"], r["attemptNr"]) for r in ranges] == [("discarded", 1)] * 3 + [("failed", 0)]
+    (job,) = await jobs_of(api, es.jobset_id)
+    assert (job["jobStatus"], job["taskBufferErrorCode"]) == ("finished", 116)
+    rows = await file_rows(api, es.file_ids)
+    # As a failed job's inputs: one more attempt, ready to be retried by a new jobset.
+    assert [(r["status"], r["attemptNr"], r["failedAttempt"]) for r in rows] == [("ready", 1, 1)] * 2
+    async with api.state.db.transaction(write=False) as conn:
+        datasets = {d["type"]: d for d in await tasks_db.datasets(conn, es.task_id)}
+    assert datasets["input"]["nFilesUsed"] == 0
+
+
+async def test_with_partial_acceptance_hopeless_ranges_are_fatal_and_the_rest_merges(world) -> None:
+    api, runner = world
+    es = await es_task(api, runner, "espartial", range_attempts=1, split_rule="AP=1")
+    (consumer,) = es.consumers
+    await run_ranges(api, consumer, es.jobset_id, 3)
+    await run_ranges(api, consumer, es.jobset_id, 1, status="failed")
+    await report_end(api, consumer)
+    assert await finalise(api) == 1
+    assert statuses(await ranges_of(api, es.jobset_id)) == ["done"] * 3 + ["fatal"]
+    merge = next(j for j in await jobs_of(api, es.jobset_id) if j["eventService"] == 2)
+    assert merge["jobSubStatus"] == "partial"
+    await report_end(api, merge["PandaID"])
+    assert await finalise(api) == 1
+    assert statuses(await ranges_of(api, es.jobset_id)) == ["merged"] * 3 + ["fatal"]
+    assert {r["status"] for r in await file_rows(api, es.file_ids)} == {"finished"}
+
+
+async def test_the_jobset_fails_after_max_consumer_attempts(world) -> None:
+    api, runner = world
+    es = await es_task(api, runner, "esmax", split_rule="XJ=2")
+    consumer = es.consumers[0]
+    for attempt in (1, 2):
+        await run_ranges(api, consumer, es.jobset_id, 1)
+        await report_end(api, consumer, "failed")
+        assert await finalise(api) == 1
+        members = await jobs_of(api, es.jobset_id)
+        assert members[-1]["attemptNr"] == (attempt + 1 if attempt < 2 else 2)
+        consumer = members[-1]["PandaID"]
+    assert len(members) == 2
+    assert (members[-1]["jobStatus"], members[-1]["taskBufferErrorCode"]) == ("failed", 115)
+    assert statuses(await ranges_of(api, es.jobset_id)) == ["discarded"] * 2 + ["cancelled"] * 2
+    assert {r["status"] for r in await file_rows(api, es.file_ids)} == {"ready"}
+
+
+async def test_a_failed_merge_job_is_retried_then_fails_the_jobset(world) -> None:
+    api, runner = world
+    es = await es_task(api, runner, "esmergefail")
+    consumer = es.consumers[0]
+    # A second-generation consumer: the merge job gets maxAttempt 2.
+    await run_ranges(api, consumer, es.jobset_id, 2)
+    await report_end(api, consumer, "failed")
+    assert await finalise(api) == 1
+    consumer = (await jobs_of(api, es.jobset_id))[-1]["PandaID"]
+    await run_ranges(api, consumer, es.jobset_id, 2)
+    await report_end(api, consumer)
+    assert await finalise(api) == 1
+    merge = next(j for j in await jobs_of(api, es.jobset_id) if j["eventService"] == 2)
+    assert (merge["attemptNr"], merge["maxAttempt"]) == (1, 2)
+    await report_end(api, merge["PandaID"], "failed")
+    assert await finalise(api) == 1
+    merges = [j for j in await jobs_of(api, es.jobset_id) if j["eventService"] == 2]
+    assert [(j["jobStatus"], j["attemptNr"]) for j in merges] == [("failed", 1), ("activated", 2)]
+    assert {r["PandaID"] for r in await file_rows(api, es.file_ids)} == {merges[1]["PandaID"]}
+    assert statuses(await ranges_of(api, es.jobset_id)) == ["done"] * 4
+    await report_end(api, merges[1]["PandaID"], "failed")
+    assert await finalise(api) == 1
+    assert statuses(await ranges_of(api, es.jobset_id)) == ["discarded"] * 4
+    rows = await file_rows(api, es.file_ids)
+    assert [(r["status"], r["attemptNr"]) for r in rows] == [("ready", 1)] * 2
+
+
+async def test_two_finalisers_ending_consumers_of_one_jobset_make_one_merge_job(world, monkeypatch) -> None:
+    api, runner = world
+    es = await es_task(api, runner, "esrace", n_consumers=2)
+    first, second = es.consumers
+    await run_ranges(api, first, es.jobset_id, 2)
+    await run_ranges(api, second, es.jobset_id, 2)
+    async with api.state.db.transaction() as conn:
+        # Without logs: registering them in one dataset would serialise the two finalisers anyway.
+        await conn.execute(sa.delete(job_files).where(job_files.c.PandaID.in_(es.consumers)))
+        await conn.execute(sa.delete(task_files).where(task_files.c.outPandaID.in_(es.consumers)))
+    await report_end(api, first)
+    await report_end(api, second)
+    # One job per batch: on PostgreSQL each finaliser claims one consumer (skipping the other's)
+    # and both reach the jobset at once.
+    monkeypatch.setattr(finaliser, "BATCH", 1)
+    # Each finaliser, once it has read the jobset's ranges, waits a moment for the other to get
+    # there too: without the jobset lock both would read them before either committed (and
+    # neither would merge, each seeing the other's ranges still in flight).
+    read = es_jobs.range_counts
+    arrived = asyncio.Event()
+
+    async def read_then_wait(conn, jobset_ids):
+        rows = await read(conn, jobset_ids)
+        if arrived.is_set():
+            return rows
+        arrived.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.Event().wait(), 0.5)
+        return rows
+
+    monkeypatch.setattr(es_jobs, "range_counts", read_then_wait)
+    assert sorted(await asyncio.gather(finalise(api), finalise(api))) == [1, 1]
+    members = await jobs_of(api, es.jobset_id)
+    assert [j["eventService"] for j in members] == [1, 1, 2]
+    assert {j["jobStatus"] for j in members[:2]} == {"finished"}
+    assert statuses(await ranges_of(api, es.jobset_id)) == ["done"] * 4
