@@ -14,7 +14,7 @@ from bamboo.db import jobs as jobs_db
 from bamboo.db import tasks as tasks_db
 from bamboo.db.schema import job_files, jobs, task_files
 from bamboo.logic import finaliser
-from tests.api.test_task_flow import world
+from tests.api.test_task_flow import envelope, world
 from tests.es_world import es_task, ranges_of, report_end, run_ranges
 
 __all__ = ["world"]
@@ -267,3 +267,57 @@ async def test_two_finalisers_ending_consumers_of_one_jobset_make_one_merge_job(
     assert [j["eventService"] for j in members] == [1, 1, 2]
     assert {j["jobStatus"] for j in members[:2]} == {"finished"}
     assert statuses(await ranges_of(api, es.jobset_id)) == ["done"] * 4
+
+
+async def kill_jobs(api, panda_ids: list[int]) -> None:
+    async with api.client(headers=api.token_headers("test user")) as client:
+        body = envelope(await client.post("/api/v1/job/kill", json={"job_ids": panda_ids}))
+    assert body["success"] is True, body
+
+
+async def test_a_killed_consumer_of_a_running_task_hands_its_ranges_to_a_successor(world) -> None:
+    api, runner = world
+    es = await es_task(api, runner, "eskillone")
+    (consumer,) = es.consumers
+    await run_ranges(api, consumer, es.jobset_id, 1)
+    await run_ranges(api, consumer, es.jobset_id, 1, status="sent")
+    await kill_jobs(api, [consumer])
+    ranges = await ranges_of(api, es.jobset_id)
+    assert [(r["status"], r["attemptNr"]) for r in ranges] == [("done", 10), ("ready", 9), ("ready", 10), ("ready", 10)]
+    old, new = await jobs_of(api, es.jobset_id)
+    assert (old["jobStatus"], old["taskBufferErrorCode"]) == ("cancelled", 100)
+    assert (new["jobStatus"], new["attemptNr"], new["eventService"]) == ("activated", 2, 1)
+
+
+async def test_a_task_kill_cancels_the_jobsets_ranges_and_returns_its_inputs(world) -> None:
+    api, runner = world
+    es = await es_task(api, runner, "eskilltask", n_consumers=2)
+    first, second = es.consumers
+    await run_ranges(api, first, es.jobset_id, 1)
+    await run_ranges(api, first, es.jobset_id, 1, status="running")
+    async with api.client(headers=api.token_headers("test user")) as client:
+        assert envelope(await client.post("/api/v1/task/kill", json={"task_id": es.task_id}))["success"]
+    await runner.drain()
+    assert {j["jobStatus"] for j in await jobs_of(api, es.jobset_id)} == {"cancelled"}
+    assert statuses(await ranges_of(api, es.jobset_id)) == ["discarded"] + ["cancelled"] * 3
+    rows = await file_rows(api, es.file_ids)
+    assert [(r["status"], r["attemptNr"]) for r in rows] == [("ready", 0)] * 2
+    async with api.state.db.transaction(write=False) as conn:
+        task = await tasks_db.get(conn, es.task_id)
+        datasets = {d["type"]: d for d in await tasks_db.datasets(conn, es.task_id)}
+    assert task["status"] == "aborted"
+    assert datasets["input"]["nFilesUsed"] == 0
+
+
+async def test_a_killed_merge_job_discards_the_done_ranges(world) -> None:
+    api, runner = world
+    es = await es_task(api, runner, "eskillmerge")
+    (consumer,) = es.consumers
+    await run_ranges(api, consumer, es.jobset_id, 4)
+    await report_end(api, consumer)
+    assert await finalise(api) == 1
+    merge = next(j for j in await jobs_of(api, es.jobset_id) if j["eventService"] == 2)
+    await kill_jobs(api, [merge["PandaID"]])
+    assert statuses(await ranges_of(api, es.jobset_id)) == ["discarded"] * 4
+    rows = await file_rows(api, es.file_ids)
+    assert [(r["status"], r["proc_status"]) for r in rows] == [("ready", "cancelled")] * 2

@@ -223,3 +223,29 @@ async def running_too_long(
     if skips_locked(conn):
         query = query.with_for_update(skip_locked=True)
     return [dict(row) for row in (await conn.execute(query)).mappings()]
+
+
+async def es_members(conn: AsyncConnection, panda_ids: Sequence[int]) -> list[dict[str, Any]]:
+    """Those of the jobs that belong to the event service (consumers, merge jobs, clones, jumbo)."""
+    if not panda_ids:
+        return []
+    query = sa.select(
+        jobs.c.PandaID, jobs.c.eventService, jobs.c.jobsetID, jobs.c.jediTaskID, jobs.c.jobStatus,
+        jobs.c.taskBufferErrorCode,
+    ).where(jobs.c.PandaID.in_(list(panda_ids)), jobs.c.eventService.in_([CONSUMER, MERGE, CLONE, JUMBO]))  # fmt: skip
+    return [dict(row) for row in (await conn.execute(query)).mappings()]
+
+
+async def consumers_without_ranges(conn: AsyncConnection, panda_ids: Sequence[int]) -> list[int]:
+    """Those of the jobs that are ES consumers and have not finished a single range."""
+    if not panda_ids:
+        return []
+    finished = sa.exists(
+        sa.select(events.c.row_ID).where(
+            events.c.PandaID == jobs.c.PandaID, events.c.status.in_(["finished", "done"])
+        )
+    )
+    query = sa.select(jobs.c.PandaID).where(
+        jobs.c.PandaID.in_(list(panda_ids)), jobs.c.eventService.in_(list(CONSUMERS)), ~finished
+    )
+    return sorted((await conn.execute(query)).scalars())

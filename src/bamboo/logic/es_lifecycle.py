@@ -50,7 +50,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -65,7 +65,7 @@ from bamboo.db import tasks as tasks_db
 from bamboo.logic.errors import InvalidInput
 from bamboo.logic.job_rows import output_files, planned_output_row, task_job_row
 from bamboo.logic.jobparams import JobContext, output_file_name, render
-from bamboo.logic.states import JOB_FINAL
+from bamboo.logic.states import JOB_FINAL, TASK_MAKING_JOBS
 from bamboo.logic.task_admin import parse_split_rule
 from bamboo.logic.taskparams import refine
 
@@ -294,9 +294,11 @@ class JobsetSettler:
     def _outcome(self, ended: list[dict[str, Any]], code: int) -> None:
         """Record the jobset's outcome on the consumers that ended here without a code of their own."""
         for job in ended:
-            update = self.job_updates.setdefault(job["PandaID"], {})
-            if job.get("taskBufferErrorCode") is None and "taskBufferErrorCode" not in update:
-                update.update(taskBufferErrorCode=code, taskBufferErrorDiag=_OUTCOME_DIAG[code])
+            if job.get("taskBufferErrorCode") is None and job["PandaID"] not in self.job_updates:
+                self.job_updates[job["PandaID"]] = {
+                    "taskBufferErrorCode": code,
+                    "taskBufferErrorDiag": _OUTCOME_DIAG[code],
+                }
 
     def _fail(self, jobset_id: int, rows: list[dict[str, Any]], ended: list[dict[str, Any]], code: int) -> None:
         fail_inputs(self.changes, rows)
@@ -541,7 +543,30 @@ async def settle_alone(
         await tasks_db.bump_dataset(conn, dataset_id, now, **dict(changes.counters[dataset_id]))
 
 
-IsConsumer = Callable[[Mapping[str, Any]], bool]
+async def killed(conn: AsyncConnection, panda_ids: Sequence[int], now: datetime) -> JobsetSettler | None:
+    """What killing these jobs does to event-service jobsets (api-v1.md §3.6, domain.md §7.4).
+
+    A killed ES merge job's ``done`` ranges are ``discarded`` (its inputs return to the task as any
+    killed job's). Killed consumers end like consumers that failed; when their task no longer
+    makes jobs (killed, finishing) the jobset is killed whole: its unprocessed ranges are
+    ``cancelled`` and its input rows return to the task. Returns the settlement to run, None
+    when no consumer was killed.
+    """
+    members = await es_jobs.es_members(conn, panda_ids)
+    if not members:
+        return None
+    merges = sorted({job["jobsetID"] for job in members if job["eventService"] == es_jobs.MERGE})
+    await es_jobs.set_jobset_ranges(conn, merges, ["done"], now, status="discarded")
+    consumers = [job for job in members if job["eventService"] in es_jobs.CONSUMERS]
+    if not consumers:
+        return None
+    tasks = {t["jediTaskID"]: t for t in await tasks_db.get_many(conn, sorted({j["jediTaskID"] for j in consumers}))}
+    settler = JobsetSettler(now)
+    for job in consumers:
+        if tasks[job["jediTaskID"]]["status"] not in TASK_MAKING_JOBS:
+            settler.killed_jobsets.add(job["jobsetID"])
+        settler.consumer_ended(job)
+    return settler
 
 
 def is_consumer(job: Mapping[str, Any]) -> bool:
