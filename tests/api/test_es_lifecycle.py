@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from datetime import timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -13,8 +14,11 @@ from bamboo.db import es_jobs
 from bamboo.db import jobs as jobs_db
 from bamboo.db import tasks as tasks_db
 from bamboo.db.schema import job_files, jobs, task_files
-from bamboo.logic import finaliser
+from bamboo.logic import finaliser, job_watchdog
+from bamboo.logic.job_watchdog import JobTimeouts
 from tests.api.test_task_flow import envelope, world
+from tests.api.test_job_watchdog import set_job
+from tests.conftest import FixedClock
 from tests.es_world import es_task, ranges_of, report_end, run_ranges
 
 __all__ = ["world"]
@@ -321,3 +325,44 @@ async def test_a_killed_merge_job_discards_the_done_ranges(world) -> None:
     assert statuses(await ranges_of(api, es.jobset_id)) == ["discarded"] * 4
     rows = await file_rows(api, es.file_ids)
     assert [(r["status"], r["proc_status"]) for r in rows] == [("ready", "cancelled")] * 2
+
+
+async def watch_at(api, moment) -> int:
+    async with api.state.db.transaction() as conn:
+        return await job_watchdog.watch(conn, FixedClock(moment), JobTimeouts())
+
+
+async def test_a_consumer_lost_without_a_finished_range_is_marked_es_heartbeat(world) -> None:
+    api, runner = world
+    es = await es_task(api, runner, "esheartbeat", n_consumers=2)
+    first, second = es.consumers
+    await run_ranges(api, first, es.jobset_id, 1)
+    await run_ranges(api, second, es.jobset_id, 1, status="running")
+    now = api.state.clock.now()
+    for panda_id in es.consumers:
+        await set_job(api, panda_id, jobStatus="running", modificationTime=now, startTime=now)
+    assert await watch_at(api, now + timedelta(hours=3)) == 2
+    members = await jobs_of(api, es.jobset_id)
+    assert [(j["jobStatus"], j["jobSubStatus"]) for j in members] == [("holding", None), ("holding", "es_heartbeat")]
+    assert await finalise(api) == 2
+    members = await jobs_of(api, es.jobset_id)
+    assert [j["jobStatus"] for j in members] == ["failed", "failed", "activated"]
+
+
+async def test_consumers_running_too_long_are_killed_with_es_toolong(world) -> None:
+    api, runner = world
+    es = await es_task(api, runner, "estoolong", n_consumers=2)
+    first, second = es.consumers
+    await run_ranges(api, first, es.jobset_id, 1, status="running")
+    now = api.state.clock.now()
+    await set_job(api, first, jobStatus="running", startTime=now, currentPriority=900)
+    await set_job(api, second, jobStatus="running", startTime=now, currentPriority=899)
+    later = now + timedelta(hours=25)
+    for panda_id in es.consumers:
+        await set_job(api, panda_id, modificationTime=later)
+    assert await watch_at(api, later) == 1
+    members = await jobs_of(api, es.jobset_id)
+    assert [(j["jobStatus"], j["jobSubStatus"]) for j in members] == [("closed", "es_toolong"), ("running", None)]
+    assert members[0]["taskBufferErrorDiag"] == "es_toolong: running longer than 24 h"
+    # The range it held is ready again (another consumer is alive, so no new one is made).
+    assert [(r["status"], r["attemptNr"]) for r in await ranges_of(api, es.jobset_id)][0] == ("ready", 9)

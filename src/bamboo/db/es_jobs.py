@@ -206,25 +206,6 @@ async def close_jobs(conn: AsyncConnection, panda_ids: Sequence[int], statuses: 
     return sorted(result.scalars())
 
 
-async def running_too_long(
-    conn: AsyncConnection, started_before: datetime, limit: int
-) -> list[dict[str, Any]]:
-    """ES consumers running since before ``started_before``."""
-    query = (
-        sa.select(jobs)
-        .where(
-            jobs.c.jobStatus == "running",
-            jobs.c.eventService.in_(list(CONSUMERS)),
-            jobs.c.startTime < started_before,
-        )
-        .order_by(jobs.c.PandaID)
-        .limit(limit)
-    )
-    if skips_locked(conn):
-        query = query.with_for_update(skip_locked=True)
-    return [dict(row) for row in (await conn.execute(query)).mappings()]
-
-
 async def es_members(conn: AsyncConnection, panda_ids: Sequence[int]) -> list[dict[str, Any]]:
     """Those of the jobs that belong to the event service (consumers, merge jobs, clones, jumbo)."""
     if not panda_ids:
