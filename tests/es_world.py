@@ -7,7 +7,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
 import sqlalchemy as sa
 
 from bamboo.db import jobs as jobs_db
@@ -43,8 +42,11 @@ async def es_task(
     n_consumers: int = 1,
     split_rule: str | None = None,
     esmerge: dict[str, str] | None = None,
+    clones: str | None = None,
 ) -> EsJobset:
-    """A refined task of ``n_files`` input files made into one ES jobset with its consumers."""
+    """A refined task of ``n_files`` input files made into one ES jobset with its consumers, or
+    with ``clones`` ("runonce"/"storeonce"), a job-cloning task's jobset of clones sharing the
+    input rows and one semaphore range."""
     dataset = f"user.testuser.{name}.in"
     files = [
         CatalogFile(lfn=f"{name}.{i:02d}.root", fsize=1000 + i, n_events=events_per_file) for i in range(n_files)
@@ -60,7 +62,9 @@ async def es_task(
     async with api.state.db.transaction() as conn:
         task = await tasks_db.get(conn, task_id)
         await tasks_db.write_status(conn, task_id, "running")
-        await tasks_db.update(conn, task_id, eventService=1)
+        await tasks_db.update(conn, task_id, eventService=2 if clones else 1)
+        if clones:
+            split_rule = ",".join(filter(None, [split_rule, f"UC={1 if clones == 'runonce' else 2}"]))
         if split_rule:
             rules = ",".join(filter(None, [task["splitRule"], split_rule]))
             await tasks_db.update(conn, task_id, splitRule=rules)
@@ -103,6 +107,9 @@ async def es_task(
                         "modificationTime": now,
                     }
                 )
+        if clones:
+            # One semaphore range per jobset (helper brief: job cloning).
+            ranges = [{**ranges[0], "job_processID": 0, "def_min_eventID": 0, "def_max_eventID": 0, "attemptNr": 1}]
         await conn.execute(sa.insert(events), ranges)
         consumers = await sequences.allocate(conn, sequences.PANDA_ID, n_consumers)
         log_dataset = datasets["log"]
@@ -123,7 +130,7 @@ async def es_task(
                 parameters=f"--log {lfn}",
                 now=now,
             )
-            job.update(eventService=1, jobsetID=jobset_id, maxAttempt=1)
+            job.update(eventService=3 if clones else 1, jobsetID=jobset_id, maxAttempt=1)
             job_rows.append(job)
             job_files.extend(
                 {
@@ -185,7 +192,3 @@ async def ranges_of(api, jobset_id: int) -> list[dict[str, Any]]:
     async with api.state.db.transaction(write=False) as conn:
         query = sa.select(events).where(events.c.jobsetID == jobset_id).order_by(events.c.row_ID)
         return [dict(r) for r in (await conn.execute(query)).mappings()]
-
-
-def loads(text: str) -> Any:
-    return orjson.loads(text)

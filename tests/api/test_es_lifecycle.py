@@ -16,7 +16,7 @@ from bamboo.db import tasks as tasks_db
 from bamboo.db.schema import job_files, jobs, task_files
 from bamboo.logic import finaliser, job_watchdog
 from bamboo.logic.job_watchdog import JobTimeouts
-from tests.api.test_task_flow import envelope, world
+from tests.api.test_task_flow import acquire, envelope, world
 from tests.api.test_job_watchdog import set_job
 from tests.conftest import FixedClock
 from tests.es_world import es_task, ranges_of, report_end, run_ranges
@@ -366,3 +366,49 @@ async def test_consumers_running_too_long_are_killed_with_es_toolong(world) -> N
     assert members[0]["taskBufferErrorDiag"] == "es_toolong: running longer than 24 h"
     # The range it held is ready again (another consumer is alive, so no new one is made).
     assert [(r["status"], r["attemptNr"]) for r in await ranges_of(api, es.jobset_id)][0] == ("ready", 9)
+
+
+async def test_runonce_clones_race_for_the_semaphore_and_one_runs(world) -> None:
+    api, runner = world
+    es = await es_task(api, runner, "esrunonce", n_consumers=3, clones="runonce")
+    taken = await asyncio.gather(acquire(api), acquire(api))
+    handed = [job["PandaID"] for jobs_ in taken for job in jobs_]
+    assert len(handed) == 1
+    (winner,) = handed
+    members = await jobs_of(api, es.jobset_id)
+    assert {j["PandaID"]: (j["jobStatus"], j["taskBufferErrorCode"]) for j in members} == {
+        panda_id: ("sent", None) if panda_id == winner else ("closed", 200) for panda_id in es.consumers
+    }
+    (semaphore,) = await ranges_of(api, es.jobset_id)
+    assert (semaphore["status"], semaphore["PandaID"]) == ("sent", winner)
+    assert await acquire(api) == []
+    # The clone that ran finishes: the jobset's input rows are finished by it.
+    await report_end(api, winner)
+    assert await finalise(api) == 1
+    assert {r["status"] for r in await file_rows(api, es.file_ids)} == {"finished"}
+
+
+async def test_storeonce_keeps_the_first_clone_that_finishes(world) -> None:
+    api, runner = world
+    es = await es_task(api, runner, "esstoreonce", n_consumers=3, clones="storeonce")
+    first, second, third = es.consumers
+    for panda_id in (first, second):
+        await set_job(api, panda_id, jobStatus="running")
+    await report_end(api, second)
+    assert await finalise(api) == 1
+    members = {j["PandaID"]: j for j in await jobs_of(api, es.jobset_id)}
+    assert members[second]["jobStatus"] == "finished"
+    assert (members[first]["jobStatus"], members[first]["commandToPilot"]) == ("running", "tobekilled")
+    assert (members[third]["jobStatus"], members[third]["taskBufferErrorCode"]) == ("closed", 200)
+    assert {r["status"] for r in await file_rows(api, es.file_ids)} == {"finished"}
+    # The first clone finishes later: closed, its outputs not kept.
+    await report_end(api, first)
+    assert await finalise(api) == 1
+    async with api.state.db.transaction(write=False) as conn:
+        late = (await jobs_db.get_many(conn, [first]))[first]
+        log_rows = [r for r in (await tasks_db.rows_of_jobs(conn, [first, second]))]
+    assert (late["jobStatus"], late["taskBufferErrorCode"]) == ("closed", 200)
+    assert {(r["outPandaID"], r["status"]) for r in log_rows if r["type"] == "log"} == {
+        (first, "cancelled"),
+        (second, "finished"),
+    }

@@ -193,17 +193,49 @@ async def take_semaphore(conn: AsyncConnection, jobset_id: int, panda_id: int, n
     return result.rowcount == 1
 
 
-async def close_jobs(conn: AsyncConnection, panda_ids: Sequence[int], statuses: Sequence[str], **values: Any) -> list[int]:
-    """Set ``values`` on those of the jobs still in one of ``statuses``; returns the ones changed."""
+async def close_jobs(
+    conn: AsyncConnection, panda_ids: Sequence[int], statuses: Sequence[str], **values: Any
+) -> list[int]:
+    """Set ``values`` on those of the jobs still in one of ``statuses``; returns the ones changed.
+
+    Rows another transaction holds are skipped (PostgreSQL): a clone being claimed elsewhere is
+    closed by that claim when it loses the semaphore, and waiting for it could deadlock with it.
+    """
     if not panda_ids:
         return []
-    result = await conn.execute(
-        sa.update(jobs)
+    pick = (
+        sa.select(jobs.c.PandaID)
         .where(jobs.c.PandaID.in_(list(panda_ids)), jobs.c.jobStatus.in_(list(statuses)))
-        .values(**values)
-        .returning(jobs.c.PandaID)
+        .order_by(jobs.c.PandaID)
     )
-    return sorted(result.scalars())
+    if skips_locked(conn):
+        pick = pick.with_for_update(skip_locked=True)
+    picked = list((await conn.execute(pick)).scalars())
+    if picked:
+        await conn.execute(sa.update(jobs).where(jobs.c.PandaID.in_(picked)).values(**values))
+    return picked
+
+
+async def clone_siblings(conn: AsyncConnection, jobset_ids: Sequence[int]) -> list[dict[str, Any]]:
+    """The clones of these jobsets, with their status."""
+    if not jobset_ids:
+        return []
+    query = (
+        sa.select(jobs.c.PandaID, jobs.c.jobsetID, jobs.c.jobStatus, jobs.c.jediTaskID)
+        .where(jobs.c.jobsetID.in_(list(jobset_ids)), jobs.c.eventService == CLONE)
+        .order_by(jobs.c.PandaID)
+    )
+    return [dict(row) for row in (await conn.execute(query)).mappings()]
+
+
+async def cancel_planned_outputs(conn: AsyncConnection, panda_ids: Sequence[int]) -> None:
+    """The output rows jobs closed before they ran were to write: never written, never counted."""
+    if panda_ids:
+        await conn.execute(
+            sa.update(task_files)
+            .where(task_files.c.outPandaID.in_(list(panda_ids)), task_files.c.status == "running")
+            .values(status="cancelled")
+        )
 
 
 async def es_members(conn: AsyncConnection, panda_ids: Sequence[int]) -> list[dict[str, Any]]:

@@ -571,3 +571,112 @@ async def killed(conn: AsyncConnection, panda_ids: Sequence[int], now: datetime)
 
 def is_consumer(job: Mapping[str, Any]) -> bool:
     return job.get("eventService") in es_jobs.CONSUMERS
+
+
+CLONE = es_jobs.CLONE
+RUN_ONCE = "1"  # splitRule UC of a job-cloning task (logic/task_admin.py): 1 runonce, 2 storeonce
+
+
+def clone_closed(now: datetime) -> dict[str, Any]:
+    return {
+        "jobStatus": "closed",
+        "taskBufferErrorCode": CLONE_LOST,
+        "taskBufferErrorDiag": CLONE_LOST_DIAG,
+        "modificationTime": now,
+        "stateChangeTime": now,
+        "endTime": now,
+    }
+
+
+async def run_once(conn: AsyncConnection, claimed: list[dict[str, Any]], now: datetime) -> list[dict[str, Any]]:
+    """runonce clones just claimed take their jobset's semaphore range (ready -> sent, one atomic
+    UPDATE each): a clone that gets it runs and its siblings still activated are closed; one that
+    does not is closed instead of handed out (taskBufferErrorCode 200). Returns the jobs to hand
+    out, in the claim's order. storeonce clones all run (the finaliser keeps the first success).
+    """
+    clones = [job for job in claimed if job["eventService"] == CLONE]
+    tasks = {t["jediTaskID"]: t for t in await tasks_db.get_many(conn, sorted({j["jediTaskID"] for j in clones}))}
+    lost: list[int] = []
+    won: dict[int, int] = {}
+    for job in clones:
+        task = tasks.get(job["jediTaskID"])
+        if task is None or parse_split_rule(task["splitRule"]).get("UC") != RUN_ONCE:
+            continue
+        if await es_jobs.take_semaphore(conn, job["jobsetID"], job["PandaID"], now):
+            won[job["jobsetID"]] = job["PandaID"]
+        else:
+            lost.append(job["PandaID"])
+    siblings = [
+        s["PandaID"]
+        for s in await es_jobs.clone_siblings(conn, sorted(won))
+        if s["PandaID"] not in won.values() and s["jobStatus"] == "activated"
+    ]
+    closed = await es_jobs.close_jobs(conn, lost, ["sent"], **clone_closed(now))
+    closed += await es_jobs.close_jobs(conn, siblings, ["activated"], **clone_closed(now))
+    await es_jobs.cancel_planned_outputs(conn, closed)
+    if closed:
+        log.info("runonce clones closed: %s", ", ".join(map(str, closed)))
+    return [job for job in claimed if job["PandaID"] not in lost]
+
+
+@dataclass(frozen=True, slots=True)
+class CloneRole:
+    """What a clone's end does to its jobset's input rows: ``inputs`` are the rows it ends (as a
+    winner, or as the last clone failing); ``lost``: another clone already won, so it is closed."""
+
+    inputs: list[dict[str, Any]]
+    lost: bool
+
+
+class CloneEnds:
+    """The clones a finaliser batch ends, decided per jobset with its input rows locked: the first
+    clone (lowest PandaID) reported finished while the rows are still open wins (storeonce: the
+    first success is kept) and its siblings are stopped (activated ones closed, running ones told
+    ``tobekilled``, both with code 200); later clones that finish are closed with code 200. With no
+    winner, the rows fail with the first failed clone once no sibling is alive outside the batch."""
+
+    def __init__(self, roles: dict[int, CloneRole], stop: list[int]) -> None:
+        self.roles = roles
+        self._stop = stop
+
+    @classmethod
+    async def load(cls, conn: AsyncConnection, batch: Sequence[dict[str, Any]]) -> CloneEnds:
+        jobset_ids = sorted({job["jobsetID"] for job in batch})
+        rows = await es_jobs.lock_jobset_rows(conn, jobset_ids)
+        siblings = await es_jobs.clone_siblings(conn, jobset_ids)
+        in_batch = {job["PandaID"] for job in batch}
+        roles: dict[int, CloneRole] = {}
+        stop: list[int] = []
+        for jobset_id in jobset_ids:
+            mine = sorted((job for job in batch if job["jobsetID"] == jobset_id), key=lambda job: job["PandaID"])
+            others = [s for s in siblings if s["jobsetID"] == jobset_id and s["PandaID"] not in in_batch]
+            open_rows = rows[jobset_id]
+            winner = next((job for job in mine if job["reported_status"] == "finished"), None) if open_rows else None
+            if winner is not None:
+                stop += [s["PandaID"] for s in others if s["jobStatus"] not in JOB_FINAL]
+            alive = any(s["jobStatus"] not in JOB_FINAL for s in others)
+            failer = None if winner is not None or alive or not open_rows else mine[0]
+            for job in mine:
+                if job is winner or job is failer:
+                    roles[job["PandaID"]] = CloneRole(open_rows, lost=False)
+                else:
+                    roles[job["PandaID"]] = CloneRole([], lost=job["reported_status"] == "finished")
+        return cls(roles, stop)
+
+    async def stop_siblings(self, conn: AsyncConnection, now: datetime) -> None:
+        """Close the winners' siblings not yet running; tell the running ones to stop."""
+        closed = await es_jobs.close_jobs(conn, self._stop, ["activated", *_QUEUED], **clone_closed(now))
+        await es_jobs.cancel_planned_outputs(conn, closed)
+        running = [panda_id for panda_id in self._stop if panda_id not in closed]
+        await es_jobs.close_jobs(
+            conn,
+            running,
+            ["sent", "starting", "running", "transferring", "holding"],
+            commandToPilot="tobekilled",
+            taskBufferErrorCode=CLONE_LOST,
+            taskBufferErrorDiag=CLONE_LOST_DIAG,
+            modificationTime=now,
+        )
+
+
+_QUEUED = ("pending", "defined", "assigned", "waiting", "throttled")

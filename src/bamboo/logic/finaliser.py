@@ -119,6 +119,9 @@ async def finalise(conn: AsyncConnection, clock: Clock, dm: DataManagement) -> i
     # batch has any, so the batch of normal jobs costs no extra statement.
     consumers = [job["PandaID"] for job in waiting if es_lifecycle.is_consumer(job)]
     ranges_done = await es_jobs.finished_counts(conn, consumers) if consumers else {}
+    clones = [job for job in waiting if job["eventService"] == es_jobs.CLONE]
+    if clones:
+        batch.clones = await es_lifecycle.CloneEnds.load(conn, clones)
     for job in waiting:
         await _finalise_job(
             conn, batch, job, files[job["PandaID"]], rows_by_job[job["PandaID"]], now, ranges_done
@@ -136,6 +139,7 @@ class _BatchWrites:
 
     def __init__(self, now: datetime) -> None:
         self.es = es_lifecycle.JobsetSettler(now)
+        self.clones: es_lifecycle.CloneEnds | None = None
         self.jobs: list[tuple[int, dict[str, Any]]] = []
         self.merge_ends: list[tuple[dict[str, Any], list[dict[str, Any]], bool]] = []
         self.failed_outputs_of: list[int] = []
@@ -156,6 +160,8 @@ class _BatchWrites:
         for dataset in sorted(self.registrations):
             await dm.register_files(conn, clock, dataset, self.registrations[dataset])
         await jobs_db.update_jobs_each(conn, self.jobs)
+        if self.clones is not None:
+            await self.clones.stop_siblings(conn, now)
         await tasks_db.update_files_each(conn, self.file_rows.items())
         for job, rows, succeeded in self.merge_ends:
             await _end_pre_merge_jobs(conn, job, rows, succeeded, now)
@@ -185,6 +191,16 @@ async def _finalise_job(
     ranges_done: dict[int, int],
 ) -> None:
     """Decide one job's final status and add what it changes to the batch."""
+    clone = batch.clones.roles.get(job["PandaID"]) if batch.clones is not None else None
+    if clone is not None and clone.lost:
+        # Another clone of the job already finished: this one's outputs are never kept.
+        batch.jobs.append((job["PandaID"], {**es_lifecycle.clone_closed(now), "reported_status": None}))
+        for output in (f for f in files if f["type"] in ("output", "log")):
+            batch.job_files[output["row_ID"]] = {"status": "cancelled"}
+        for produced in (r for r in rows if r["outPandaID"] == job["PandaID"]):
+            batch.file_row(produced["fileID"], status="cancelled")
+        log.info("clone %s closed: another clone finished first", job["PandaID"])
+        return
     consumer = es_lifecycle.is_consumer(job)
     if consumer:
         # A consumer's data outputs are its events' (zipped or in an object store); the jobset's
@@ -230,6 +246,9 @@ async def _finalise_job(
         )
     )
     inputs = [r for r in rows if r["PandaID"] == job["PandaID"] and r["status"] == "running"]
+    if clone is not None:
+        # A clone's inputs are its jobset's (PandaID = jobsetID): the winner ends them.
+        inputs = clone.inputs
     produced = [r for r in rows if r["outPandaID"] == job["PandaID"]]
     if consumer:
         batch.es.consumer_ended({**job, "jobStatus": final, **error})
