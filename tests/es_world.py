@@ -49,7 +49,8 @@ async def es_task(
     input rows and one semaphore range."""
     dataset = f"user.testuser.{name}.in"
     files = [
-        CatalogFile(lfn=f"{name}.{i:02d}.root", fsize=1000 + i, n_events=events_per_file) for i in range(n_files)
+        CatalogFile(lfn=f"{name}.{i:02d}.root", fsize=1000 + i, n_events=events_per_file)
+        for i in range(n_files)
     ]
     async with api.state.db.transaction() as conn:
         await api.state.dm.register_files(conn, api.state.clock, dataset, files)
@@ -75,7 +76,9 @@ async def es_task(
             (
                 dict(r)
                 for r in (
-                    await conn.execute(sa.select(task_files).where(task_files.c.datasetID == master["datasetID"]))
+                    await conn.execute(
+                        sa.select(task_files).where(task_files.c.datasetID == master["datasetID"])
+                    )
                 ).mappings()
             ),
             key=lambda r: r["fileID"],
@@ -109,7 +112,9 @@ async def es_task(
                 )
         if clones:
             # One semaphore range per jobset (helper brief: job cloning).
-            ranges = [{**ranges[0], "job_processID": 0, "def_min_eventID": 0, "def_max_eventID": 0, "attemptNr": 1}]
+            ranges = [
+                {**ranges[0], "job_processID": 0, "def_min_eventID": 0, "def_max_eventID": 0, "attemptNr": 1}
+            ]
         await conn.execute(sa.insert(events), ranges)
         consumers = await sequences.allocate(conn, sequences.PANDA_ID, n_consumers)
         log_dataset = datasets["log"]
@@ -117,7 +122,9 @@ async def es_task(
         for panda_id in consumers:
             serial = await tasks_db.reserve_serials(conn, log_dataset["datasetID"], 1)
             lfn = output_file_name(log_dataset["filename_template"], serial, task_id=task_id)
-            ids = await tasks_db.insert_outputs(conn, [planned_output_row(task_id, log_dataset, lfn, panda_id, now)])
+            ids = await tasks_db.insert_outputs(
+                conn, [planned_output_row(task_id, log_dataset, lfn, panda_id, now)]
+            )
             job = task_job_row(
                 task,
                 {"name": "TEST_PQ"},
@@ -149,7 +156,13 @@ async def es_task(
                 for row in rows
             )
             job_files.extend(
-                output_files(task_id, "TEST_PQ", panda_id, 1, [(log_dataset, lfn, ids[panda_id, log_dataset["datasetID"]])])
+                output_files(
+                    task_id,
+                    "TEST_PQ",
+                    panda_id,
+                    1,
+                    [(log_dataset, lfn, ids[panda_id, log_dataset["datasetID"]])],
+                )
             )
         await jobs_db.insert(conn, job_rows, job_files)
     return EsJobset(

@@ -16,8 +16,8 @@ from bamboo.db import tasks as tasks_db
 from bamboo.db.schema import job_files, jobs, task_files
 from bamboo.logic import finaliser, job_watchdog
 from bamboo.logic.job_watchdog import JobTimeouts
-from tests.api.test_task_flow import acquire, envelope, world
 from tests.api.test_job_watchdog import set_job
+from tests.api.test_task_flow import acquire, envelope, world
 from tests.conftest import FixedClock
 from tests.es_world import es_task, ranges_of, report_end, run_ranges
 
@@ -94,7 +94,10 @@ async def test_all_ranges_done_make_one_merge_job_whose_end_finishes_the_task(wo
     outputs = {f["type"]: f["lfn"] for f in files if f["type"] in ("output", "log")}
     assert set(outputs) == {"output", "log"}
     # ${IN} names the jobset's input files (rendered as any template renders a file list).
-    assert merge["jobParameters"] == f"--in esmerge.[00,01].root --out {outputs['output']} --log {outputs['log']}"
+    assert (
+        merge["jobParameters"]
+        == f"--in esmerge.[00,01].root --out {outputs['output']} --log {outputs['log']}"
+    )
     assert statuses(await ranges_of(api, es.jobset_id)) == ["done"] * 4
     assert {r["PandaID"] for r in await file_rows(api, es.file_ids)} == {merge["PandaID"]}
     # Nothing left to decide: another finaliser run makes no second merge job.
@@ -140,7 +143,9 @@ async def test_a_consumer_ending_with_ranges_left_gets_a_successor(world) -> Non
     assert new_log["lfn"] != old_log["lfn"] and new_log["lfn"] in new["jobParameters"]
     assert [f["fileID"] for f in new_files if f["type"] == "input"] == es.file_ids
     # The input rows stay with the jobset.
-    assert {(r["PandaID"], r["status"]) for r in await file_rows(api, es.file_ids)} == {(es.jobset_id, "running")}
+    assert {(r["PandaID"], r["status"]) for r in await file_rows(api, es.file_ids)} == {
+        (es.jobset_id, "running")
+    }
 
 
 async def test_a_consumer_without_a_finished_range_is_closed(world) -> None:
@@ -151,7 +156,10 @@ async def test_a_consumer_without_a_finished_range_is_closed(world) -> None:
     await report_end(api, first)
     assert await finalise(api) == 1
     members = await jobs_of(api, es.jobset_id)
-    assert [(j["jobStatus"], j["taskBufferErrorCode"]) for j in members] == [("closed", 114), ("activated", None)]
+    assert [(j["jobStatus"], j["taskBufferErrorCode"]) for j in members] == [
+        ("closed", 114),
+        ("activated", None),
+    ]
 
 
 async def test_hopeless_ranges_fail_the_jobset_without_partial_acceptance(world) -> None:
@@ -287,7 +295,12 @@ async def test_a_killed_consumer_of_a_running_task_hands_its_ranges_to_a_success
     await run_ranges(api, consumer, es.jobset_id, 1, status="sent")
     await kill_jobs(api, [consumer])
     ranges = await ranges_of(api, es.jobset_id)
-    assert [(r["status"], r["attemptNr"]) for r in ranges] == [("done", 10), ("ready", 9), ("ready", 10), ("ready", 10)]
+    assert [(r["status"], r["attemptNr"]) for r in ranges] == [
+        ("done", 10),
+        ("ready", 9),
+        ("ready", 10),
+        ("ready", 10),
+    ]
     old, new = await jobs_of(api, es.jobset_id)
     assert (old["jobStatus"], old["taskBufferErrorCode"]) == ("cancelled", 100)
     assert (new["jobStatus"], new["attemptNr"], new["eventService"]) == ("activated", 2, 1)
@@ -296,7 +309,7 @@ async def test_a_killed_consumer_of_a_running_task_hands_its_ranges_to_a_success
 async def test_a_task_kill_cancels_the_jobsets_ranges_and_returns_its_inputs(world) -> None:
     api, runner = world
     es = await es_task(api, runner, "eskilltask", n_consumers=2)
-    first, second = es.consumers
+    first, _second = es.consumers
     await run_ranges(api, first, es.jobset_id, 1)
     await run_ranges(api, first, es.jobset_id, 1, status="running")
     async with api.client(headers=api.token_headers("test user")) as client:
@@ -343,7 +356,10 @@ async def test_a_consumer_lost_without_a_finished_range_is_marked_es_heartbeat(w
         await set_job(api, panda_id, jobStatus="running", modificationTime=now, startTime=now)
     assert await watch_at(api, now + timedelta(hours=3)) == 2
     members = await jobs_of(api, es.jobset_id)
-    assert [(j["jobStatus"], j["jobSubStatus"]) for j in members] == [("holding", None), ("holding", "es_heartbeat")]
+    assert [(j["jobStatus"], j["jobSubStatus"]) for j in members] == [
+        ("holding", None),
+        ("holding", "es_heartbeat"),
+    ]
     assert await finalise(api) == 2
     members = await jobs_of(api, es.jobset_id)
     assert [j["jobStatus"] for j in members] == ["failed", "failed", "activated"]
@@ -362,10 +378,13 @@ async def test_consumers_running_too_long_are_killed_with_es_toolong(world) -> N
         await set_job(api, panda_id, modificationTime=later)
     assert await watch_at(api, later) == 1
     members = await jobs_of(api, es.jobset_id)
-    assert [(j["jobStatus"], j["jobSubStatus"]) for j in members] == [("closed", "es_toolong"), ("running", None)]
+    assert [(j["jobStatus"], j["jobSubStatus"]) for j in members] == [
+        ("closed", "es_toolong"),
+        ("running", None),
+    ]
     assert members[0]["taskBufferErrorDiag"] == "es_toolong: running longer than 24 h"
     # The range it held is ready again (another consumer is alive, so no new one is made).
-    assert [(r["status"], r["attemptNr"]) for r in await ranges_of(api, es.jobset_id)][0] == ("ready", 9)
+    assert next((r["status"], r["attemptNr"]) for r in await ranges_of(api, es.jobset_id)) == ("ready", 9)
 
 
 async def test_runonce_clones_race_for_the_semaphore_and_one_runs(world) -> None:
@@ -412,3 +431,17 @@ async def test_storeonce_keeps_the_first_clone_that_finishes(world) -> None:
         (first, "cancelled"),
         (second, "finished"),
     }
+
+
+async def test_killing_every_clone_returns_the_jobset_inputs(world) -> None:
+    api, runner = world
+    es = await es_task(api, runner, "esclonekill", n_consumers=2, clones="storeonce")
+    await kill_jobs(api, es.consumers[:1])
+    assert {r["status"] for r in await file_rows(api, es.file_ids)} == {"running"}
+    await kill_jobs(api, es.consumers[1:])
+    rows = await file_rows(api, es.file_ids)
+    assert [(r["status"], r["attemptNr"]) for r in rows] == [("ready", 0)] * 2
+    assert statuses(await ranges_of(api, es.jobset_id)) == ["cancelled"]
+    async with api.state.db.transaction(write=False) as conn:
+        datasets = {d["type"]: d for d in await tasks_db.datasets(conn, es.task_id)}
+    assert datasets["input"]["nFilesUsed"] == 0

@@ -24,7 +24,9 @@ HELD = ("sent", "running", "failed")
 _FINAL_JOBS = ("finished", "failed", "cancelled", "closed")
 
 
-async def lock_jobset_rows(conn: AsyncConnection, jobset_ids: Sequence[int]) -> dict[int, list[dict[str, Any]]]:
+async def lock_jobset_rows(
+    conn: AsyncConnection, jobset_ids: Sequence[int]
+) -> dict[int, list[dict[str, Any]]]:
     """The input rows each jobset still holds (``PandaID = jobsetID``, running), locked until the
     transaction ends, jobsets and rows in ascending order: whoever decides a jobset's fate holds
     these, so two finalisers (or a finaliser and a kill) never decide the same jobset twice."""
@@ -88,7 +90,9 @@ async def end_consumer_ranges(
     ids = list(panda_ids)
     mine = events.c.PandaID.in_(ids)
     await conn.execute(
-        sa.update(events).where(mine, events.c.status == "finished").values(status="done", modificationTime=now)
+        sa.update(events)
+        .where(mine, events.c.status == "finished")
+        .values(status="done", modificationTime=now)
     )
     held = sa.and_(mine, events.c.status.in_(HELD))
     if release == "cancelled":
@@ -242,10 +246,10 @@ async def es_members(conn: AsyncConnection, panda_ids: Sequence[int]) -> list[di
     """Those of the jobs that belong to the event service (consumers, merge jobs, clones, jumbo)."""
     if not panda_ids:
         return []
-    query = sa.select(
-        jobs.c.PandaID, jobs.c.eventService, jobs.c.jobsetID, jobs.c.jediTaskID, jobs.c.jobStatus,
-        jobs.c.taskBufferErrorCode,
-    ).where(jobs.c.PandaID.in_(list(panda_ids)), jobs.c.eventService.in_([CONSUMER, MERGE, CLONE, JUMBO]))  # fmt: skip
+    columns = ("PandaID", "eventService", "jobsetID", "jediTaskID", "jobStatus", "taskBufferErrorCode")
+    query = sa.select(*(jobs.c[name] for name in columns)).where(
+        jobs.c.PandaID.in_(list(panda_ids)), jobs.c.eventService.in_([CONSUMER, MERGE, CLONE, JUMBO])
+    )
     return [dict(row) for row in (await conn.execute(query)).mappings()]
 
 

@@ -58,9 +58,8 @@ from typing import Any
 import orjson
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from bamboo.db import es_jobs
+from bamboo.db import es_jobs, sequences
 from bamboo.db import jobs as jobs_db
-from bamboo.db import sequences
 from bamboo.db import tasks as tasks_db
 from bamboo.logic.errors import InvalidInput
 from bamboo.logic.job_rows import output_files, planned_output_row, task_job_row
@@ -120,7 +119,10 @@ def consumer_status(reported: str, n_done: int) -> tuple[str, dict[str, Any]]:
         return "failed", {}
     if n_done:
         return "finished", {}
-    return "closed", {"taskBufferErrorCode": NO_EVENTS_PROCESSED, "taskBufferErrorDiag": "no events processed"}
+    return "closed", {
+        "taskBufferErrorCode": NO_EVENTS_PROCESSED,
+        "taskBufferErrorDiag": "no events processed",
+    }
 
 
 @dataclass
@@ -186,18 +188,18 @@ class JobsetSettler:
     parts around the dataset locks: :meth:`decide` (jobset rows and ranges), then the caller
     locks :meth:`dataset_ids` with its own in datasetID order, then :meth:`build`."""
 
-    def __init__(self, clock_now: datetime) -> None:
-        self.now = clock_now
+    def __init__(self, now: datetime) -> None:
+        self.now = now
         self.consumers: list[dict[str, Any]] = []
         self.killed_jobsets: set[int] = set()
         self.merge_ends: list[tuple[dict[str, Any], list[dict[str, Any]], bool]] = []
         self.changes = FileChanges()
         self.job_updates: dict[int, dict[str, Any]] = {}
         self._plans: list[_Plan] = []
-        self._fail_jobsets: list[tuple[int, list[dict[str, Any]]]] = []
+        self._fail_jobsets: list[int] = []
 
     def __bool__(self) -> bool:
-        return bool(self.consumers or self.merge_ends)
+        return bool(self.consumers or self.merge_ends or self.changes.file_rows)
 
     def consumer_ended(self, job: dict[str, Any]) -> None:
         self.consumers.append(job)
@@ -211,8 +213,9 @@ class JobsetSettler:
         jobset_ids = {job["jobsetID"] for job in self.consumers if job["jobsetID"] is not None}
         jobset_ids |= await es_jobs.jobsets_held_by(conn, consumer_ids)
         held = await es_jobs.lock_jobset_rows(conn, sorted(jobset_ids))
-        merge_jobsets = sorted({job["jobsetID"] for job, _, _ in self.merge_ends})
-        task_ids = {job["jediTaskID"] for job in self.consumers} | {j["jediTaskID"] for j, _, _ in self.merge_ends}
+        task_ids = {job["jediTaskID"] for job in self.consumers} | {
+            j["jediTaskID"] for j, _, _ in self.merge_ends
+        }
         tasks = {task["jediTaskID"]: task for task in await tasks_db.get_many(conn, sorted(task_ids))}
         by_release: dict[tuple[str, str], list[int]] = {}
         for job in self.consumers:
@@ -224,7 +227,7 @@ class JobsetSettler:
             await es_jobs.end_consumer_ranges(conn, ids, self.now, hopeless=hopeless, release=release)
         counts = await es_jobs.range_counts(conn, sorted(jobset_ids))
         members: dict[int, list[dict[str, Any]]] = {}
-        for job in await es_jobs.jobs_of_jobsets(conn, sorted(jobset_ids | set(merge_jobsets))):
+        for job in await es_jobs.jobs_of_jobsets(conn, sorted(jobset_ids)):
             members.setdefault(job["jobsetID"], []).append(job)
         jumbo_alive = await es_jobs.live_jumbo_tasks(conn, sorted(task_ids))
         for jobset_id in sorted(jobset_ids):
@@ -232,12 +235,18 @@ class JobsetSettler:
             if not rows:
                 continue  # already handed to its merge job, or failed, by someone else
             task = tasks[rows[0]["jediTaskID"]]
-            await self._decide_jobset(task, jobset_id, rows, counts[jobset_id], members.get(jobset_id, []), jumbo_alive)
+            await self._decide_jobset(
+                task, jobset_id, rows, counts[jobset_id], members.get(jobset_id, []), jumbo_alive
+            )
         for job, rows, succeeded in self.merge_ends:
             await self._merge_end(conn, tasks[job["jediTaskID"]], job, rows, succeeded)
-        for jobset_id, rows in self._fail_jobsets:
-            await es_jobs.set_jobset_ranges(conn, [jobset_id], ["ready", "sent", "running"], self.now, status="cancelled")
-            await es_jobs.set_jobset_ranges(conn, [jobset_id], ["done", "finished"], self.now, status="discarded")
+        for jobset_id in self._fail_jobsets:
+            await es_jobs.set_jobset_ranges(
+                conn, [jobset_id], ["ready", "sent", "running"], self.now, status="cancelled"
+            )
+            await es_jobs.set_jobset_ranges(
+                conn, [jobset_id], ["done", "finished"], self.now, status="discarded"
+            )
 
     async def _decide_jobset(
         self,
@@ -256,12 +265,14 @@ class JobsetSettler:
         total = sum(counts.values())
         done, hopeless, ready = counts.get("done", 0), counts.get("hopeless", 0), counts.get("ready", 0)
         in_flight = sum(counts.get(status, 0) for status in ("sent", "running", "finished", "failed"))
-        alive = any(job["jobStatus"] not in JOB_FINAL for job in consumers) or task["jediTaskID"] in jumbo_alive
+        alive = (
+            any(job["jobStatus"] not in JOB_FINAL for job in consumers) or task["jediTaskID"] in jumbo_alive
+        )
         if jobset_id in self.killed_jobsets:
             # A killed jobset (its task was killed): the inputs go back as killed jobs' inputs do.
             if not alive:
                 release_inputs(self.changes, rows)
-                self._fail_jobsets.append((jobset_id, rows))
+                self._fail_jobsets.append(jobset_id)
             return
         partial_ok = accepts_partial(task) and done > 0 and done + hopeless == total
         if total and (done == total or partial_ok):
@@ -286,7 +297,9 @@ class JobsetSettler:
             if (last["attemptNr"] or 1) >= max_consumer_attempts(task):
                 self._fail(jobset_id, rows, ended_here, MAX_ES_ATTEMPTS)
                 return
-            self._plans.append(_Plan("consumer", task, jobset_id, rows, last, attempt=(last["attemptNr"] or 1) + 1))
+            self._plans.append(
+                _Plan("consumer", task, jobset_id, rows, last, attempt=(last["attemptNr"] or 1) + 1)
+            )
             self._outcome(ended_here, RETRIED_BY_ES)
             return
         self._fail(jobset_id, rows, ended_here, ALL_FAILED)
@@ -300,14 +313,21 @@ class JobsetSettler:
                     "taskBufferErrorDiag": _OUTCOME_DIAG[code],
                 }
 
-    def _fail(self, jobset_id: int, rows: list[dict[str, Any]], ended: list[dict[str, Any]], code: int) -> None:
+    def _fail(
+        self, jobset_id: int, rows: list[dict[str, Any]], ended: list[dict[str, Any]], code: int
+    ) -> None:
         fail_inputs(self.changes, rows)
-        self._fail_jobsets.append((jobset_id, rows))
+        self._fail_jobsets.append(jobset_id)
         self._outcome(ended, code)
         log.info("jobset %s failed (%s)", jobset_id, _OUTCOME_DIAG[code])
 
     async def _merge_end(
-        self, conn: AsyncConnection, task: dict[str, Any], job: dict[str, Any], rows: list[dict[str, Any]], succeeded: bool
+        self,
+        conn: AsyncConnection,
+        task: dict[str, Any],
+        job: dict[str, Any],
+        rows: list[dict[str, Any]],
+        succeeded: bool,
     ) -> None:
         jobset_id = job["jobsetID"]
         if succeeded:
@@ -317,7 +337,11 @@ class JobsetSettler:
         if not inputs:
             return
         if job["attemptNr"] < (job["maxAttempt"] or 1):
-            consumers = [z["PandaID"] for z in await es_jobs.jobs_of_jobsets(conn, [jobset_id]) if z["eventService"] in es_jobs.CONSUMERS]
+            consumers = [
+                z["PandaID"]
+                for z in await es_jobs.jobs_of_jobsets(conn, [jobset_id])
+                if z["eventService"] in es_jobs.CONSUMERS
+            ]
             self._plans.append(
                 _Plan(
                     "merge",
@@ -346,7 +370,7 @@ class JobsetSettler:
             needed |= {d["datasetID"] for d in datasets}
         return needed
 
-    async def build(self, conn: AsyncConnection, clock_now: datetime) -> FileChanges:
+    async def build(self, conn: AsyncConnection) -> FileChanges:
         """Make the merge jobs and new consumers decided, with the datasets locked (part B), write
         the jobs' outcome codes and the file rows; returns the changes whose counters the caller
         adds to its own (it bumps them all in datasetID order)."""
@@ -360,7 +384,9 @@ class JobsetSettler:
             except InvalidInput as exc:
                 log.warning("jobset %s: no %s job: %s", plan.jobset_id, plan.kind, exc.message)
                 fail_inputs(self.changes, plan.inputs)
-                await es_jobs.set_jobset_ranges(conn, [plan.jobset_id], ["ready", "done"], clock_now, status="cancelled")
+                await es_jobs.set_jobset_ranges(
+                    conn, [plan.jobset_id], ["ready", "done"], self.now, status="cancelled"
+                )
         await jobs_db.update_jobs_each(conn, sorted(self.job_updates.items()))
         await tasks_db.update_files_each(conn, sorted(self.changes.file_rows.items()))
         if made:
@@ -368,20 +394,33 @@ class JobsetSettler:
         return self.changes
 
     async def _fresh_outputs(
-        self, conn: AsyncConnection, task_id: int, panda_id: int, site: str, attempt: int, datasets: Sequence[dict[str, Any]]
-    ) -> tuple[list[dict[str, Any]], list[str]]:
-        """New output files of ``datasets`` for a new job: serials, planned rows and job files."""
+        self,
+        conn: AsyncConnection,
+        task_id: int,
+        panda_id: int,
+        site: str,
+        attempt: int,
+        datasets: Sequence[dict[str, Any]],
+    ) -> tuple[list[dict[str, Any]], list[str], int | None]:
+        """New output files of ``datasets`` for a new job (serials reserved, planned rows
+        inserted): their job files, their names, and the first serial (for ``${SN}``)."""
         planned = []
         for dataset in datasets:
             serial = await tasks_db.reserve_serials(conn, dataset["datasetID"], 1)
-            planned.append((dataset, output_file_name(dataset["filename_template"], serial, task_id=task_id)))
+            lfn = output_file_name(dataset["filename_template"], serial, task_id=task_id)
+            planned.append((dataset, serial, lfn))
         ids = await tasks_db.insert_outputs(
-            conn, [planned_output_row(task_id, dataset, lfn, panda_id, self.now) for dataset, lfn in planned]
+            conn,
+            [planned_output_row(task_id, dataset, lfn, panda_id, self.now) for dataset, _, lfn in planned],
         )
         files = output_files(
-            task_id, site, panda_id, attempt, [(dataset, lfn, ids[panda_id, dataset["datasetID"]]) for dataset, lfn in planned]
+            task_id,
+            site,
+            panda_id,
+            attempt,
+            [(dataset, lfn, ids[panda_id, dataset["datasetID"]]) for dataset, _, lfn in planned],
         )
-        return files, [lfn for _, lfn in planned]
+        return files, [lfn for _, _, lfn in planned], planned[0][1] if planned else None
 
     async def _make_merge(self, conn: AsyncConnection, plan: _Plan) -> int:
         task = plan.task
@@ -390,7 +429,9 @@ class JobsetSettler:
         template = plan.template
         site = template["computingSite"]
         outputs = [d for d in plan.datasets if d["type"] in _REAL_OUTPUTS]
-        out_files, lfns = await self._fresh_outputs(conn, task_id, panda_id, site, plan.attempt, outputs)
+        out_files, lfns, serial = await self._fresh_outputs(
+            conn, task_id, panda_id, site, plan.attempt, outputs
+        )
         by_id = {d["datasetID"]: d for d in plan.datasets}
         zips = await es_jobs.zip_files(conn, plan.consumers)
         params = orjson.loads(task["task_params"])
@@ -405,8 +446,9 @@ class JobsetSettler:
         master = by_id.get(plan.inputs[0]["datasetID"])
         if master is not None and master.get("streamName"):
             streams[master["streamName"]] = input_lfns
-        streams.update({d["streamName"]: [lfn] for d, lfn in zip(outputs, lfns, strict=True) if d.get("streamName")})
-        serial = None
+        streams.update(
+            {d["streamName"]: [lfn] for d, lfn in zip(outputs, lfns, strict=True) if d.get("streamName")}
+        )
         parameters = render(
             str(text),
             JobContext(
@@ -450,7 +492,13 @@ class JobsetSettler:
         files.extend(_zip_input(panda_id, z) for z in zips)
         files.extend(out_files)
         await jobs_db.insert(conn, [job], files)
-        await tasks_db.assign_files(conn, [(row["fileID"], panda_id) for row in plan.inputs], status="running", proc_status="queued", lastAttemptTime=self.now)
+        await tasks_db.assign_files(
+            conn,
+            [(row["fileID"], panda_id) for row in plan.inputs],
+            status="running",
+            proc_status="queued",
+            lastAttemptTime=self.now,
+        )
         log.info("jobset %s: ES merge job %s (attempt %d)", plan.jobset_id, panda_id, plan.attempt)
         return panda_id
 
@@ -461,8 +509,13 @@ class JobsetSettler:
         old_files = (await jobs_db.files_of(conn, [last["PandaID"]]))[last["PandaID"]]
         by_id = {d["datasetID"]: d for d in plan.datasets}
         renewed = [f for f in old_files if f["type"] in _REAL_OUTPUTS and f["datasetID"] in by_id]
-        out_files, lfns = await self._fresh_outputs(
-            conn, task_id, panda_id, last["computingSite"], plan.attempt, [by_id[f["datasetID"]] for f in renewed]
+        out_files, lfns, _ = await self._fresh_outputs(
+            conn,
+            task_id,
+            panda_id,
+            last["computingSite"],
+            plan.attempt,
+            [by_id[f["datasetID"]] for f in renewed],
         )
         parameters = last["jobParameters"] or ""
         for old, lfn in zip(renewed, lfns, strict=True):
@@ -536,7 +589,7 @@ async def settle_alone(
     await settler.decide(conn)
     changes = extra or FileChanges()
     await es_jobs.lock_datasets(conn, sorted(await settler.dataset_ids(conn) | set(changes.counters)))
-    built = await settler.build(conn, now)
+    built = await settler.build(conn)
     for dataset_id, deltas in built.counters.items():
         changes.counters.setdefault(dataset_id, Counter()).update(deltas)
     for dataset_id in sorted(changes.counters):
@@ -549,24 +602,40 @@ async def killed(conn: AsyncConnection, panda_ids: Sequence[int], now: datetime)
     A killed ES merge job's ``done`` ranges are ``discarded`` (its inputs return to the task as any
     killed job's). Killed consumers end like consumers that failed; when their task no longer
     makes jobs (killed, finishing) the jobset is killed whole: its unprocessed ranges are
-    ``cancelled`` and its input rows return to the task. Returns the settlement to run, None
-    when no consumer was killed.
+    ``cancelled`` and its input rows return to the task. Killed clones: see :func:`_killed_clones`.
+    Returns the settlement to run, None when no event-service job was killed.
     """
     members = await es_jobs.es_members(conn, panda_ids)
     if not members:
         return None
     merges = sorted({job["jobsetID"] for job in members if job["eventService"] == es_jobs.MERGE})
     await es_jobs.set_jobset_ranges(conn, merges, ["done"], now, status="discarded")
-    consumers = [job for job in members if job["eventService"] in es_jobs.CONSUMERS]
-    if not consumers:
-        return None
-    tasks = {t["jediTaskID"]: t for t in await tasks_db.get_many(conn, sorted({j["jediTaskID"] for j in consumers}))}
     settler = JobsetSettler(now)
+    await _killed_clones(
+        conn, settler, sorted({j["jobsetID"] for j in members if j["eventService"] == CLONE})
+    )
+    consumers = [job for job in members if job["eventService"] in es_jobs.CONSUMERS]
+    task_ids = sorted({job["jediTaskID"] for job in consumers})
+    tasks = {task["jediTaskID"]: task for task in await tasks_db.get_many(conn, task_ids)}
     for job in consumers:
         if tasks[job["jediTaskID"]]["status"] not in TASK_MAKING_JOBS:
             settler.killed_jobsets.add(job["jobsetID"])
         settler.consumer_ended(job)
     return settler
+
+
+async def _killed_clones(conn: AsyncConnection, settler: JobsetSettler, jobset_ids: list[int]) -> None:
+    """Clones share their jobset's input rows: once no clone of a jobset is left alive, the rows
+    return to the task as killed jobs' inputs do, and the semaphore range is cancelled."""
+    if not jobset_ids:
+        return
+    rows = await es_jobs.lock_jobset_rows(conn, jobset_ids)
+    siblings = await es_jobs.clone_siblings(conn, jobset_ids)
+    alive = {s["jobsetID"] for s in siblings if s["jobStatus"] not in JOB_FINAL}
+    gone = [jobset_id for jobset_id in jobset_ids if jobset_id not in alive and rows[jobset_id]]
+    for jobset_id in gone:
+        release_inputs(settler.changes, rows[jobset_id])
+    await es_jobs.set_jobset_ranges(conn, gone, ["ready", "sent"], settler.now, status="cancelled")
 
 
 def is_consumer(job: Mapping[str, Any]) -> bool:
@@ -588,14 +657,18 @@ def clone_closed(now: datetime) -> dict[str, Any]:
     }
 
 
-async def run_once(conn: AsyncConnection, claimed: list[dict[str, Any]], now: datetime) -> list[dict[str, Any]]:
+async def run_once(
+    conn: AsyncConnection, claimed: list[dict[str, Any]], now: datetime
+) -> list[dict[str, Any]]:
     """runonce clones just claimed take their jobset's semaphore range (ready -> sent, one atomic
     UPDATE each): a clone that gets it runs and its siblings still activated are closed; one that
     does not is closed instead of handed out (taskBufferErrorCode 200). Returns the jobs to hand
     out, in the claim's order. storeonce clones all run (the finaliser keeps the first success).
     """
     clones = [job for job in claimed if job["eventService"] == CLONE]
-    tasks = {t["jediTaskID"]: t for t in await tasks_db.get_many(conn, sorted({j["jediTaskID"] for j in clones}))}
+    tasks = {
+        t["jediTaskID"]: t for t in await tasks_db.get_many(conn, sorted({j["jediTaskID"] for j in clones}))
+    }
     lost: list[int] = []
     won: dict[int, int] = {}
     for job in clones:
@@ -648,10 +721,16 @@ class CloneEnds:
         roles: dict[int, CloneRole] = {}
         stop: list[int] = []
         for jobset_id in jobset_ids:
-            mine = sorted((job for job in batch if job["jobsetID"] == jobset_id), key=lambda job: job["PandaID"])
+            mine = sorted(
+                (job for job in batch if job["jobsetID"] == jobset_id), key=lambda job: job["PandaID"]
+            )
             others = [s for s in siblings if s["jobsetID"] == jobset_id and s["PandaID"] not in in_batch]
             open_rows = rows[jobset_id]
-            winner = next((job for job in mine if job["reported_status"] == "finished"), None) if open_rows else None
+            winner = (
+                next((job for job in mine if job["reported_status"] == "finished"), None)
+                if open_rows
+                else None
+            )
             if winner is not None:
                 stop += [s["PandaID"] for s in others if s["jobStatus"] not in JOB_FINAL]
             alive = any(s["jobStatus"] not in JOB_FINAL for s in others)

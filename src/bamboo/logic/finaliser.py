@@ -170,7 +170,7 @@ class _BatchWrites:
             # row the batch writes is locked in datasetID order before serials are reserved.
             await self.es.decide(conn)
             await es_jobs.lock_datasets(conn, sorted(await self.es.dataset_ids(conn) | set(self.counters)))
-            for dataset_id, deltas in (await self.es.build(conn, now)).counters.items():
+            for dataset_id, deltas in (await self.es.build(conn)).counters.items():
                 self.count(dataset_id, **deltas)
         # Last, and in datasetID order: the dataset rows are the ones the generator (and other
         # finalisers) update too. Every agent that changes several of them in one transaction takes

@@ -49,11 +49,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bamboo.config import Settings
 from bamboo.db import commands as commands_db
-from bamboo.db import es_jobs
-from bamboo.db import jobs as jobs_db
+from bamboo.db import es_jobs, notify
 from bamboo.db import job_watchdog as watchdog_db
+from bamboo.db import jobs as jobs_db
 from bamboo.db import merges as merges_db
-from bamboo.db import notify
 from bamboo.db import tasks as tasks_db
 from bamboo.db.schema import jobs as jobs_table
 from bamboo.logic import killing, merge_jobs, rebrokerage
@@ -182,7 +181,9 @@ async def _lost_heartbeats(conn: AsyncConnection, now: datetime, timeouts: JobTi
     failed = await _fail(conn, failures, now, "lost heartbeat")
     # An ES consumer gone without a single finished range is marked so (domain.md §7.4).
     fruitless = await es_jobs.consumers_without_ranges(conn, [job["PandaID"] for job in claimed])
-    await jobs_db.update_jobs_each(conn, [(panda_id, {"jobSubStatus": ES_HEARTBEAT}) for panda_id in fruitless])
+    await jobs_db.update_jobs_each(
+        conn, [(panda_id, {"jobSubStatus": ES_HEARTBEAT}) for panda_id in fruitless]
+    )
     return failed
 
 
@@ -365,7 +366,13 @@ async def _es_consumers_too_long(
     await jobs_db.update_jobs_each(
         conn,
         [
-            (panda_id, {"jobSubStatus": ES_TOOLONG, "taskBufferErrorDiag": f"{ES_TOOLONG}: running longer than {hours} h"})
+            (
+                panda_id,
+                {
+                    "jobSubStatus": ES_TOOLONG,
+                    "taskBufferErrorDiag": f"{ES_TOOLONG}: running longer than {hours} h",
+                },
+            )
             for panda_id in killed
         ],
     )
