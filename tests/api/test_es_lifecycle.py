@@ -445,3 +445,18 @@ async def test_killing_every_clone_returns_the_jobset_inputs(world) -> None:
     async with api.state.db.transaction(write=False) as conn:
         datasets = {d["type"]: d for d in await tasks_db.datasets(conn, es.task_id)}
     assert datasets["input"]["nFilesUsed"] == 0
+
+
+async def test_a_finishing_task_gets_no_new_consumer(world) -> None:
+    api, runner = world
+    es = await es_task(api, runner, "esfinishing")
+    (consumer,) = es.consumers
+    await run_ranges(api, consumer, es.jobset_id, 1)
+    async with api.state.db.transaction() as conn:
+        await tasks_db.write_status(conn, es.task_id, "finishing")
+    await report_end(api, consumer)
+    assert await finalise(api) == 1
+    assert [j["PandaID"] for j in await jobs_of(api, es.jobset_id)] == [consumer]
+    assert statuses(await ranges_of(api, es.jobset_id)) == ["discarded"] + ["cancelled"] * 3
+    rows = await file_rows(api, es.file_ids)
+    assert [(r["status"], r["attemptNr"]) for r in rows] == [("ready", 0)] * 2

@@ -154,7 +154,14 @@ async def jobs_of_jobsets(conn: AsyncConnection, jobset_ids: Sequence[int]) -> l
     """Every job of these jobsets (consumers, merge jobs, clones), full rows, by PandaID."""
     if not jobset_ids:
         return []
-    query = sa.select(jobs).where(jobs.c.jobsetID.in_(list(jobset_ids))).order_by(jobs.c.PandaID)
+    # A normal job's jobsetID is its task's reqID, which may equal an ES jobsetID: not counted.
+    query = (
+        sa.select(jobs)
+        .where(
+            jobs.c.jobsetID.in_(list(jobset_ids)), jobs.c.eventService.in_([CONSUMER, MERGE, CLONE, JUMBO])
+        )
+        .order_by(jobs.c.PandaID)
+    )
     return [dict(row) for row in (await conn.execute(query)).mappings()]
 
 

@@ -294,6 +294,11 @@ class JobsetSettler:
         if in_flight or (ready and alive):
             return  # other consumers still work on the jobset
         if ready:
+            if task["status"] not in TASK_MAKING_JOBS:
+                # The task is being finished or killed: no new consumer; the inputs go back.
+                release_inputs(self.changes, rows)
+                self._fail_jobsets.append(jobset_id)
+                return
             if (last["attemptNr"] or 1) >= max_consumer_attempts(task):
                 self._fail(jobset_id, rows, ended_here, MAX_ES_ATTEMPTS)
                 return
