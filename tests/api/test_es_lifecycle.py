@@ -193,6 +193,10 @@ async def test_with_partial_acceptance_hopeless_ranges_are_fatal_and_the_rest_me
     assert statuses(await ranges_of(api, es.jobset_id)) == ["done"] * 3 + ["fatal"]
     merge = next(j for j in await jobs_of(api, es.jobset_id) if j["eventService"] == 2)
     assert merge["jobSubStatus"] == "partial"
+    # Without esmergeSpec the merge job runs the task's own transformation and template.
+    out = next(f["lfn"] for f in await files_of(api, merge["PandaID"]) if f["type"] == "output")
+    assert merge["transformation"] == "runAna"
+    assert merge["jobParameters"] == (f"-i \"['espartial.00.root', 'espartial.01.root']\" --outputFile={out}")
     await report_end(api, merge["PandaID"])
     assert await finalise(api) == 1
     assert statuses(await ranges_of(api, es.jobset_id)) == ["merged"] * 3 + ["fatal"]

@@ -260,7 +260,8 @@ class JobsetSettler:
         consumers = [job for job in members if job["eventService"] in es_jobs.CONSUMERS]
         if not consumers:
             return
-        last = consumers[-1]
+        # A new consumer copies the last ordinary consumer (a jumbo job is no template for one).
+        last = ([job for job in consumers if job["eventService"] == es_jobs.CONSUMER] or consumers)[-1]
         ended_here = [job for job in self.consumers if job["jobsetID"] == jobset_id]
         total = sum(counts.values())
         done, hopeless, ready = counts.get("done", 0), counts.get("hopeless", 0), counts.get("ready", 0)
@@ -398,34 +399,38 @@ class JobsetSettler:
             log.info("event service: %d jobs made: %s", len(made), ", ".join(map(str, made)))
         return self.changes
 
-    async def _fresh_outputs(
+    async def _name_outputs(
+        self, conn: AsyncConnection, task_id: int, datasets: Sequence[dict[str, Any]]
+    ) -> list[tuple[dict[str, Any], int, str]]:
+        """(dataset, serial, file name) of a new job's output in each dataset (serials reserved)."""
+        planned = []
+        for dataset in datasets:
+            serial = await tasks_db.reserve_serials(conn, dataset["datasetID"], 1)
+            lfn = output_file_name(dataset["filename_template"], serial, task_id=task_id)
+            planned.append((dataset, serial, lfn))
+        return planned
+
+    async def _output_files(
         self,
         conn: AsyncConnection,
         task_id: int,
         panda_id: int,
         site: str,
         attempt: int,
-        datasets: Sequence[dict[str, Any]],
-    ) -> tuple[list[dict[str, Any]], list[str], int | None]:
-        """New output files of ``datasets`` for a new job (serials reserved, planned rows
-        inserted): their job files, their names, and the first serial (for ``${SN}``)."""
-        planned = []
-        for dataset in datasets:
-            serial = await tasks_db.reserve_serials(conn, dataset["datasetID"], 1)
-            lfn = output_file_name(dataset["filename_template"], serial, task_id=task_id)
-            planned.append((dataset, serial, lfn))
+        planned: Sequence[tuple[dict[str, Any], int, str]],
+    ) -> list[dict[str, Any]]:
+        """Insert the planned output rows of a new job; returns its output job files."""
         ids = await tasks_db.insert_outputs(
             conn,
             [planned_output_row(task_id, dataset, lfn, panda_id, self.now) for dataset, _, lfn in planned],
         )
-        files = output_files(
+        return output_files(
             task_id,
             site,
             panda_id,
             attempt,
             [(dataset, lfn, ids[panda_id, dataset["datasetID"]]) for dataset, _, lfn in planned],
         )
-        return files, [lfn for _, _, lfn in planned], planned[0][1] if planned else None
 
     async def _make_merge(self, conn: AsyncConnection, plan: _Plan) -> int:
         task = plan.task
@@ -434,9 +439,8 @@ class JobsetSettler:
         template = plan.template
         site = template["computingSite"]
         outputs = [d for d in plan.datasets if d["type"] in _REAL_OUTPUTS]
-        out_files, lfns, serial = await self._fresh_outputs(
-            conn, task_id, panda_id, site, plan.attempt, outputs
-        )
+        # Names first, rows after the template rendered: a template that fails writes nothing.
+        planned = await self._name_outputs(conn, task_id, outputs)
         by_id = {d["datasetID"]: d for d in plan.datasets}
         zips = await es_jobs.zip_files(conn, plan.consumers)
         params = orjson.loads(task["task_params"])
@@ -451,14 +455,12 @@ class JobsetSettler:
         master = by_id.get(plan.inputs[0]["datasetID"])
         if master is not None and master.get("streamName"):
             streams[master["streamName"]] = input_lfns
-        streams.update(
-            {d["streamName"]: [lfn] for d, lfn in zip(outputs, lfns, strict=True) if d.get("streamName")}
-        )
+        streams.update({d["streamName"]: [lfn] for d, _, lfn in planned if d.get("streamName")})
         parameters = render(
             str(text),
             JobContext(
                 streams=streams,
-                serial=serial,
+                serial=planned[0][1] if planned else None,
                 attempt_nr=plan.attempt,
                 task_id=task_id,
                 jobset_id=plan.jobset_id,
@@ -495,7 +497,7 @@ class JobsetSettler:
         )
         files = [_input_file(panda_id, row, by_id) for row in plan.inputs]
         files.extend(_zip_input(panda_id, z) for z in zips)
-        files.extend(out_files)
+        files.extend(await self._output_files(conn, task_id, panda_id, site, plan.attempt, planned))
         await jobs_db.insert(conn, [job], files)
         await tasks_db.assign_files(
             conn,
@@ -514,16 +516,12 @@ class JobsetSettler:
         old_files = (await jobs_db.files_of(conn, [last["PandaID"]]))[last["PandaID"]]
         by_id = {d["datasetID"]: d for d in plan.datasets}
         renewed = [f for f in old_files if f["type"] in _REAL_OUTPUTS and f["datasetID"] in by_id]
-        out_files, lfns, _ = await self._fresh_outputs(
-            conn,
-            task_id,
-            panda_id,
-            last["computingSite"],
-            plan.attempt,
-            [by_id[f["datasetID"]] for f in renewed],
+        planned = await self._name_outputs(conn, task_id, [by_id[f["datasetID"]] for f in renewed])
+        out_files = await self._output_files(
+            conn, task_id, panda_id, last["computingSite"], plan.attempt, planned
         )
         parameters = last["jobParameters"] or ""
-        for old, lfn in zip(renewed, lfns, strict=True):
+        for old, (_, _, lfn) in zip(renewed, planned, strict=True):
             parameters = parameters.replace(old["lfn"], lfn)
         job = {**last, **dict.fromkeys(_RUN_COLUMNS)}
         job.update(
