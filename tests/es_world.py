@@ -27,6 +27,7 @@ class EsJobset:
     consumers: list[int]
     file_ids: list[int]
     ranges: int
+    output_file_id: int = 0
     datasets: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
@@ -55,6 +56,11 @@ async def es_task(
     async with api.state.db.transaction() as conn:
         await api.state.dm.register_files(conn, api.state.clock, dataset, files)
     params = input_task(dataset, f"user.testuser.{name}", n_files_per_job=n_files)
+    # The task parameters of an ES (or job-cloning) task, as submitted.
+    if clones:
+        params["useJobCloning"] = clones
+    else:
+        params.update(eventService=1, nEventsPerWorker=events_per_range, maxAttemptES=range_attempts)
     if esmerge is not None:
         params["esmergeSpec"] = esmerge
     task_id = await submit(api, params)
@@ -116,6 +122,15 @@ async def es_task(
                 {**ranges[0], "job_processID": 0, "def_min_eventID": 0, "def_max_eventID": 0, "attemptNr": 1}
             ]
         await conn.execute(sa.insert(events), ranges)
+        # The jobset's data output: one planned row held by the jobset (outPandaID = jobsetID),
+        # taken over by the merge job or the winning clone.
+        out_dataset = datasets["output"]
+        out_serial = await tasks_db.reserve_serials(conn, out_dataset["datasetID"], 1)
+        out_lfn = output_file_name(out_dataset["filename_template"], out_serial, task_id=task_id)
+        held = await tasks_db.insert_outputs(
+            conn, [planned_output_row(task_id, out_dataset, out_lfn, jobset_id, now)]
+        )
+        out_file_id = held[jobset_id, out_dataset["datasetID"]]
         consumers = await sequences.allocate(conn, sequences.PANDA_ID, n_consumers)
         log_dataset = datasets["log"]
         job_rows, job_files = [], []
@@ -134,10 +149,12 @@ async def es_task(
                 cores=1,
                 memory=0,
                 resource_type="SCORE",
-                parameters=f"--log {lfn}",
+                parameters=f"--out {out_lfn} --log {lfn}",
                 now=now,
             )
             job.update(eventService=3 if clones else 1, jobsetID=jobset_id, maxAttempt=1)
+            if clones:
+                job["specialHandling"] = f"cloning:{clones}"
             job_rows.append(job)
             job_files.extend(
                 {
@@ -161,7 +178,10 @@ async def es_task(
                     "TEST_PQ",
                     panda_id,
                     1,
-                    [(log_dataset, lfn, ids[panda_id, log_dataset["datasetID"]])],
+                    [(log_dataset, lfn, ids[panda_id, log_dataset["datasetID"]])]
+                    # Clones carry the jobset's data output (the same file in every clone);
+                    # consumers do not.
+                    + ([(out_dataset, out_lfn, out_file_id)] if clones else []),
                 )
             )
         await jobs_db.insert(conn, job_rows, job_files)
@@ -172,6 +192,7 @@ async def es_task(
         file_ids=[r["fileID"] for r in rows],
         ranges=len(ranges),
         datasets=datasets,
+        output_file_id=out_file_id,
     )
 
 

@@ -93,6 +93,10 @@ async def test_all_ranges_done_make_one_merge_job_whose_end_finishes_the_task(wo
     assert "zip.1" in [f["lfn"] for f in inputs]
     outputs = {f["type"]: f["lfn"] for f in files if f["type"] in ("output", "log")}
     assert set(outputs) == {"output", "log"}
+    # The data output is the one the jobset held: the merge job takes its row over.
+    assert next(f["fileID"] for f in files if f["type"] == "output") == es.output_file_id
+    (held,) = await file_rows(api, [es.output_file_id])
+    assert (held["outPandaID"], held["status"]) == (merge["PandaID"], "running")
     # ${IN} names the jobset's input files (rendered as any template renders a file list).
     assert (
         merge["jobParameters"]
@@ -106,7 +110,7 @@ async def test_all_ranges_done_make_one_merge_job_whose_end_finishes_the_task(wo
     await report_end(api, merge["PandaID"])
     assert await finalise(api) == 1
     assert statuses(await ranges_of(api, es.jobset_id)) == ["merged"] * 4
-    assert {r["status"] for r in await file_rows(api, es.file_ids)} == {"finished"}
+    assert {r["status"] for r in await file_rows(api, [*es.file_ids, es.output_file_id])} == {"finished"}
     assert await runner.run_once("finisher") == 1
     async with api.state.db.transaction(write=False) as conn:
         task = await tasks_db.get(conn, es.task_id)
@@ -177,9 +181,12 @@ async def test_hopeless_ranges_fail_the_jobset_without_partial_acceptance(world)
     rows = await file_rows(api, es.file_ids)
     # As a failed job's inputs: one more attempt, ready to be retried by a new jobset.
     assert [(r["status"], r["attemptNr"], r["failedAttempt"]) for r in rows] == [("ready", 1, 1)] * 2
+    # The jobset's data output will never be written: failed, as a failed job's outputs.
+    assert [r["status"] for r in await file_rows(api, [es.output_file_id])] == ["failed"]
     async with api.state.db.transaction(write=False) as conn:
         datasets = {d["type"]: d for d in await tasks_db.datasets(conn, es.task_id)}
     assert datasets["input"]["nFilesUsed"] == 0
+    assert (datasets["output"]["nFiles"], datasets["output"]["nFilesFailed"]) == (1, 1)
 
 
 async def test_with_partial_acceptance_hopeless_ranges_are_fatal_and_the_rest_merges(world) -> None:
@@ -328,6 +335,7 @@ async def test_a_task_kill_cancels_the_jobsets_ranges_and_returns_its_inputs(wor
         datasets = {d["type"]: d for d in await tasks_db.datasets(conn, es.task_id)}
     assert task["status"] == "aborted"
     assert datasets["input"]["nFilesUsed"] == 0
+    assert [r["status"] for r in await file_rows(api, [es.output_file_id])] == ["cancelled"]
 
 
 async def test_a_killed_merge_job_discards_the_done_ranges(world) -> None:
@@ -424,6 +432,8 @@ async def test_storeonce_keeps_the_first_clone_that_finishes(world) -> None:
     assert (members[first]["jobStatus"], members[first]["commandToPilot"]) == ("running", "tobekilled")
     assert (members[third]["jobStatus"], members[third]["taskBufferErrorCode"]) == ("closed", 200)
     assert {r["status"] for r in await file_rows(api, es.file_ids)} == {"finished"}
+    (held,) = await file_rows(api, [es.output_file_id])
+    assert (held["status"], held["outPandaID"]) == ("finished", second)
     # The first clone finishes later: closed, its outputs not kept.
     await report_end(api, first)
     assert await finalise(api) == 1
@@ -446,6 +456,7 @@ async def test_killing_every_clone_returns_the_jobset_inputs(world) -> None:
     rows = await file_rows(api, es.file_ids)
     assert [(r["status"], r["attemptNr"]) for r in rows] == [("ready", 0)] * 2
     assert statuses(await ranges_of(api, es.jobset_id)) == ["cancelled"]
+    assert [r["status"] for r in await file_rows(api, [es.output_file_id])] == ["cancelled"]
     async with api.state.db.transaction(write=False) as conn:
         datasets = {d["type"]: d for d in await tasks_db.datasets(conn, es.task_id)}
     assert datasets["input"]["nFilesUsed"] == 0

@@ -273,3 +273,19 @@ async def consumers_without_ranges(conn: AsyncConnection, panda_ids: Sequence[in
         jobs.c.PandaID.in_(list(panda_ids)), jobs.c.eventService.in_(list(CONSUMERS)), ~finished
     )
     return sorted((await conn.execute(query)).scalars())
+
+
+async def held_outputs(conn: AsyncConnection, jobset_ids: Sequence[int]) -> dict[int, list[dict[str, Any]]]:
+    """The planned data-output rows each jobset holds (``outPandaID = jobsetID``, running): the
+    job that finally writes them (ES merge job, winning clone) takes them over."""
+    found: dict[int, list[dict[str, Any]]] = {jobset_id: [] for jobset_id in jobset_ids}
+    if not jobset_ids:
+        return found
+    query = (
+        sa.select(task_files)
+        .where(task_files.c.outPandaID.in_(sorted(jobset_ids)), task_files.c.status == "running")
+        .order_by(task_files.c.fileID)
+    )
+    for row in (await conn.execute(query)).mappings():
+        found[row["outPandaID"]].append(dict(row))
+    return found

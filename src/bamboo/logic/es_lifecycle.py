@@ -61,6 +61,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from bamboo.db import es_jobs, sequences
 from bamboo.db import jobs as jobs_db
 from bamboo.db import tasks as tasks_db
+from bamboo.logic import es_generation
 from bamboo.logic.errors import InvalidInput
 from bamboo.logic.job_rows import output_files, planned_output_row, task_job_row
 from bamboo.logic.jobparams import JobContext, output_file_name, render
@@ -167,6 +168,19 @@ def release_inputs(changes: FileChanges, rows: Iterable[dict[str, Any]]) -> None
         changes.count(row["datasetID"], nFilesUsed=-1)
 
 
+def fail_outputs(changes: FileChanges, outputs: Iterable[dict[str, Any]]) -> None:
+    """A failed jobset's held data outputs will never be written: failed, as a failed job's."""
+    for row in outputs:
+        changes.file_row(row["fileID"], status="failed")
+        changes.count(row["datasetID"], nFilesFailed=1, nFiles=1)
+
+
+def cancel_outputs(changes: FileChanges, outputs: Iterable[dict[str, Any]]) -> None:
+    """A killed jobset's held data outputs: cancelled, as a killed job's planned outputs."""
+    for row in outputs:
+        changes.file_row(row["fileID"], status="cancelled")
+
+
 @dataclass
 class _Plan:
     """What part B makes for one jobset: a merge job or a new consumer, from ``inputs``."""
@@ -177,6 +191,7 @@ class _Plan:
     inputs: list[dict[str, Any]]
     template: dict[str, Any]  # the last consumer (or the failed merge job)
     consumers: list[int] = field(default_factory=list)
+    held_outputs: list[dict[str, Any]] = field(default_factory=list)
     attempt: int = 1
     max_attempt: int = 1
     partial: bool = False
@@ -197,6 +212,7 @@ class JobsetSettler:
         self.job_updates: dict[int, dict[str, Any]] = {}
         self._plans: list[_Plan] = []
         self._fail_jobsets: list[int] = []
+        self._held_outputs: dict[int, list[dict[str, Any]]] = {}
 
     def __bool__(self) -> bool:
         return bool(self.consumers or self.merge_ends or self.changes.file_rows)
@@ -226,6 +242,7 @@ class JobsetSettler:
         for (hopeless, release), ids in sorted(by_release.items()):
             await es_jobs.end_consumer_ranges(conn, ids, self.now, hopeless=hopeless, release=release)
         counts = await es_jobs.range_counts(conn, sorted(jobset_ids))
+        self._held_outputs = await es_jobs.held_outputs(conn, sorted(jobset_ids))
         members: dict[int, list[dict[str, Any]]] = {}
         for job in await es_jobs.jobs_of_jobsets(conn, sorted(jobset_ids)):
             members.setdefault(job["jobsetID"], []).append(job)
@@ -273,6 +290,7 @@ class JobsetSettler:
             # A killed jobset (its task was killed): the inputs go back as killed jobs' inputs do.
             if not alive:
                 release_inputs(self.changes, rows)
+                cancel_outputs(self.changes, self._held_outputs[jobset_id])
                 self._fail_jobsets.append(jobset_id)
             return
         partial_ok = accepts_partial(task) and done > 0 and done + hopeless == total
@@ -285,6 +303,7 @@ class JobsetSettler:
                     rows,
                     last,
                     consumers=[job["PandaID"] for job in consumers],
+                    held_outputs=self._held_outputs[jobset_id],
                     attempt=1,
                     max_attempt=max(1, last["attemptNr"] or 1),
                     partial=hopeless > 0,
@@ -298,6 +317,7 @@ class JobsetSettler:
             if task["status"] not in TASK_MAKING_JOBS:
                 # The task is being finished or killed: no new consumer; the inputs go back.
                 release_inputs(self.changes, rows)
+                cancel_outputs(self.changes, self._held_outputs[jobset_id])
                 self._fail_jobsets.append(jobset_id)
                 return
             if (last["attemptNr"] or 1) >= max_consumer_attempts(task):
@@ -323,6 +343,7 @@ class JobsetSettler:
         self, jobset_id: int, rows: list[dict[str, Any]], ended: list[dict[str, Any]], code: int
     ) -> None:
         fail_inputs(self.changes, rows)
+        fail_outputs(self.changes, self._held_outputs[jobset_id])
         self._fail_jobsets.append(jobset_id)
         self._outcome(ended, code)
         log.info("jobset %s failed (%s)", jobset_id, _OUTCOME_DIAG[code])
@@ -390,6 +411,7 @@ class JobsetSettler:
             except InvalidInput as exc:
                 log.warning("jobset %s: no %s job: %s", plan.jobset_id, plan.kind, exc.message)
                 fail_inputs(self.changes, plan.inputs)
+                fail_outputs(self.changes, plan.held_outputs)
                 await es_jobs.set_jobset_ranges(
                     conn, [plan.jobset_id], ["ready", "done"], self.now, status="cancelled"
                 )
@@ -439,23 +461,27 @@ class JobsetSettler:
         template = plan.template
         site = template["computingSite"]
         outputs = [d for d in plan.datasets if d["type"] in _REAL_OUTPUTS]
-        # Names first, rows after the template rendered: a template that fails writes nothing.
-        planned = await self._name_outputs(conn, task_id, outputs)
+        # The data outputs the jobset holds are taken over; the others (the log, or all of them for
+        # a merge job made again) are new. Names first, rows after the template rendered: a
+        # template that fails writes nothing.
+        held = {row["datasetID"]: row for row in plan.held_outputs}
+        planned = await self._name_outputs(conn, task_id, [d for d in outputs if d["datasetID"] not in held])
+        taken = [(d, None, held[d["datasetID"]]["lfn"]) for d in outputs if d["datasetID"] in held]
         by_id = {d["datasetID"]: d for d in plan.datasets}
         zips = await es_jobs.zip_files(conn, plan.consumers)
-        params = orjson.loads(task["task_params"])
-        spec = params.get("esmergeSpec")
-        if isinstance(spec, Mapping) and isinstance(spec.get("jobParameters"), str) and spec["jobParameters"]:
-            text, transformation = spec["jobParameters"], spec.get("transPath") or task["transPath"]
+        refined = refine(orjson.loads(task["task_params"]))
+        spec = refined.event_service.merge if refined.event_service is not None else None
+        if spec is not None:
+            text, transformation = spec.job_parameters, spec.trans_path or task["transPath"]
         else:
-            text, transformation = refine(params).job_params_template, task["transPath"]
+            text, transformation = refined.job_params_template, task["transPath"]
         streams: dict[str, list[str]] = {}
         input_lfns = list(dict.fromkeys(row["lfn"] for row in plan.inputs))
         streams["IN"] = input_lfns
         master = by_id.get(plan.inputs[0]["datasetID"])
         if master is not None and master.get("streamName"):
             streams[master["streamName"]] = input_lfns
-        streams.update({d["streamName"]: [lfn] for d, _, lfn in planned if d.get("streamName")})
+        streams.update({d["streamName"]: [lfn] for d, _, lfn in [*taken, *planned] if d.get("streamName")})
         parameters = render(
             str(text),
             JobContext(
@@ -498,7 +524,17 @@ class JobsetSettler:
         files = [_input_file(panda_id, row, by_id) for row in plan.inputs]
         files.extend(_zip_input(panda_id, z) for z in zips)
         files.extend(await self._output_files(conn, task_id, panda_id, site, plan.attempt, planned))
+        files.extend(
+            output_files(
+                task_id,
+                site,
+                panda_id,
+                plan.attempt,
+                [(d, lfn, held[d["datasetID"]]["fileID"]) for d, _, lfn in taken],
+            )
+        )
         await jobs_db.insert(conn, [job], files)
+        await tasks_db.update_files(conn, [row["fileID"] for row in plan.held_outputs], outPandaID=panda_id)
         await tasks_db.assign_files(
             conn,
             [(row["fileID"], panda_id) for row in plan.inputs],
@@ -633,11 +669,13 @@ async def _killed_clones(conn: AsyncConnection, settler: JobsetSettler, jobset_i
     if not jobset_ids:
         return
     rows = await es_jobs.lock_jobset_rows(conn, jobset_ids)
+    outputs = await es_jobs.held_outputs(conn, jobset_ids)
     siblings = await es_jobs.clone_siblings(conn, jobset_ids)
     alive = {s["jobsetID"] for s in siblings if s["jobStatus"] not in JOB_FINAL}
     gone = [jobset_id for jobset_id in jobset_ids if jobset_id not in alive and rows[jobset_id]]
     for jobset_id in gone:
         release_inputs(settler.changes, rows[jobset_id])
+        cancel_outputs(settler.changes, outputs[jobset_id])
     await es_jobs.set_jobset_ranges(conn, gone, ["ready", "sent"], settler.now, status="cancelled")
 
 
@@ -646,7 +684,7 @@ def is_consumer(job: Mapping[str, Any]) -> bool:
 
 
 CLONE = es_jobs.CLONE
-RUN_ONCE = "1"  # splitRule UC of a job-cloning task (logic/task_admin.py): 1 runonce, 2 storeonce
+RUN_ONCE = "runonce"  # a clone's mode travels in its specialHandling (logic/es_generation.py)
 
 
 def clone_closed(now: datetime) -> dict[str, Any]:
@@ -668,15 +706,10 @@ async def run_once(
     does not is closed instead of handed out (taskBufferErrorCode 200). Returns the jobs to hand
     out, in the claim's order. storeonce clones all run (the finaliser keeps the first success).
     """
-    clones = [job for job in claimed if job["eventService"] == CLONE]
-    tasks = {
-        t["jediTaskID"]: t for t in await tasks_db.get_many(conn, sorted({j["jediTaskID"] for j in clones}))
-    }
     lost: list[int] = []
     won: dict[int, int] = {}
-    for job in clones:
-        task = tasks.get(job["jediTaskID"])
-        if task is None or parse_split_rule(task["splitRule"]).get("UC") != RUN_ONCE:
+    for job in claimed:
+        if job["eventService"] != CLONE or es_generation.clone_mode(job) != RUN_ONCE:
             continue
         if await es_jobs.take_semaphore(conn, job["jobsetID"], job["PandaID"], now):
             won[job["jobsetID"]] = job["PandaID"]
@@ -697,10 +730,12 @@ async def run_once(
 
 @dataclass(frozen=True, slots=True)
 class CloneRole:
-    """What a clone's end does to its jobset's input rows: ``inputs`` are the rows it ends (as a
-    winner, or as the last clone failing); ``lost``: another clone already won, so it is closed."""
+    """What a clone's end does to its jobset's rows: ``inputs`` and ``outputs`` (the data outputs
+    the jobset holds) are the rows it ends, as the winner or as the last clone failing; ``lost``:
+    another clone already won, so it is closed."""
 
     inputs: list[dict[str, Any]]
+    outputs: list[dict[str, Any]]
     lost: bool
 
 
@@ -719,6 +754,7 @@ class CloneEnds:
     async def load(cls, conn: AsyncConnection, batch: Sequence[dict[str, Any]]) -> CloneEnds:
         jobset_ids = sorted({job["jobsetID"] for job in batch})
         rows = await es_jobs.lock_jobset_rows(conn, jobset_ids)
+        outputs = await es_jobs.held_outputs(conn, jobset_ids)
         siblings = await es_jobs.clone_siblings(conn, jobset_ids)
         in_batch = {job["PandaID"] for job in batch}
         roles: dict[int, CloneRole] = {}
@@ -740,9 +776,9 @@ class CloneEnds:
             failer = None if winner is not None or alive or not open_rows else mine[0]
             for job in mine:
                 if job is winner or job is failer:
-                    roles[job["PandaID"]] = CloneRole(open_rows, lost=False)
+                    roles[job["PandaID"]] = CloneRole(open_rows, outputs[jobset_id], lost=False)
                 else:
-                    roles[job["PandaID"]] = CloneRole([], lost=job["reported_status"] == "finished")
+                    roles[job["PandaID"]] = CloneRole([], [], lost=job["reported_status"] == "finished")
         return cls(roles, stop)
 
     async def stop_siblings(self, conn: AsyncConnection, now: datetime) -> None:

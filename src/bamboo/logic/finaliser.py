@@ -202,15 +202,6 @@ async def _finalise_job(
         log.info("clone %s closed: another clone finished first", job["PandaID"])
         return
     consumer = es_lifecycle.is_consumer(job)
-    if consumer:
-        # A consumer's data outputs are its events' (zipped or in an object store); the jobset's
-        # merge job writes the task's real outputs, so only the consumer's log is registered.
-        for dropped in (f for f in files if f["type"] == "output"):
-            batch.job_files[dropped["row_ID"]] = {"status": "cancelled"}
-        for dropped in (r for r in rows if r["outPandaID"] == job["PandaID"] and r["type"] == "output"):
-            batch.file_row(dropped["fileID"], status="cancelled")
-        files = [f for f in files if f["type"] != "output"]
-        rows = [r for r in rows if not (r["outPandaID"] == job["PandaID"] and r["type"] == "output")]
     outputs = [f for f in files if f["type"] in ("output", "log")]
     succeeded = job["reported_status"] == "finished"
     error: dict[str, Any] = {}
@@ -246,10 +237,14 @@ async def _finalise_job(
         )
     )
     inputs = [r for r in rows if r["PandaID"] == job["PandaID"] and r["status"] == "running"]
-    if clone is not None:
-        # A clone's inputs are its jobset's (PandaID = jobsetID): the winner ends them.
-        inputs = clone.inputs
     produced = [r for r in rows if r["outPandaID"] == job["PandaID"]]
+    if clone is not None:
+        # A clone's inputs and data outputs are its jobset's (PandaID / outPandaID = jobsetID):
+        # the winner (or the last clone failing) ends them, and takes the outputs over.
+        inputs = clone.inputs
+        produced += clone.outputs
+        for row in clone.outputs:
+            batch.file_row(row["fileID"], outPandaID=job["PandaID"])
     if consumer:
         batch.es.consumer_ended({**job, "jobStatus": final, **error})
     if job["eventService"] == es_jobs.MERGE:
