@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from datetime import timedelta
 from typing import Any
 
@@ -15,11 +16,23 @@ from bamboo.db import jobs as jobs_db
 from bamboo.db import tasks as tasks_db
 from bamboo.db.schema import job_files, jobs, task_files
 from bamboo.logic import finaliser, job_watchdog
+from bamboo.logic.catalog import CatalogFile
 from bamboo.logic.job_watchdog import JobTimeouts
+from tests.api.test_event_endpoints import call as event_call
 from tests.api.test_job_watchdog import set_job
-from tests.api.test_task_flow import acquire, envelope, world
+from tests.api.test_task_flow import (
+    acquire,
+    envelope,
+    output_report,
+    report,
+    run_job,
+    submit,
+    task_status,
+    world,
+)
 from tests.conftest import FixedClock
 from tests.es_world import es_task, ranges_of, report_end, run_ranges
+from tests.tasks import input_task
 
 __all__ = ["world"]
 
@@ -475,3 +488,48 @@ async def test_a_finishing_task_gets_no_new_consumer(world) -> None:
     assert statuses(await ranges_of(api, es.jobset_id)) == ["discarded"] + ["cancelled"] * 3
     rows = await file_rows(api, es.file_ids)
     assert [(r["status"], r["attemptNr"]) for r in rows] == [("ready", 0)] * 2
+
+
+async def test_an_es_task_from_submission_to_done_through_the_api(world) -> None:
+    """The whole life: the generator makes the jobset, a pilot runs the consumer and reports its
+    ranges through event/*, the finaliser makes the merge job, the merge runs, the task is done."""
+    api, runner = world
+    files = [CatalogFile(lfn=f"full.{i:02d}.root", fsize=1000 + i, n_events=4) for i in range(2)]
+    async with api.state.db.transaction() as conn:
+        await api.state.dm.register_files(conn, api.state.clock, "user.testuser.full.in", files)
+    params = input_task("user.testuser.full.in", "user.testuser.full", n_files_per_job=2)
+    params.update(
+        eventService=1,
+        nEventsPerWorker=2,
+        nEsConsumers=1,
+        esmergeSpec={"transPath": "Merge_tf.py", "jobParameters": "--in ${IN} --out ${OUTPUT0}"},
+    )
+    task_id = await submit(api, params)
+    await runner.drain()
+    (consumer,) = await acquire(api)
+    assert consumer["eventService"] == "True"
+    await report(api, [{"job_id": consumer["PandaID"], "job_status": "running", "attempt_nr": 1}])
+    body = await event_call(api, "acquire_event_ranges", job_id=consumer["PandaID"],
+                            jobset_id=consumer["jobsetID"], n_ranges=10)  # fmt: skip
+    taken = [item["eventRangeID"] for item in body["data"]["eventRanges"]]
+    assert len(taken) == 4
+    body = await event_call(
+        api,
+        "update_event_ranges",
+        event_ranges=json.dumps([{"eventRangeID": rid, "eventStatus": "finished"} for rid in taken]),
+    )
+    assert body["data"]["Returns"] == [True] * 4
+    await report(
+        api,
+        [{"job_id": consumer["PandaID"], "job_status": "finished", "attempt_nr": 1,
+          "job_output_report": output_report(consumer)}],
+    )  # fmt: skip
+    await runner.drain()
+    (merge,) = await acquire(api)
+    assert merge["eventServiceMerge"] == "True"
+    assert merge["inFiles"] == "full.00.root,full.01.root"
+    assert merge["jobPars"] == f"--in full.[00,01].root --out {merge['outFiles'].split(',')[0]}"
+    await run_job(api, merge)
+    await runner.drain()
+    assert await task_status(api, task_id) == "done"
+    assert statuses(await ranges_of(api, consumer["jobsetID"])) == ["merged"] * 4

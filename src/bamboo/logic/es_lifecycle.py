@@ -523,16 +523,16 @@ class JobsetSettler:
         )
         files = [_input_file(panda_id, row, by_id) for row in plan.inputs]
         files.extend(_zip_input(panda_id, z) for z in zips)
-        files.extend(await self._output_files(conn, task_id, panda_id, site, plan.attempt, planned))
-        files.extend(
-            output_files(
-                task_id,
-                site,
-                panda_id,
-                plan.attempt,
-                [(d, lfn, held[d["datasetID"]]["fileID"]) for d, _, lfn in taken],
-            )
+        made = await self._output_files(conn, task_id, panda_id, site, plan.attempt, planned)
+        made += output_files(
+            task_id,
+            site,
+            panda_id,
+            plan.attempt,
+            [(d, lfn, held[d["datasetID"]]["fileID"]) for d, _, lfn in taken],
         )
+        order = {d["datasetID"]: index for index, d in enumerate(outputs)}
+        files.extend(sorted(made, key=lambda f: order[f["datasetID"]]))
         await jobs_db.insert(conn, [job], files)
         await tasks_db.update_files(conn, [row["fileID"] for row in plan.held_outputs], outPandaID=panda_id)
         await tasks_db.assign_files(
