@@ -11,22 +11,25 @@ partial results, splitRule ``AP``), then decides each jobset touched, exactly on
 * every range ``done`` (or, with AP, every range done or hopeless and at least one done): ONE ES
   merge job (eventService 2) at the last consumer's queue, priority 5000, attemptNr 1 and
   maxAttempt = the last consumer's attemptNr; its inputs are the jobset's input files (their rows
-  pass to it: ``PandaID := merge``) and the consumers' zip files; it writes the task's real
-  outputs. It runs ``esmergeSpec`` (transPath, jobParameters) rendered like any template, with
+  pass to it: ``PandaID := merge``) and the consumers' zip files; it takes over the data-output
+  rows the jobset holds (``outPandaID = jobsetID``, logic/es_generation.py) and has a log of its
+  own. It runs ``esmergeSpec`` (transPath, jobParameters) rendered like any template, with
   ``IN`` (and the master dataset's stream) naming the inputs; a task without ``esmergeSpec``
   runs its own transformation and template over the jobset's inputs instead, so the outputs are
   still made. The merge job gets jobSubStatus ``partial`` when hopeless ranges were left out;
 * ranges ``ready`` remain and no consumer (nor a jumbo job of the task) is alive: a new consumer,
-  a copy of the last one with a new PandaID, attemptNr + 1 and priority + 1 (its log and
-  outputs get new serial numbers), unless the last one's attemptNr reached maxAttemptEsJob
+  a copy of the last one with a new PandaID, attemptNr + 1 and priority + 1 (its log gets a new
+  serial number), unless the last one's attemptNr reached maxAttemptEsJob
   (splitRule ``XJ``, default 3): then the jobset fails;
 * no range left to process and not all done: the jobset fails.
 
 A failed jobset's input rows go back to the task as a failed job's inputs do (one more attempt
-and failure; ready to retry while attempts remain, else counted failed), and its leftover ranges
+and failure; ready to retry while attempts remain, else counted failed), the data-output rows it
+held fail as a failed job's outputs, and its leftover ranges
 end (``ready`` -> ``cancelled``, ``done`` -> ``discarded``). When a whole jobset is killed (its
 task killed), its input rows return ``ready`` with their attempts unchanged, as killed jobs'
-inputs do, and the unprocessed ranges are ``cancelled``.
+inputs do, its data-output rows and unprocessed ranges are ``cancelled``. A task no longer
+making jobs (finishing, aborting) gets no new consumer either: the jobset's rows go back so.
 
 The jobset's input rows are locked (ascending jobsetID, then fileID) before its ranges are read,
 so two finalisers ending consumers of one jobset decide it one after the other; the one that
