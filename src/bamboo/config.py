@@ -304,6 +304,17 @@ class Settings(BaseSettings):
         description="A merge job at least this old whose pre-merge jobs have all left 'merging' (killed, "
         "reassigned) is killed with code 52; its unmerged files are not merged again.",
     )
+    job_es_toolong_hours: float = Field(
+        24.0,
+        gt=0,
+        description="An event-service consumer running this long (since its start) is killed with code 2 and "
+        "jobSubStatus 'es_toolong'; its unfinished event ranges go back to its jobset.",
+    )
+    job_es_toolong_min_priority: int = Field(
+        900,
+        description="Only event-service consumers with at least this currentPriority are killed for running "
+        "too long (domain.md §7.4).",
+    )
     retry_rules_file: Path | None = Field(
         None,
         description="JSON file of automatic retry rules (error code -> no retry, limited retries, more "

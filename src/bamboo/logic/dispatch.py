@@ -27,7 +27,7 @@ from bamboo.db import jobs as jobs_db
 from bamboo.db import queues as queues_db
 from bamboo.db import workers as workers_db
 from bamboo.db.jobs import ClaimStamp, DispatchFilter
-from bamboo.logic import es_generation, shares, target_slots
+from bamboo.logic import es_generation, es_lifecycle, shares, target_slots
 from bamboo.logic.clock import Clock
 from bamboo.logic.errors import InvalidInput
 
@@ -197,6 +197,9 @@ async def acquire(
         scheduler_id=request.scheduler_id[:128] if request.scheduler_id else None,
     )
     claimed = await jobs_db.claim_activated(conn, selection, limit, stamp)
+    if any(job["eventService"] == es_lifecycle.CLONE for job in claimed):
+        # runonce clones race for their jobset's semaphore; the losers are not handed out.
+        claimed = await es_lifecycle.run_once(conn, claimed, stamp.now)
     if not claimed:
         return []
     panda_ids = [job["PandaID"] for job in claimed]

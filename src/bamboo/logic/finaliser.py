@@ -17,11 +17,12 @@ from typing import Any
 import orjson
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from bamboo.db import es_jobs
 from bamboo.db import jobs as jobs_db
 from bamboo.db import merges as merges_db
 from bamboo.db import tasks as tasks_db
 from bamboo.db.schema import jobs as jobs_table
-from bamboo.logic import merge_jobs, retry_rules
+from bamboo.logic import es_lifecycle, merge_jobs, retry_rules
 from bamboo.logic.catalog import CatalogFile, DataManagement
 from bamboo.logic.clock import Clock
 from bamboo.logic.merge_jobs import TRANSIENT_TYPES
@@ -113,9 +114,18 @@ async def finalise(conn: AsyncConnection, clock: Clock, dm: DataManagement) -> i
             if panda_id in rows_by_job:
                 rows_by_job[panda_id].append(row)
     now = clock.now()
-    batch = _BatchWrites()
+    batch = _BatchWrites(now)
+    # Event-service consumers end by their ranges (logic/es_lifecycle.py): read only when the
+    # batch has any, so the batch of normal jobs costs no extra statement.
+    consumers = [job["PandaID"] for job in waiting if es_lifecycle.is_consumer(job)]
+    ranges_done = await es_jobs.finished_counts(conn, consumers) if consumers else {}
+    clones = [job for job in waiting if job["eventService"] == es_jobs.CLONE]
+    if clones:
+        batch.clones = await es_lifecycle.CloneEnds.load(conn, clones)
     for job in waiting:
-        await _finalise_job(conn, batch, job, files[job["PandaID"]], rows_by_job[job["PandaID"]], now)
+        await _finalise_job(
+            conn, batch, job, files[job["PandaID"]], rows_by_job[job["PandaID"]], now, ranges_done
+        )
     await batch.write(conn, clock, dm, now)
     return len(waiting)
 
@@ -127,7 +137,9 @@ class _BatchWrites:
     gathering them changes nothing but the number of statements.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, now: datetime) -> None:
+        self.es = es_lifecycle.JobsetSettler(now)
+        self.clones: es_lifecycle.CloneEnds | None = None
         self.jobs: list[tuple[int, dict[str, Any]]] = []
         self.merge_ends: list[tuple[dict[str, Any], list[dict[str, Any]], bool]] = []
         self.failed_outputs_of: list[int] = []
@@ -148,9 +160,18 @@ class _BatchWrites:
         for dataset in sorted(self.registrations):
             await dm.register_files(conn, clock, dataset, self.registrations[dataset])
         await jobs_db.update_jobs_each(conn, self.jobs)
+        if self.clones is not None:
+            await self.clones.stop_siblings(conn, now)
         await tasks_db.update_files_each(conn, self.file_rows.items())
         for job, rows, succeeded in self.merge_ends:
             await _end_pre_merge_jobs(conn, job, rows, succeeded, now)
+        if self.es:
+            # Event-service jobsets: their rows are locked and decided first, then every dataset
+            # row the batch writes is locked in datasetID order before serials are reserved.
+            await self.es.decide(conn)
+            await es_jobs.lock_datasets(conn, sorted(await self.es.dataset_ids(conn) | set(self.counters)))
+            for dataset_id, deltas in (await self.es.build(conn)).counters.items():
+                self.count(dataset_id, **deltas)
         # Last, and in datasetID order: the dataset rows are the ones the generator (and other
         # finalisers) update too. Every agent that changes several of them in one transaction takes
         # them in ascending datasetID order (the generator locks its tasks' datasets that way
@@ -167,8 +188,20 @@ async def _finalise_job(
     files: list[dict[str, Any]],
     rows: list[dict[str, Any]],
     now: datetime,
+    ranges_done: dict[int, int],
 ) -> None:
     """Decide one job's final status and add what it changes to the batch."""
+    clone = batch.clones.roles.get(job["PandaID"]) if batch.clones is not None else None
+    if clone is not None and clone.lost:
+        # Another clone of the job already finished: this one's outputs are never kept.
+        batch.jobs.append((job["PandaID"], {**es_lifecycle.clone_closed(now), "reported_status": None}))
+        for output in (f for f in files if f["type"] in ("output", "log")):
+            batch.job_files[output["row_ID"]] = {"status": "cancelled"}
+        for produced in (r for r in rows if r["outPandaID"] == job["PandaID"]):
+            batch.file_row(produced["fileID"], status="cancelled")
+        log.info("clone %s closed: another clone finished first", job["PandaID"])
+        return
+    consumer = es_lifecycle.is_consumer(job)
     outputs = [f for f in files if f["type"] in ("output", "log")]
     succeeded = job["reported_status"] == "finished"
     error: dict[str, Any] = {}
@@ -182,6 +215,11 @@ async def _finalise_job(
     # A run job of a merging task waits for the merge of what it wrote (logic/merge_jobs.py).
     writes_unmerged = any(r["outPandaID"] == job["PandaID"] and r["type"] in TRANSIENT_TYPES for r in rows)
     final = ("merging" if writes_unmerged else "finished") if succeeded else "failed"
+    if consumer:
+        final, outcome = es_lifecycle.consumer_status(
+            "finished" if succeeded else "failed", ranges_done.get(job["PandaID"], 0)
+        )
+        error.update(outcome)
     if succeeded:
         _register_outputs(batch, outputs, metadata)
     else:
@@ -200,6 +238,20 @@ async def _finalise_job(
     )
     inputs = [r for r in rows if r["PandaID"] == job["PandaID"] and r["status"] == "running"]
     produced = [r for r in rows if r["outPandaID"] == job["PandaID"]]
+    if clone is not None:
+        # A clone's inputs and data outputs are its jobset's (PandaID / outPandaID = jobsetID):
+        # the winner (or the last clone failing) ends them, and takes the outputs over.
+        inputs = clone.inputs
+        produced += clone.outputs
+        for row in clone.outputs:
+            batch.file_row(row["fileID"], outPandaID=job["PandaID"])
+    if consumer:
+        batch.es.consumer_ended({**job, "jobStatus": final, **error})
+    if job["eventService"] == es_jobs.MERGE:
+        batch.es.merge_ended(job, rows, succeeded)
+        if not succeeded:
+            # Its inputs stay with the jobset: another merge attempt or the jobset's failure.
+            inputs = []
     if succeeded:
         _propagate_success(batch, inputs, produced, outputs, metadata)
     else:

@@ -49,9 +49,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bamboo.config import Settings
 from bamboo.db import commands as commands_db
+from bamboo.db import es_jobs, notify
 from bamboo.db import job_watchdog as watchdog_db
+from bamboo.db import jobs as jobs_db
 from bamboo.db import merges as merges_db
-from bamboo.db import notify
 from bamboo.db import tasks as tasks_db
 from bamboo.db.schema import jobs as jobs_table
 from bamboo.logic import killing, merge_jobs, rebrokerage
@@ -76,6 +77,10 @@ EXPIRE = 2
 EXPIRE_IN_WAITING = 4
 REASSIGNED_BY_JEDI = 51
 FORCE_KILL_BY_JEDI = 52
+
+# jobSubStatus of ES consumers the watchdog ends (domain.md §7.4).
+ES_HEARTBEAT = "es_heartbeat"
+ES_TOOLONG = "es_toolong"
 
 # Above this priority a production job in holding gets the short analysis timeout (domain.md §10.3).
 _URGENT_PRIORITY = 800
@@ -102,6 +107,8 @@ class JobTimeouts:
     waiting: timedelta = timedelta(hours=1)
     throttled: timedelta = timedelta(days=7)
     merge_orphan: timedelta = timedelta(minutes=30)
+    es_toolong: timedelta = timedelta(hours=24)
+    es_toolong_min_priority: int = 900
 
     @classmethod
     def from_settings(cls, settings: Settings) -> JobTimeouts:
@@ -122,6 +129,8 @@ class JobTimeouts:
             waiting=timedelta(minutes=settings.job_waiting_timeout_minutes),
             throttled=timedelta(days=settings.job_throttled_timeout_days),
             merge_orphan=timedelta(minutes=settings.job_merge_orphan_minutes),
+            es_toolong=timedelta(hours=settings.job_es_toolong_hours),
+            es_toolong_min_priority=settings.job_es_toolong_min_priority,
         )
 
 
@@ -153,6 +162,7 @@ async def watch(conn: AsyncConnection, clock: Clock, timeouts: JobTimeouts) -> i
         await notify.announce(conn, "finaliser")
     killed = await _expire_waiting_jobs(conn, clock, now, timeouts)
     killed += await _orphan_merge_jobs(conn, clock, now, timeouts)
+    killed += await _es_consumers_too_long(conn, clock, now, timeouts)
     if killed:
         # Killed jobs' inputs are ready again: the generator makes their new jobs.
         await notify.announce(conn, "generator")
@@ -168,7 +178,13 @@ async def _lost_heartbeats(conn: AsyncConnection, now: datetime, timeouts: JobTi
         {**job, "code": LOST_HEARTBEAT, "diag": f"lost heartbeat : {_stamp(job['modificationTime'])}"}
         for job in claimed
     ]
-    return await _fail(conn, failures, now, "lost heartbeat")
+    failed = await _fail(conn, failures, now, "lost heartbeat")
+    # An ES consumer gone without a single finished range is marked so (domain.md §7.4).
+    fruitless = await es_jobs.consumers_without_ranges(conn, [job["PandaID"] for job in claimed])
+    await jobs_db.update_jobs_each(
+        conn, [(panda_id, {"jobSubStatus": ES_HEARTBEAT}) for panda_id in fruitless]
+    )
+    return failed
 
 
 async def _sent_without_reply(conn: AsyncConnection, now: datetime, timeouts: JobTimeouts) -> int:
@@ -323,4 +339,42 @@ async def _orphan_merge_jobs(
     for dataset_id, count in per_dataset.items():
         await tasks_db.bump_dataset(conn, dataset_id, now, nFilesFailed=count)
     log.info("job watchdog: %d merge jobs without pre-merge jobs killed with code 52", len(killed))
+    return len(killed)
+
+
+async def _es_consumers_too_long(
+    conn: AsyncConnection, clock: Clock, now: datetime, timeouts: JobTimeouts
+) -> int:
+    """ES consumers running for more than :attr:`JobTimeouts.es_toolong` with a priority of at least
+    :attr:`JobTimeouts.es_toolong_min_priority`: killed with code 2 and jobSubStatus ``es_toolong``
+    (domain.md §7.4). Their ranges go back to the jobset, which gets a new consumer."""
+    claimed = await watchdog_db.claim_stale(
+        conn,
+        ("running",),
+        jobs_table.c.startTime,
+        now - timeouts.es_toolong,
+        BATCH,
+        condition=sa.and_(
+            jobs_table.c.eventService.in_(list(es_jobs.CONSUMERS)),
+            jobs_table.c.currentPriority >= timeouts.es_toolong_min_priority,
+        ),
+    )
+    if not claimed:
+        return 0
+    killed = await killing.kill(conn, clock, claimed, EXPIRE, REQUESTER)
+    hours = f"{timeouts.es_toolong.total_seconds() / 3600:g}"
+    await jobs_db.update_jobs_each(
+        conn,
+        [
+            (
+                panda_id,
+                {
+                    "jobSubStatus": ES_TOOLONG,
+                    "taskBufferErrorDiag": f"{ES_TOOLONG}: running longer than {hours} h",
+                },
+            )
+            for panda_id in killed
+        ],
+    )
+    log.info("job watchdog: %d ES consumers running too long killed", len(killed))
     return len(killed)

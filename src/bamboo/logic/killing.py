@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bamboo.db import commands as commands_db
 from bamboo.db import tasks as tasks_db
+from bamboo.logic import es_lifecycle
 from bamboo.logic.clock import Clock
 from bamboo.logic.states import COMMAND_KILL, JOB_FINAL
 
@@ -91,12 +92,21 @@ async def kill(
             "reported_status": None,
         },
     )
-    await _release_rows(conn, killable, now)
+    released = await _release_rows(conn, killable)
+    # Event-service jobs end their ranges and jobsets (logic/es_lifecycle.py); the dataset rows
+    # are taken last, in datasetID order, with the jobsets' own changes.
+    settler = await es_lifecycle.killed(conn, killable, now)
+    if settler is not None:
+        await es_lifecycle.settle_alone(conn, settler, released, now=now)
+    else:
+        for dataset_id in sorted(released.counters):
+            await tasks_db.bump_dataset(conn, dataset_id, now, **dict(released.counters[dataset_id]))
     log.info("killed %d jobs (code %s) for %s", len(killable), code, requester)
     return killable
 
 
-async def _release_rows(conn: AsyncConnection, panda_ids: list[int], now: Any) -> None:
+async def _release_rows(conn: AsyncConnection, panda_ids: list[int]) -> es_lifecycle.FileChanges:
+    """Free what the killed jobs held; returns the dataset counters to change."""
     held = await commands_db.rows_held_by(conn, panda_ids)
     # A planned output belongs to no job but its producer; an unmerged file a merge job holds is
     # that merge job's input (logic/merge_jobs.py), whoever produced it.
@@ -106,6 +116,7 @@ async def _release_rows(conn: AsyncConnection, panda_ids: list[int], now: Any) -
         conn, [row["fileID"] for row in inputs], status="ready", proc_status="cancelled"
     )
     await tasks_db.update_files(conn, outputs, status="cancelled")
-    released: Counter[int] = Counter(row["datasetID"] for row in inputs)
-    for dataset_id, count in released.items():
-        await tasks_db.bump_dataset(conn, dataset_id, now, nFilesUsed=-count)
+    released = es_lifecycle.FileChanges()
+    for dataset_id, count in Counter(row["datasetID"] for row in inputs).items():
+        released.count(dataset_id, nFilesUsed=-count)
+    return released
