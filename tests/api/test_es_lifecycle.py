@@ -240,6 +240,26 @@ async def test_the_jobset_fails_after_max_consumer_attempts(world) -> None:
     assert {r["status"] for r in await file_rows(api, es.file_ids)} == {"ready"}
 
 
+async def test_the_jobset_of_a_retried_file_gets_the_whole_consumer_budget(world) -> None:
+    api, runner = world
+    es = await es_task(api, runner, "esbudget", split_rule="XJ=2")
+    consumer = es.consumers[0]
+    # A file failed twice before: its jobset's consumers start at attemptNr 3.
+    async with api.state.db.transaction() as conn:
+        await jobs_db.update(conn, consumer, attemptNr=3, maxAttempt=3)
+    await run_ranges(api, consumer, es.jobset_id, 1)
+    await report_end(api, consumer, "failed")
+    assert await finalise(api) == 1
+    first, successor = await jobs_of(api, es.jobset_id)
+    assert (first["taskBufferErrorCode"], successor["attemptNr"]) == (111, 4)
+    await run_ranges(api, successor["PandaID"], es.jobset_id, 1)
+    await report_end(api, successor["PandaID"], "failed")
+    assert await finalise(api) == 1
+    members = await jobs_of(api, es.jobset_id)
+    assert len(members) == 2
+    assert (members[-1]["jobStatus"], members[-1]["taskBufferErrorCode"]) == ("failed", 115)
+
+
 async def test_a_failed_merge_job_is_retried_then_fails_the_jobset(world) -> None:
     api, runner = world
     es = await es_task(api, runner, "esmergefail")

@@ -19,8 +19,9 @@ partial results, splitRule ``AP``), then decides each jobset touched, exactly on
   still made. The merge job gets jobSubStatus ``partial`` when hopeless ranges were left out;
 * ranges ``ready`` remain and no consumer (nor a jumbo job of the task) is alive: a new consumer,
   a copy of the last one with a new PandaID, attemptNr + 1 and priority + 1 (its log gets a new
-  serial number), unless the last one's attemptNr reached maxAttemptEsJob
-  (splitRule ``XJ``, default 3): then the jobset fails;
+  serial number), unless the jobset already had maxAttemptEsJob generations of consumers
+  (splitRule ``XJ``, default 3; counted from its first consumers' attemptNr, which for a retried
+  file is above 1): then the jobset fails;
 * no range left to process and not all done: the jobset fails.
 
 A failed jobset's input rows go back to the task as a failed job's inputs do (one more attempt
@@ -323,7 +324,10 @@ class JobsetSettler:
                 cancel_outputs(self.changes, self._held_outputs[jobset_id])
                 self._fail_jobsets.append(jobset_id)
                 return
-            if (last["attemptNr"] or 1) >= max_consumer_attempts(task):
+            # Consumer generations of this jobset: its first consumers start at the attemptNr of
+            # its input rows (a retried file's jobset starts higher), each new one adds 1.
+            first = min(job["attemptNr"] or 1 for job in consumers if job["eventService"] == es_jobs.CONSUMER)
+            if (last["attemptNr"] or 1) - first + 1 >= max_consumer_attempts(task):
                 self._fail(jobset_id, rows, ended_here, MAX_ES_ATTEMPTS)
                 return
             self._plans.append(
