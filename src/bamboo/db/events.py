@@ -191,6 +191,17 @@ async def status_counts(conn: AsyncConnection, task_id: int) -> dict[str, int]:
     return {status: int(count) for status, count in (await conn.execute(query)).all()}
 
 
+# The job columns an event call decides on.
+_EVENT_JOB_COLUMNS = (
+    jobs.c.PandaID,
+    jobs.c.jediTaskID,
+    jobs.c.jobsetID,
+    jobs.c.jobStatus,
+    jobs.c.eventService,
+    jobs.c.commandToPilot,
+)
+
+
 async def lock_job(conn: AsyncConnection, panda_id: int) -> dict[str, Any] | None:
     """The columns an event call decides on, of an active job, locked until the transaction ends.
 
@@ -198,15 +209,7 @@ async def lock_job(conn: AsyncConnection, panda_id: int) -> dict[str, Any] | Non
     is taking ranges (:func:`lock_unused_siblings` skips locked jobs).
     """
     query = (
-        sa.select(
-            jobs.c.PandaID,
-            jobs.c.jediTaskID,
-            jobs.c.jobsetID,
-            jobs.c.jobStatus,
-            jobs.c.eventService,
-            jobs.c.commandToPilot,
-            jobs.c.prodUserName,
-        )
+        sa.select(*_EVENT_JOB_COLUMNS, jobs.c.prodUserName)
         .where(jobs.c.PandaID == panda_id)
         .with_for_update()
     )
@@ -222,16 +225,7 @@ async def event_jobs(
     if not panda_ids:
         return {}
     query = (
-        sa.select(
-            jobs.c.PandaID,
-            jobs.c.jediTaskID,
-            jobs.c.jobsetID,
-            jobs.c.jobStatus,
-            jobs.c.eventService,
-            jobs.c.commandToPilot,
-        )
-        .where(jobs.c.PandaID.in_(sorted(panda_ids)))
-        .order_by(jobs.c.PandaID)
+        sa.select(*_EVENT_JOB_COLUMNS).where(jobs.c.PandaID.in_(sorted(panda_ids))).order_by(jobs.c.PandaID)
     )
     if lock:
         query = query.with_for_update()
