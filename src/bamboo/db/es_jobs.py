@@ -73,7 +73,8 @@ async def lock_datasets(conn: AsyncConnection, dataset_ids: Sequence[int]) -> No
 
 
 async def finished_counts(conn: AsyncConnection, panda_ids: Sequence[int]) -> dict[int, int]:
-    """How many ranges each consumer has finished (or already done)."""
+    """How many ranges each consumer has finished (or already done, or failed after processing
+    part of them)."""
     if not panda_ids:
         return {}
     query = (
@@ -355,12 +356,13 @@ async def es_members(conn: AsyncConnection, panda_ids: Sequence[int]) -> list[di
 
 
 async def consumers_without_ranges(conn: AsyncConnection, panda_ids: Sequence[int]) -> list[int]:
-    """Those of the jobs that are ES consumers and have not finished a single range."""
+    """Those of the jobs that are ES consumers and have not finished a single range (a failed
+    range with partial progress counts as finished work, as in :func:`finished_counts`)."""
     if not panda_ids:
         return []
     finished = sa.exists(
         sa.select(events.c.row_ID).where(
-            events.c.PandaID == jobs.c.PandaID, events.c.status.in_(["finished", "done"])
+            events.c.PandaID == jobs.c.PandaID, sa.or_(events.c.status.in_(["finished", "done"]), _PARTIAL)
         )
     )
     query = sa.select(jobs.c.PandaID).where(

@@ -6,7 +6,9 @@ A jobset is the unit: its consumers (job eventService 1, and jumbo jobs, 4) shar
 consumers end (reported by the pilot, failed by the watchdog through the finaliser, or killed),
 :class:`JobsetSettler` first ends their ranges (``finished`` -> ``done``; ranges they still held ->
 ``ready`` with one attempt less, hopeless at 0: ``failed``, or ``fatal`` when the task accepts
-partial results, splitRule ``AP``), then decides each jobset touched, exactly once:
+partial results, splitRule ``AP``; with decAttOnFailedES, ``XF``, only ``failed`` ranges lose an
+attempt; a failed range with partial progress, ``processed_upto_eventID``, is split into its done
+part and a new ready row), then decides each jobset touched, exactly once:
 
 * every range ``done`` (or, with AP, every range done or hopeless and at least one done): ONE ES
   merge job (eventService 2) at the last consumer's queue, priority 5000, attemptNr 1 and
@@ -22,12 +24,18 @@ partial results, splitRule ``AP``), then decides each jobset touched, exactly on
   serial number), unless the jobset already had maxAttemptEsJob generations of consumers
   (splitRule ``XJ``, default 3; counted from its first consumers' attemptNr, which for a retried
   file is above 1): then the jobset fails;
+* a finishing task (finish command): no new consumer; once no consumer is alive, a jobset with
+  done ranges gets its merge job (``partial``) over the input files that have a done range, its
+  other files go back to the task untouched and its ready ranges are ``cancelled``; one with
+  nothing done gives its inputs back. A hard finish (``merge_when_finishing`` false: it kills
+  merge jobs too) makes no merge job;
 * no range left to process and not all done: the jobset fails.
 
 A failed jobset's input rows go back to the task as a failed job's inputs do (one more attempt
 and failure; ready to retry while attempts remain, else counted failed), the data-output rows it
 held fail as a failed job's outputs, and its leftover ranges
-end (``ready`` -> ``cancelled``, ``done`` -> ``discarded``). When a whole jobset is killed (its
+end (``ready`` -> ``cancelled``, ``done`` -> ``discarded``, or kept ``done`` with
+notDiscardEvents, ``ND``, for the jobset that retries the file to adopt). When a whole jobset is killed (its
 task killed), its input rows return ``ready`` with their attempts unchanged, as killed jobs'
 inputs do, its data-output rows and unprocessed ranges are ``cancelled``. A task no longer
 making jobs (finishing, aborting) gets no new consumer either: the jobset's rows go back so.
