@@ -341,13 +341,13 @@ class JobsetSettler:
             return
         if in_flight or (ready and alive) or (winding_up and alive):
             return  # other consumers still work on the jobset
-        if winding_up and done:
+        touched = self._done_files.get(jobset_id, set())
+        merged = [row for row in rows if row["fileID"] in touched]
+        if winding_up and done and merged:
             # Whatever is left (ready, cancelled by a kill, hopeless) is never processed now. The
             # merge job takes the input files with a done range; the others go back to the task
             # untouched, as killed jobs' inputs (the finish then counts them as not processed).
-            touched = self._done_files.get(jobset_id, set())
             release_inputs(self.changes, [row for row in rows if row["fileID"] not in touched])
-            merged = [row for row in rows if row["fileID"] in touched]
             self._merge(task, jobset_id, merged, last, consumers, partial=True)
             self._cancel_left.append(jobset_id)
             self._outcome(ended_here, MERGE_GENERATED)
