@@ -495,7 +495,7 @@ async def test_killing_every_clone_returns_the_jobset_inputs(world) -> None:
     assert datasets["input"]["nFilesUsed"] == 0
 
 
-async def test_a_finishing_task_gets_no_new_consumer(world) -> None:
+async def test_a_finishing_task_gets_no_new_consumer_and_merges_what_is_done(world) -> None:
     api, runner = world
     es = await es_task(api, runner, "esfinishing")
     (consumer,) = es.consumers
@@ -504,8 +504,29 @@ async def test_a_finishing_task_gets_no_new_consumer(world) -> None:
         await tasks_db.write_status(conn, es.task_id, "finishing")
     await report_end(api, consumer)
     assert await finalise(api) == 1
+    members = await jobs_of(api, es.jobset_id)
+    assert [(j["eventService"], j["jobSubStatus"]) for j in members] == [(1, None), (2, "partial")]
+    assert members[0]["taskBufferErrorCode"] == 112
+    assert statuses(await ranges_of(api, es.jobset_id)) == ["done"] + ["cancelled"] * 3
+    # The merge job takes the file with a done range; the other goes back to the task untouched.
+    rows = await file_rows(api, es.file_ids)
+    assert [(r["PandaID"], r["status"], r["attemptNr"]) for r in rows] == [
+        (members[1]["PandaID"], "running", 0),
+        (es.jobset_id, "ready", 0),
+    ]
+
+
+async def test_a_finishing_task_returns_the_inputs_of_a_jobset_with_nothing_done(world) -> None:
+    api, runner = world
+    es = await es_task(api, runner, "esfinishnone")
+    (consumer,) = es.consumers
+    await run_ranges(api, consumer, es.jobset_id, 1, status="sent")
+    async with api.state.db.transaction() as conn:
+        await tasks_db.write_status(conn, es.task_id, "finishing")
+    await report_end(api, consumer, "failed")
+    assert await finalise(api) == 1
     assert [j["PandaID"] for j in await jobs_of(api, es.jobset_id)] == [consumer]
-    assert statuses(await ranges_of(api, es.jobset_id)) == ["discarded"] + ["cancelled"] * 3
+    assert statuses(await ranges_of(api, es.jobset_id)) == ["cancelled"] * 4
     rows = await file_rows(api, es.file_ids)
     assert [(r["status"], r["attemptNr"]) for r in rows] == [("ready", 0)] * 2
 

@@ -1025,3 +1025,35 @@ def test_a_twin_name_too_long_for_its_column_is_refused() -> None:
     output["dataset"] = "u." + "x" * 250
     with pytest.raises(InvalidInput, match="too long for its unmerged twin"):
         refine(params)
+
+
+@pytest.mark.parametrize(
+    ("changes", "tags"),
+    [
+        ({}, (None, None)),
+        ({"decAttOnFailedES": True}, ("1", None)),
+        ({"notDiscardEvents": True}, (None, "1")),
+        ({"decAttOnFailedES": False, "notDiscardEvents": True}, (None, "1")),
+    ],
+)
+def test_es_range_options_become_split_rule_tags(changes: dict[str, Any], tags: tuple) -> None:
+    task = refine(input_task(IN_ITEM, eventService=1, nEventsPerWorker=5, **changes))
+    assert task.event_service is not None
+    split = task.event_service.split_tags()
+    assert (split["XF"], split["ND"]) == tags
+    assert (task.event_service.failed_only, task.event_service.keep_done) == (tags[0] == "1", tags[1] == "1")
+
+
+def test_es_range_options_mean_nothing_without_the_event_service() -> None:
+    # A job-cloning task has no ranges to decrement or keep: the options are not recorded.
+    task = refine(input_task(IN_ITEM, useJobCloning="runonce", decAttOnFailedES=True, notDiscardEvents=True))
+    assert task.event_service is not None
+    assert (task.event_service.split_tags()["XF"], task.event_service.split_tags()["ND"]) == (None, None)
+    assert refine(input_task(IN_ITEM, notDiscardEvents=True)).event_service is None
+
+
+@pytest.mark.parametrize("key", ["decAttOnFailedES", "notDiscardEvents"])
+@pytest.mark.parametrize("value", [1, "true", [True]])
+def test_es_range_options_must_be_booleans(key: str, value: Any) -> None:
+    with pytest.raises(InvalidInput, match=f"task parameter '{key}' must be a boolean"):
+        validate(input_task(IN_ITEM, eventService=1, nEventsPerWorker=5, **{key: value}))

@@ -85,6 +85,7 @@ async def unfinished_jobs(
         jobs.c.jediTaskID,
         jobs.c.prodUserName,
         jobs.c.processingType,
+        jobs.c.eventService,
     ).where(jobs.c.jediTaskID == task_id)
     if statuses is not None:
         query = query.where(jobs.c.jobStatus.in_(list(statuses)))

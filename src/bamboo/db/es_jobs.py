@@ -22,6 +22,19 @@ CONSUMERS = (CONSUMER, JUMBO)
 # Range statuses a consumer holds while it runs (api-v1.md §3.4).
 HELD = ("sent", "running", "failed")
 _FINAL_JOBS = ("finished", "failed", "cancelled", "closed")
+# A failed range whose consumer processed part of it: ``processed_upto_eventID`` (the last event
+# processed) within the range and short of its end. No pilot report carries that value today
+# (api-v1.md §2.4 lists no such field), so only a row written otherwise takes this path.
+_PARTIAL = sa.and_(
+    events.c.status == "failed",
+    events.c.processed_upto_eventID >= events.c.def_min_eventID,
+    events.c.processed_upto_eventID < events.c.def_max_eventID,
+)
+# What a range copied from a partly processed one does not inherit: what the run wrote.
+_RUN_FIELDS = (
+    "row_ID processed_upto_eventID objstore_ID error_code error_diag path_convention zipRow_ID "
+    "core_count cpu_consumption_time"
+).split()
 
 
 async def lock_jobset_rows(
@@ -60,12 +73,16 @@ async def lock_datasets(conn: AsyncConnection, dataset_ids: Sequence[int]) -> No
 
 
 async def finished_counts(conn: AsyncConnection, panda_ids: Sequence[int]) -> dict[int, int]:
-    """How many ranges each consumer has finished (or already done)."""
+    """How many ranges each consumer has finished (or already done, or failed after processing
+    part of them)."""
     if not panda_ids:
         return {}
     query = (
         sa.select(events.c.PandaID, sa.func.count())
-        .where(events.c.PandaID.in_(list(panda_ids)), events.c.status.in_(["finished", "done"]))
+        .where(
+            events.c.PandaID.in_(list(panda_ids)),
+            sa.or_(events.c.status.in_(["finished", "done"]), _PARTIAL),
+        )
         .group_by(events.c.PandaID)
     )
     return {row[0]: row[1] for row in await conn.execute(query)}
@@ -80,11 +97,23 @@ async def jobsets_held_by(conn: AsyncConnection, panda_ids: Sequence[int]) -> se
 
 
 async def end_consumer_ranges(
-    conn: AsyncConnection, panda_ids: Sequence[int], now: datetime, *, hopeless: str, release: str
+    conn: AsyncConnection,
+    panda_ids: Sequence[int],
+    now: datetime,
+    *,
+    hopeless: str,
+    release: str,
+    failed_only: bool = False,
 ) -> None:
     """A consumer's end (domain.md §7.4): its ``finished`` ranges are ``done``; the ranges it still
     held go back to their jobset (``release``: ``ready`` with one attempt less, or ``cancelled``),
-    and those whose attempts run out become ``hopeless`` (``failed`` or ``fatal``)."""
+    and those whose attempts run out become ``hopeless`` (``failed`` or ``fatal``).
+
+    ``failed_only`` (the task's decAttOnFailedES, splitRule ``XF``): only ``failed`` ranges lose an
+    attempt; ranges handed out and given back unprocessed (``sent``/``running``) keep theirs.
+    A failed range with partial progress (``processed_upto_eventID`` set) is split first: its
+    processed part stays with the consumer as ``done`` and the rest is a new ready row.
+    """
     if not panda_ids:
         return
     ids = list(panda_ids)
@@ -102,6 +131,14 @@ async def end_consumer_ranges(
             .values(status="cancelled", PandaID=events.c.jobsetID, modificationTime=now)
         )
         return
+    await _split_partial(conn, mine, now, hopeless)
+    if failed_only:
+        await conn.execute(
+            sa.update(events)
+            .where(mine, events.c.status.in_(["sent", "running"]))
+            .values(status="ready", PandaID=events.c.jobsetID, modificationTime=now)
+        )
+        held = sa.and_(mine, events.c.status == "failed")
     await conn.execute(
         sa.update(events)
         .where(held, events.c.attemptNr <= 1)
@@ -114,6 +151,64 @@ async def end_consumer_ranges(
             status="ready", attemptNr=events.c.attemptNr - 1, PandaID=events.c.jobsetID, modificationTime=now
         )
     )
+
+
+async def _split_partial(conn: AsyncConnection, mine: Any, now: datetime, hopeless: str) -> None:
+    """Failed ranges with partial progress (domain.md §7.4): the part up to
+    ``processed_upto_eventID`` is kept ``done`` (the row's range ends there) and the rest becomes a
+    new row of the jobset, ready with one attempt less (hopeless at 0). Three statements whatever
+    the number of such ranges."""
+    partial = sa.and_(mine, _PARTIAL)
+    rows = [dict(row) for row in (await conn.execute(sa.select(events).where(partial))).mappings()]
+    if not rows:
+        return
+    copies = []
+    for row in rows:
+        attempts = row["attemptNr"] - 1
+        first = row["processed_upto_eventID"] + 1
+        copy = {key: value for key, value in row.items() if key not in _RUN_FIELDS}
+        copy.update(
+            PandaID=row["jobsetID"],
+            status="ready" if attempts > 0 else hopeless,
+            attemptNr=max(attempts, 0),
+            job_processID=first,
+            def_min_eventID=first,
+            modificationTime=now,
+        )
+        copies.append(copy)
+    await conn.execute(sa.insert(events), copies)
+    await conn.execute(
+        sa.update(events)
+        .where(events.c.row_ID.in_([row["row_ID"] for row in rows]))
+        .values(status="done", def_max_eventID=events.c.processed_upto_eventID, modificationTime=now)
+    )
+
+
+async def done_holders(conn: AsyncConnection, jobset_id: int) -> set[int]:
+    """The jobs that processed the jobset's ``done`` ranges: its consumers, jumbo jobs, and with
+    notDiscardEvents the consumers of an earlier jobset of the same files (their ranges were
+    adopted, logic/es_generation.py). Their zip files are the merge job's inputs."""
+    query = (
+        sa.select(events.c.PandaID)
+        .where(events.c.jobsetID == jobset_id, events.c.status == "done", events.c.PandaID != jobset_id)
+        .distinct()
+    )
+    return set((await conn.execute(query)).scalars())
+
+
+async def files_with_done_ranges(conn: AsyncConnection, jobset_ids: Sequence[int]) -> dict[int, set[int]]:
+    """Per jobset, the input fileIDs that have at least one ``done`` range."""
+    found: dict[int, set[int]] = {}
+    if not jobset_ids:
+        return found
+    query = (
+        sa.select(events.c.jobsetID, events.c.fileID)
+        .where(events.c.jobsetID.in_(list(jobset_ids)), events.c.status == "done")
+        .distinct()
+    )
+    for jobset_id, file_id in await conn.execute(query):
+        found.setdefault(jobset_id, set()).add(file_id)
+    return found
 
 
 async def range_counts(conn: AsyncConnection, jobset_ids: Sequence[int]) -> dict[int, dict[str, int]]:
@@ -261,12 +356,13 @@ async def es_members(conn: AsyncConnection, panda_ids: Sequence[int]) -> list[di
 
 
 async def consumers_without_ranges(conn: AsyncConnection, panda_ids: Sequence[int]) -> list[int]:
-    """Those of the jobs that are ES consumers and have not finished a single range."""
+    """Those of the jobs that are ES consumers and have not finished a single range (a failed
+    range with partial progress counts as finished work, as in :func:`finished_counts`)."""
     if not panda_ids:
         return []
     finished = sa.exists(
         sa.select(events.c.row_ID).where(
-            events.c.PandaID == jobs.c.PandaID, events.c.status.in_(["finished", "done"])
+            events.c.PandaID == jobs.c.PandaID, sa.or_(events.c.status.in_(["finished", "done"]), _PARTIAL)
         )
     )
     query = sa.select(jobs.c.PandaID).where(

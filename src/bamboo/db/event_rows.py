@@ -3,6 +3,8 @@ are inserted by :func:`bamboo.db.events.insert_ranges`."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -35,3 +37,41 @@ async def files_with_ready_ranges(conn: AsyncConnection, task_id: int, limit: in
         .limit(limit)
     )
     return [dict(row) for row in (await conn.execute(query)).mappings()]
+
+
+async def done_ranges(
+    conn: AsyncConnection, task_id: int, file_ids: Sequence[int]
+) -> dict[int, list[tuple[int, int]]]:
+    """Per input file row, the (first, last) events of its ``done`` ranges (an earlier jobset's,
+    kept by notDiscardEvents), in order; files without any are absent. One query (on the task's
+    ``(jediTaskID, status)`` index)."""
+    found: dict[int, list[tuple[int, int]]] = {}
+    if not file_ids:
+        return found
+    query = (
+        sa.select(events.c.fileID, events.c.def_min_eventID, events.c.def_max_eventID)
+        .where(
+            events.c.jediTaskID == task_id,
+            events.c.status == "done",
+            events.c.fileID.in_(sorted(set(file_ids))),
+        )
+        .order_by(events.c.fileID, events.c.def_min_eventID)
+    )
+    for file_id, low, high in await conn.execute(query):
+        found.setdefault(file_id, []).append((low, high))
+    return found
+
+
+async def adopt_done_ranges(
+    conn: AsyncConnection, task_id: int, jobset_id: int, file_ids: Sequence[int], now: datetime
+) -> None:
+    """The ``done`` ranges of these files join the new jobset (their holder PandaID unchanged)."""
+    await conn.execute(
+        sa.update(events)
+        .where(
+            events.c.jediTaskID == task_id,
+            events.c.status == "done",
+            events.c.fileID.in_(list(file_ids)),
+        )
+        .values(jobsetID=jobset_id, modificationTime=now)
+    )

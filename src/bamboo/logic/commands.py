@@ -20,8 +20,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bamboo.db import archive as archive_db
 from bamboo.db import commands as commands_db
+from bamboo.db import es_jobs, notify
 from bamboo.db import feeder as feeder_db
-from bamboo.db import notify
 from bamboo.db import tasks as tasks_db
 from bamboo.logic import killing, merge_jobs, scouting, task_status, taskparams
 from bamboo.logic.clock import Clock
@@ -304,9 +304,14 @@ async def _kill(
 ) -> list[int]:
     jobs = await commands_db.unfinished_jobs(conn, task_id, only, final=sorted(JOB_FINAL))
     if keep_merges:
-        # A soft finish lets the merges of finished work run: they end what those jobs began.
-        jobs = [job for job in jobs if job["processingType"] != merge_jobs.PROCESSING_TYPE]
-    return await killing.kill(conn, clock, jobs, code, requester)
+        # A soft finish lets the merges of finished work run: they end what those jobs began
+        # (event-service merge jobs too: they merge the ranges done, logic/es_lifecycle.py).
+        jobs = [
+            job
+            for job in jobs
+            if job["processingType"] != merge_jobs.PROCESSING_TYPE and job["eventService"] != es_jobs.MERGE
+        ]
+    return await killing.kill(conn, clock, jobs, code, requester, merge_when_finishing=keep_merges)
 
 
 async def _reassign(

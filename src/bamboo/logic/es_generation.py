@@ -8,7 +8,9 @@ for an event-service or job-cloning task each group becomes a **jobset** instead
 * the group's input rows held by the jobset (``PandaID = jobsetID``, ``running``);
 * event-service task (``eventService`` 1): ``nEsConsumers`` consumer jobs (job ``eventService`` 1)
   with the same inputs, and one ``ready`` event row per range of ``nEventsPerWorker`` events of
-  each input row, ``attemptNr = maxAttemptES`` (attempts left);
+  each input row, ``attemptNr = maxAttemptES`` (attempts left); with notDiscardEvents (``ND``)
+  the events an earlier jobset of the file did (its ``done`` ranges) are left out and those
+  ranges join the new jobset;
 * job-cloning task (``eventService`` 2, or ``UC`` in the split rule): ``nSitesPerJob`` clone jobs
   (job ``eventService`` 3) at distinct queues, and one *semaphore* event row per jobset (fileID of
   the first input, ``job_processID`` 0, range 0-0, ``ready``, ``attemptNr`` 1) that the first
@@ -91,6 +93,8 @@ class JobsetRule:
     n_events_per_range: int | None = None
     max_attempt_es: int = DEFAULT_MAX_ATTEMPT_ES
     clone_mode: str | None = None
+    #: notDiscardEvents (``ND``): events done by an earlier jobset of a file are not made again.
+    keep_done: bool = False
 
     @property
     def is_cloning(self) -> bool:
@@ -144,6 +148,7 @@ def jobset_rule(task: Mapping[str, Any], refined: RefinedTask) -> JobsetRule | N
             jobs_per_set=_count(rules.get("EC"), DEFAULT_ES_CONSUMERS, MAX_ES_CONSUMERS),
             n_events_per_range=per_range,
             max_attempt_es=_count(rules.get("XA"), DEFAULT_MAX_ATTEMPT_ES),
+            keep_done=rules.get("ND") not in (None, "", "0"),
         )
     return None
 
@@ -200,21 +205,47 @@ def cut_ranges(start: int, n_events: int, per_range: int) -> list[tuple[int, int
     ]
 
 
-def row_ranges(row: Mapping[str, Any], per_range: int) -> list[tuple[int, int]]:
+def row_ranges(
+    row: Mapping[str, Any], per_range: int, done: Sequence[tuple[int, int]] = ()
+) -> list[tuple[int, int]]:
     """The event ranges of one input file row: over ``startEvent..endEvent`` of an event-split
-    row, else over the file's ``nEvents`` from 0.
+    row, else over the file's ``nEvents`` from 0; without the events of the ``done`` ranges
+    (inclusive bounds; notDiscardEvents), each stretch between them cut on its own.
 
     Raises:
         InvalidInput: the row's number of events is unknown.
     """
     start = row["startEvent"]
     if start is not None and row["endEvent"] is not None:
-        return cut_ranges(start, row["endEvent"] - start + 1, per_range)
-    if not row["nEvents"] or row["nEvents"] < 0:
+        first, n_events = start, row["endEvent"] - start + 1
+    elif not row["nEvents"] or row["nEvents"] < 0:
         raise InvalidInput(
             f"input file {row['lfn']!r} has no known number of events, which the event service needs"
         )
-    return cut_ranges(start or 0, row["nEvents"], per_range)
+    else:
+        first, n_events = start or 0, row["nEvents"]
+    if not done:
+        return cut_ranges(first, n_events, per_range)
+    return [
+        cut
+        for low, high in uncovered(first, first + n_events - 1, done)
+        for cut in cut_ranges(low, high - low + 1, per_range)
+    ]
+
+
+def uncovered(first: int, last: int, done: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The stretches of ``first..last`` (inclusive) that no ``done`` range covers, in order."""
+    gaps = []
+    position = first
+    for low, high in sorted(done):
+        if low > last:
+            break
+        if low > position:
+            gaps.append((position, low - 1))
+        position = max(position, high + 1)
+    if position <= last:
+        gaps.append((position, last))
+    return gaps
 
 
 def count_ranges(group: Sequence[Mapping[str, Any]], per_range: int) -> int:
@@ -247,9 +278,15 @@ def groups_within_budget(groups: list[list[dict[str, Any]]], rule: JobsetRule) -
 
 
 def jobset_event_rows(
-    task_id: int, jobset_id: int, inputs: Sequence[Mapping[str, Any]], rule: JobsetRule, now: Any
+    task_id: int,
+    jobset_id: int,
+    inputs: Sequence[Mapping[str, Any]],
+    rule: JobsetRule,
+    now: Any,
+    done: Mapping[int, Sequence[tuple[int, int]]] | None = None,
 ) -> list[dict[str, Any]]:
-    """The ``events`` rows of a new jobset: its ranges (event service) or its semaphore (cloning)."""
+    """The ``events`` rows of a new jobset: its ranges (event service) or its semaphore (cloning).
+    ``done``: per fileID, the ranges an earlier jobset already did (notDiscardEvents), left out."""
     base = {"jediTaskID": task_id, "PandaID": jobset_id, "jobsetID": jobset_id, "status": READY}
     if rule.is_cloning:
         first = inputs[0]
@@ -280,7 +317,7 @@ def jobset_event_rows(
             "modificationTime": now,
         }
         for row in inputs
-        for low, high in row_ranges(row, rule.n_events_per_range)
+        for low, high in row_ranges(row, rule.n_events_per_range, (done or {}).get(row["fileID"], ()))
     ]
 
 
@@ -314,15 +351,29 @@ async def insert_event_rows(
     now: Any,
 ) -> None:
     """Insert the event rows of new jobsets (``groups[i]`` are the input rows of ``jobset_ids[i]``),
-    the whole batch in a few statements."""
+    the whole batch in a few statements.
+
+    With notDiscardEvents (``ND``) the ``done`` ranges earlier jobsets left of these files (a
+    failed jobset keeps them, logic/es_lifecycle.py) are read in one query; the new ranges leave
+    their events out, and the new jobset adopts them (``jobsetID`` := the new jobset, one UPDATE
+    per jobset that has any), so its merge job counts and merges them with its own.
+    """
+    done: dict[int, list[tuple[int, int]]] = {}
+    if rule.keep_done and not rule.is_cloning:
+        file_ids = [row["fileID"] for inputs in groups for row in inputs]
+        done = await event_rows_db.done_ranges(conn, task_id, file_ids)
     await events_db.insert_ranges(
         conn,
         [
             event_row
             for jobset_id, inputs in zip(jobset_ids, groups, strict=True)
-            for event_row in jobset_event_rows(task_id, jobset_id, inputs, rule, now)
+            for event_row in jobset_event_rows(task_id, jobset_id, inputs, rule, now, done)
         ],
     )
+    for jobset_id, inputs in zip(jobset_ids, groups, strict=True):
+        kept = [row["fileID"] for row in inputs if row["fileID"] in done]
+        if kept:
+            await event_rows_db.adopt_done_ranges(conn, task_id, jobset_id, kept, now)
 
 
 # --- jumbo jobs ---------------------------------------------------------------------------------

@@ -6,7 +6,9 @@ A jobset is the unit: its consumers (job eventService 1, and jumbo jobs, 4) shar
 consumers end (reported by the pilot, failed by the watchdog through the finaliser, or killed),
 :class:`JobsetSettler` first ends their ranges (``finished`` -> ``done``; ranges they still held ->
 ``ready`` with one attempt less, hopeless at 0: ``failed``, or ``fatal`` when the task accepts
-partial results, splitRule ``AP``), then decides each jobset touched, exactly once:
+partial results, splitRule ``AP``; with decAttOnFailedES, ``XF``, only ``failed`` ranges lose an
+attempt; a failed range with partial progress, ``processed_upto_eventID``, is split into its done
+part and a new ready row), then decides each jobset touched, exactly once:
 
 * every range ``done`` (or, with AP, every range done or hopeless and at least one done): ONE ES
   merge job (eventService 2) at the last consumer's queue, priority 5000, attemptNr 1 and
@@ -22,12 +24,18 @@ partial results, splitRule ``AP``), then decides each jobset touched, exactly on
   serial number), unless the jobset already had maxAttemptEsJob generations of consumers
   (splitRule ``XJ``, default 3; counted from its first consumers' attemptNr, which for a retried
   file is above 1): then the jobset fails;
+* a finishing task (finish command): no new consumer; once no consumer is alive, a jobset with
+  done ranges gets its merge job (``partial``) over the input files that have a done range, its
+  other files go back to the task untouched and its ready ranges are ``cancelled``; one with
+  nothing done gives its inputs back. A hard finish (``merge_when_finishing`` false: it kills
+  merge jobs too) makes no merge job;
 * no range left to process and not all done: the jobset fails.
 
 A failed jobset's input rows go back to the task as a failed job's inputs do (one more attempt
 and failure; ready to retry while attempts remain, else counted failed), the data-output rows it
 held fail as a failed job's outputs, and its leftover ranges
-end (``ready`` -> ``cancelled``, ``done`` -> ``discarded``). When a whole jobset is killed (its
+end (``ready`` -> ``cancelled``, ``done`` -> ``discarded``, or kept ``done`` with
+notDiscardEvents, ``ND``, for the jobset that retries the file to adopt). When a whole jobset is killed (its
 task killed), its input rows return ``ready`` with their attempts unchanged, as killed jobs'
 inputs do, its data-output rows and unprocessed ranges are ``cancelled``. A task no longer
 making jobs (finishing, aborting) gets no new consumer either: the jobset's rows go back so.
@@ -76,6 +84,7 @@ from bamboo.logic.taskparams import refine
 log = logging.getLogger(__name__)
 
 MERGE_PRIORITY = 5000
+TASK_FINISHING = "finishing"
 DEFAULT_MAX_CONSUMER_ATTEMPTS = 3
 RETRIED_BY_ES = 111
 MERGE_GENERATED = 112
@@ -104,9 +113,23 @@ _RUN_COLUMNS = (
 ).split()
 
 
+def _flag(task: Mapping[str, Any], tag: str) -> bool:
+    return parse_split_rule(task.get("splitRule")).get(tag) not in (None, "", "0")
+
+
 def accepts_partial(task: Mapping[str, Any]) -> bool:
     """The task's splitRule ``AP`` (acceptPartial): a jobset may merge without its hopeless ranges."""
-    return parse_split_rule(task.get("splitRule")).get("AP") not in (None, "", "0")
+    return _flag(task, "AP")
+
+
+def failed_only(task: Mapping[str, Any]) -> bool:
+    """splitRule ``XF`` (decAttOnFailedES): only failed ranges lose an attempt at a consumer's end."""
+    return _flag(task, "XF")
+
+
+def keeps_done(task: Mapping[str, Any]) -> bool:
+    """splitRule ``ND`` (notDiscardEvents): done ranges are kept when their jobset fails."""
+    return _flag(task, "ND")
 
 
 def max_consumer_attempts(task: Mapping[str, Any]) -> int:
@@ -207,15 +230,21 @@ class JobsetSettler:
     parts around the dataset locks: :meth:`decide` (jobset rows and ranges), then the caller
     locks :meth:`dataset_ids` with its own in datasetID order, then :meth:`build`."""
 
-    def __init__(self, now: datetime) -> None:
+    def __init__(self, now: datetime, *, merge_when_finishing: bool = True) -> None:
         self.now = now
+        # A finishing task's jobsets merge what is done once their consumers have all ended; not
+        # when the caller is a hard finish, which kills the merge jobs too.
+        self.merge_when_finishing = merge_when_finishing
         self.consumers: list[dict[str, Any]] = []
         self.killed_jobsets: set[int] = set()
         self.merge_ends: list[tuple[dict[str, Any], list[dict[str, Any]], bool]] = []
         self.changes = FileChanges()
         self.job_updates: dict[int, dict[str, Any]] = {}
         self._plans: list[_Plan] = []
-        self._fail_jobsets: list[int] = []
+        # Jobsets whose leftover ranges end, and whether their done ranges are kept (ND).
+        self._fail_jobsets: dict[int, bool] = {}
+        self._cancel_left: list[int] = []
+        self._done_files: dict[int, set[int]] = {}
         self._held_outputs: dict[int, list[dict[str, Any]]] = {}
 
     def __bool__(self) -> bool:
@@ -237,20 +266,24 @@ class JobsetSettler:
             j["jediTaskID"] for j, _, _ in self.merge_ends
         }
         tasks = {task["jediTaskID"]: task for task in await tasks_db.get_many(conn, sorted(task_ids))}
-        by_release: dict[tuple[str, str], list[int]] = {}
+        by_release: dict[tuple[str, str, bool], list[int]] = {}
         for job in self.consumers:
             task = tasks[job["jediTaskID"]]
             release = "cancelled" if job["jobsetID"] in self.killed_jobsets else "ready"
             hopeless = "fatal" if accepts_partial(task) else "failed"
-            by_release.setdefault((hopeless, release), []).append(job["PandaID"])
-        for (hopeless, release), ids in sorted(by_release.items()):
-            await es_jobs.end_consumer_ranges(conn, ids, self.now, hopeless=hopeless, release=release)
+            by_release.setdefault((hopeless, release, failed_only(task)), []).append(job["PandaID"])
+        for (hopeless, release, only), ids in sorted(by_release.items()):
+            await es_jobs.end_consumer_ranges(
+                conn, ids, self.now, hopeless=hopeless, release=release, failed_only=only
+            )
         counts = await es_jobs.range_counts(conn, sorted(jobset_ids))
         self._held_outputs = await es_jobs.held_outputs(conn, sorted(jobset_ids))
         members: dict[int, list[dict[str, Any]]] = {}
         for job in await es_jobs.jobs_of_jobsets(conn, sorted(jobset_ids)):
             members.setdefault(job["jobsetID"], []).append(job)
         jumbo_alive = await es_jobs.live_jumbo_tasks(conn, sorted(task_ids))
+        if any(task["status"] == TASK_FINISHING for task in tasks.values()):
+            self._done_files = await es_jobs.files_with_done_ranges(conn, sorted(jobset_ids))
         for jobset_id in sorted(jobset_ids):
             rows = held[jobset_id]
             if not rows:
@@ -261,13 +294,16 @@ class JobsetSettler:
             )
         for job, rows, succeeded in self.merge_ends:
             await self._merge_end(conn, tasks[job["jediTaskID"]], job, rows, succeeded)
-        for jobset_id in self._fail_jobsets:
+        for jobset_id, keep in self._fail_jobsets.items():
             await es_jobs.set_jobset_ranges(
                 conn, [jobset_id], ["ready", "sent", "running"], self.now, status="cancelled"
             )
-            await es_jobs.set_jobset_ranges(
-                conn, [jobset_id], ["done", "finished"], self.now, status="discarded"
-            )
+            if not keep:
+                await es_jobs.set_jobset_ranges(
+                    conn, [jobset_id], ["done", "finished"], self.now, status="discarded"
+                )
+        # A finishing task's jobset merged without its unprocessed ranges: never handed out again.
+        await es_jobs.set_jobset_ranges(conn, self._cancel_left, ["ready"], self.now, status="cancelled")
 
     async def _decide_jobset(
         self,
@@ -290,52 +326,80 @@ class JobsetSettler:
         alive = (
             any(job["jobStatus"] not in JOB_FINAL for job in consumers) or task["jediTaskID"] in jumbo_alive
         )
-        if jobset_id in self.killed_jobsets:
+        killed = jobset_id in self.killed_jobsets
+        # A finishing task (finish command, soft) makes no new consumer but merges what is done.
+        winding_up = task["status"] == TASK_FINISHING and self.merge_when_finishing
+        if killed and not winding_up:
             # A killed jobset (its task was killed): the inputs go back as killed jobs' inputs do.
             if not alive:
-                release_inputs(self.changes, rows)
-                cancel_outputs(self.changes, self._held_outputs[jobset_id])
-                self._fail_jobsets.append(jobset_id)
+                self._release(task, jobset_id, rows)
             return
         partial_ok = accepts_partial(task) and done > 0 and done + hopeless == total
         if total and (done == total or partial_ok):
-            self._plans.append(
-                _Plan(
-                    "merge",
-                    task,
-                    jobset_id,
-                    rows,
-                    last,
-                    consumers=[job["PandaID"] for job in consumers],
-                    held_outputs=self._held_outputs[jobset_id],
-                    attempt=1,
-                    max_attempt=max(1, last["attemptNr"] or 1),
-                    partial=hopeless > 0,
-                )
-            )
+            self._merge(task, jobset_id, rows, last, consumers, partial=hopeless > 0)
             self._outcome(ended_here, MERGE_GENERATED)
             return
-        if in_flight or (ready and alive):
+        if in_flight or (ready and alive) or (winding_up and alive):
             return  # other consumers still work on the jobset
+        touched = self._done_files.get(jobset_id, set())
+        merged = [row for row in rows if row["fileID"] in touched]
+        if winding_up and done and merged:
+            # Whatever is left (ready, cancelled by a kill, hopeless) is never processed now. The
+            # merge job takes the input files with a done range; the others go back to the task
+            # untouched, as killed jobs' inputs (the finish then counts them as not processed).
+            release_inputs(self.changes, [row for row in rows if row["fileID"] not in touched])
+            self._merge(task, jobset_id, merged, last, consumers, partial=True)
+            self._cancel_left.append(jobset_id)
+            self._outcome(ended_here, MERGE_GENERATED)
+            return
+        making = task["status"] in TASK_MAKING_JOBS
+        if killed or (not making and (ready or counts.get("cancelled", 0))):
+            # The task is being finished or killed: no new consumer; the inputs go back.
+            self._release(task, jobset_id, rows)
+            return
         if ready:
-            if task["status"] not in TASK_MAKING_JOBS:
-                # The task is being finished or killed: no new consumer; the inputs go back.
-                release_inputs(self.changes, rows)
-                cancel_outputs(self.changes, self._held_outputs[jobset_id])
-                self._fail_jobsets.append(jobset_id)
-                return
             # Consumer generations of this jobset: its first consumers start at the attemptNr of
             # its input rows (a retried file's jobset starts higher), each new one adds 1.
             first = min(job["attemptNr"] or 1 for job in consumers if job["eventService"] == es_jobs.CONSUMER)
             if (last["attemptNr"] or 1) - first + 1 >= max_consumer_attempts(task):
-                self._fail(jobset_id, rows, ended_here, MAX_ES_ATTEMPTS)
+                self._fail(task, jobset_id, rows, ended_here, MAX_ES_ATTEMPTS)
                 return
             self._plans.append(
                 _Plan("consumer", task, jobset_id, rows, last, attempt=(last["attemptNr"] or 1) + 1)
             )
             self._outcome(ended_here, RETRIED_BY_ES)
             return
-        self._fail(jobset_id, rows, ended_here, ALL_FAILED)
+        self._fail(task, jobset_id, rows, ended_here, ALL_FAILED)
+
+    def _merge(
+        self,
+        task: dict[str, Any],
+        jobset_id: int,
+        rows: list[dict[str, Any]],
+        last: dict[str, Any],
+        consumers: list[dict[str, Any]],
+        *,
+        partial: bool,
+    ) -> None:
+        self._plans.append(
+            _Plan(
+                "merge",
+                task,
+                jobset_id,
+                rows,
+                last,
+                consumers=[job["PandaID"] for job in consumers],
+                held_outputs=self._held_outputs[jobset_id],
+                attempt=1,
+                max_attempt=max(1, last["attemptNr"] or 1),
+                partial=partial,
+            )
+        )
+
+    def _release(self, task: dict[str, Any], jobset_id: int, rows: list[dict[str, Any]]) -> None:
+        release_inputs(self.changes, rows)
+        cancel_outputs(self.changes, self._held_outputs[jobset_id])
+        self._fail_jobsets[jobset_id] = keeps_done(task)
 
     def _outcome(self, ended: list[dict[str, Any]], code: int) -> None:
         """Record the jobset's outcome on the consumers that ended here without a code of their own."""
@@ -347,11 +411,16 @@ class JobsetSettler:
                 }
 
     def _fail(
-        self, jobset_id: int, rows: list[dict[str, Any]], ended: list[dict[str, Any]], code: int
+        self,
+        task: dict[str, Any],
+        jobset_id: int,
+        rows: list[dict[str, Any]],
+        ended: list[dict[str, Any]],
+        code: int,
     ) -> None:
         fail_inputs(self.changes, rows)
         fail_outputs(self.changes, self._held_outputs[jobset_id])
-        self._fail_jobsets.append(jobset_id)
+        self._fail_jobsets[jobset_id] = keeps_done(task)
         self._outcome(ended, code)
         log.info("jobset %s failed (%s)", jobset_id, _OUTCOME_DIAG[code])
 
@@ -391,7 +460,8 @@ class JobsetSettler:
             )
             return
         fail_inputs(self.changes, inputs)
-        await es_jobs.set_jobset_ranges(conn, [jobset_id], ["done"], self.now, status="discarded")
+        if not keeps_done(task):
+            await es_jobs.set_jobset_ranges(conn, [jobset_id], ["done"], self.now, status="discarded")
 
     async def dataset_ids(self, conn: AsyncConnection) -> set[int]:
         """Every dataset row part B writes: the counters, and the outputs it reserves serials of."""
@@ -419,9 +489,8 @@ class JobsetSettler:
                 log.warning("jobset %s: no %s job: %s", plan.jobset_id, plan.kind, exc.message)
                 fail_inputs(self.changes, plan.inputs)
                 fail_outputs(self.changes, plan.held_outputs)
-                await es_jobs.set_jobset_ranges(
-                    conn, [plan.jobset_id], ["ready", "done"], self.now, status="cancelled"
-                )
+                ended = ["ready"] if keeps_done(plan.task) else ["ready", "done"]
+                await es_jobs.set_jobset_ranges(conn, [plan.jobset_id], ended, self.now, status="cancelled")
         await jobs_db.update_jobs_each(conn, sorted(self.job_updates.items()))
         await tasks_db.update_files_each(conn, sorted(self.changes.file_rows.items()))
         if made:
@@ -475,7 +544,11 @@ class JobsetSettler:
         planned = await self._name_outputs(conn, task_id, [d for d in outputs if d["datasetID"] not in held])
         taken = [(d, None, held[d["datasetID"]]["lfn"]) for d in outputs if d["datasetID"] in held]
         by_id = {d["datasetID"]: d for d in plan.datasets}
-        zips = await es_jobs.zip_files(conn, plan.consumers)
+        # The zips of whoever processed the done ranges: the jobset's consumers, jumbo jobs, and
+        # with notDiscardEvents the consumers of an earlier jobset whose done ranges it adopted.
+        zips = await es_jobs.zip_files(
+            conn, sorted(set(plan.consumers) | await es_jobs.done_holders(conn, plan.jobset_id))
+        )
         refined = refine(orjson.loads(task["task_params"]))
         spec = refined.event_service.merge if refined.event_service is not None else None
         if spec is not None:
@@ -642,27 +715,37 @@ async def settle_alone(
         await tasks_db.bump_dataset(conn, dataset_id, now, **dict(changes.counters[dataset_id]))
 
 
-async def killed(conn: AsyncConnection, panda_ids: Sequence[int], now: datetime) -> JobsetSettler | None:
+async def killed(
+    conn: AsyncConnection, panda_ids: Sequence[int], now: datetime, *, merge_when_finishing: bool = True
+) -> JobsetSettler | None:
     """What killing these jobs does to event-service jobsets (api-v1.md §3.6, domain.md §7.4).
 
-    A killed ES merge job's ``done`` ranges are ``discarded`` (its inputs return to the task as any
-    killed job's). Killed consumers end like consumers that failed; when their task no longer
-    makes jobs (killed, finishing) the jobset is killed whole: its unprocessed ranges are
-    ``cancelled`` and its input rows return to the task. Killed clones: see :func:`_killed_clones`.
-    Returns the settlement to run, None when no event-service job was killed.
+    A killed ES merge job's ``done`` ranges are ``discarded`` (kept ``done`` with notDiscardEvents;
+    its inputs return to the task as any killed job's). Killed consumers end like consumers that
+    failed; when their task no longer makes jobs (killed, finishing) the jobset is killed whole:
+    its unprocessed ranges are ``cancelled`` and its input rows return to the task, except that a
+    finishing task's jobset merges what is done once no consumer is left (not for a hard finish,
+    ``merge_when_finishing`` false, which kills merge jobs too). Killed clones: see
+    :func:`_killed_clones`. Returns the settlement to run, None when no event-service job was killed.
     """
     members = await es_jobs.es_members(conn, panda_ids)
     if not members:
         return None
-    merges = sorted({job["jobsetID"] for job in members if job["eventService"] == es_jobs.MERGE})
+    task_ids = sorted({job["jediTaskID"] for job in members})
+    tasks = {task["jediTaskID"]: task for task in await tasks_db.get_many(conn, task_ids)}
+    merges = sorted(
+        {
+            job["jobsetID"]
+            for job in members
+            if job["eventService"] == es_jobs.MERGE and not keeps_done(tasks[job["jediTaskID"]])
+        }
+    )
     await es_jobs.set_jobset_ranges(conn, merges, ["done"], now, status="discarded")
-    settler = JobsetSettler(now)
+    settler = JobsetSettler(now, merge_when_finishing=merge_when_finishing)
     await _killed_clones(
         conn, settler, sorted({j["jobsetID"] for j in members if j["eventService"] == CLONE})
     )
     consumers = [job for job in members if job["eventService"] in es_jobs.CONSUMERS]
-    task_ids = sorted({job["jediTaskID"] for job in consumers})
-    tasks = {task["jediTaskID"]: task for task in await tasks_db.get_many(conn, task_ids)}
     for job in consumers:
         if tasks[job["jediTaskID"]]["status"] not in TASK_MAKING_JOBS:
             settler.killed_jobsets.add(job["jobsetID"])

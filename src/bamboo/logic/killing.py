@@ -67,11 +67,19 @@ KILL_CODES = (None, 2, 3, 4, 7, 8, 9, 10, 50, 51, 52, 55, 60, 91, 99)
 
 
 async def kill(
-    conn: AsyncConnection, clock: Clock, jobs: Sequence[dict[str, Any]], code: int | None, requester: str
+    conn: AsyncConnection,
+    clock: Clock,
+    jobs: Sequence[dict[str, Any]],
+    code: int | None,
+    requester: str,
+    *,
+    merge_when_finishing: bool = True,
 ) -> list[int]:
     """Kill the given jobs (rows with PandaID and jobStatus); returns the PandaIDs killed.
 
-    Jobs already in a final status are left as they are.
+    Jobs already in a final status are left as they are. ``merge_when_finishing`` false (a hard
+    finish, which kills merge jobs too): an event-service jobset of a finishing task left without
+    consumers is not merged (logic/es_lifecycle.py).
     """
     killable = [job["PandaID"] for job in jobs if job["jobStatus"] not in JOB_FINAL]
     if not killable:
@@ -95,7 +103,7 @@ async def kill(
     released = await _release_rows(conn, killable)
     # Event-service jobs end their ranges and jobsets (logic/es_lifecycle.py); the dataset rows
     # are taken last, in datasetID order, with the jobsets' own changes.
-    settler = await es_lifecycle.killed(conn, killable, now)
+    settler = await es_lifecycle.killed(conn, killable, now, merge_when_finishing=merge_when_finishing)
     if settler is not None:
         await es_lifecycle.settle_alone(conn, settler, released, now=now)
     else:

@@ -88,7 +88,15 @@ _INT_KEYS: dict[str, int | None] = {
     "maxJumboPerSite": 1,
     "nSitesPerJob": 1,
 }
-_BOOL_KEYS = ("noInput", "disableAutoRetry", "mergeOutput", "umNameAtEnd", "allowPartialFinish")
+_BOOL_KEYS = (
+    "noInput",
+    "disableAutoRetry",
+    "mergeOutput",
+    "umNameAtEnd",
+    "allowPartialFinish",
+    "decAttOnFailedES",
+    "notDiscardEvents",
+)
 _INT64 = (-(2**63), 2**63 - 1)
 _INT32 = (-(2**31), 2**31 - 1)
 # Parameter keys stored in a task column of another name.
@@ -262,7 +270,11 @@ class EventServiceSpec:
     of a consumer (``XJ``), ``n_sites_per_job`` the clones of a cloned job (``NS``),
     ``clone_mode`` runonce or storeonce (``UC``), ``n_jumbo_jobs`` and ``max_jumbo_per_site``
     the jumbo jobs (``NJ``, ``MJ``), ``allow_partial`` lets a jobset merge without its hopeless
-    ranges (``AP``).
+    ranges (``AP``). ``failed_only`` (``decAttOnFailedES``, ``XF``): only a range that failed loses
+    an attempt when its consumer ends, one handed back unprocessed keeps its attempts.
+    ``keep_done`` (``notDiscardEvents``, ``ND``): the done ranges of a jobset that fails (or whose
+    merge job is killed or fails) stay ``done`` instead of ``discarded``, and the jobset that
+    retries their file does not process them again. Both apply to event-service tasks only.
     """
 
     task_event_service: int
@@ -275,6 +287,8 @@ class EventServiceSpec:
     n_jumbo_jobs: int | None = None
     max_jumbo_per_site: int | None = None
     allow_partial: bool = False
+    failed_only: bool = False
+    keep_done: bool = False
     merge: EsMergeSpec | None = None
 
     @classmethod
@@ -330,6 +344,8 @@ class EventServiceSpec:
             n_jumbo_jobs=params.get("nJumboJobs") if kind == TASK_EVENT_SERVICE else None,
             max_jumbo_per_site=params.get("maxJumboPerSite") if kind == TASK_EVENT_SERVICE else None,
             allow_partial=bool(params.get("allowPartialFinish")),
+            failed_only=kind == TASK_EVENT_SERVICE and bool(params.get("decAttOnFailedES")),
+            keep_done=kind == TASK_EVENT_SERVICE and bool(params.get("notDiscardEvents")),
             merge=merge,
         )
 
@@ -351,6 +367,8 @@ class EventServiceSpec:
             "NJ": self.n_jumbo_jobs or None,
             "MJ": (self.max_jumbo_per_site or self.n_jumbo_jobs) if self.n_jumbo_jobs else None,
             "AP": 1 if self.allow_partial else None,
+            "XF": 1 if self.failed_only else None,
+            "ND": 1 if self.keep_done else None,
         }
         return {tag: None if value is None else str(value) for tag, value in tags.items()}
 
