@@ -40,7 +40,7 @@ def test_a_new_worker_takes_any_status(reported: str) -> None:
     assert worker_status(None, reported, final_is_recent=False) == reported
 
 
-@pytest.mark.parametrize(("current", "reported"), itertools.product(sorted(WORKER_FINAL), STATUSES))
+@pytest.mark.parametrize(("current", "reported"), list(itertools.product(sorted(WORKER_FINAL), STATUSES)))
 def test_a_recent_final_status_is_never_left(current: str, reported: str) -> None:
     assert worker_status(current, reported, final_is_recent=True) == current
     assert worker_status(current, reported, final_is_recent=False) == reported
