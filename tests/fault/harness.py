@@ -742,14 +742,18 @@ def kills_at(
 # just finished. The audit compares the ranges the clients were given and told accepted with
 # the final event rows, input files, jobs and dataset counters.
 
+#: Job eventService of an ES consumer (domain.md §7).
+ES_CONSUMER = 1
 #: Ranges per acquire_event_ranges call, as a pilot asks for a handful at a time.
 ES_RANGES_PER_ACQUIRE = 10
 #: Share of ranges a consumer reports failed (they go to another consumer while attempts remain).
 ES_FAILURE_RATE = 0.05
 #: Share of first-attempt consumers whose pilot dies with ranges in hand (reported failed).
 ES_DYING_RATE = 0.1
-#: Attempts of a range (maxAttemptES): a failure, a death or a lost answer each costs one.
-ES_MAX_ATTEMPT = 3
+#: Attempts of a range (maxAttemptES): a failure, a death or a lost answer each costs one. Enough
+#: that a range runs out of them by chance almost never: the one fatal report of a load (made by
+#: pilot 0, see EsPilot) fails its jobset on purpose, so the retry of its files is always seen.
+ES_MAX_ATTEMPT = 5
 #: Range statuses a range may end in: merged, or one of the others in a jobset that failed.
 ES_RANGE_FINAL = frozenset({"merged", "failed", "fatal", "discarded", "cancelled"})
 
@@ -782,7 +786,7 @@ class EsLedger(Ledger):
     holders: dict[RangeKey, int] = field(default_factory=dict)
     accepted_finished: Counter[RangeKey] = field(default_factory=Counter)
     ranges_handed_out: int = 0
-    uncertain_reports: int = 0
+    repeated_reports: int = 0
     lost_answers: Counter[str] = field(default_factory=Counter)
     consumers: set[int] = field(default_factory=set)
     merges: set[int] = field(default_factory=set)
@@ -819,13 +823,16 @@ def _es_range_key(job: dict[str, Any], range_id: str) -> RangeKey:
 
 
 def _es_updates(
-    ranges: list[dict[str, Any]], rng: random.Random
+    ranges: list[dict[str, Any]], rng: random.Random, *, fatal: bool
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The update_event_ranges parameters for a batch, in a random version, and its reports."""
+    """The update_event_ranges parameters for a batch, in a random version, and its reports
+    (the first one fatal when ``fatal``)."""
     reports = []
     for item in ranges:
         report: dict[str, Any] = {"eventRangeID": item["eventRangeID"]}
-        if rng.random() < ES_FAILURE_RATE:
+        if fatal and not reports:
+            report |= {"eventStatus": "fatal", "errorCode": 1221, "errorDiag": "input event corrupted"}
+        elif rng.random() < ES_FAILURE_RATE:
             report |= {"eventStatus": "failed", "errorCode": 1220, "errorDiag": "payload crashed"}
         else:
             report |= {"eventStatus": "finished", "coreCount": 1, "cpuConsumptionTime": 2.5}
@@ -861,8 +868,14 @@ class EsPilot(Pilot):
         # watchdog fails it.
         self.n_jobs = 1
         self.rng = random.Random(index)
+        # Pilot 0 reports one range fatal: that range is hopeless, its jobset fails and its input
+        # files are retried in a new jobset.
+        self.fatal_left = 1 if index == 0 else 0
 
     async def run_job(self, job: dict[str, Any], stop: asyncio.Event) -> None:
+        # Each job at the next server, as behind a load balancer: after a kill moved every pilot
+        # off the killed server, the next jobs come back to it (so a second kill hits requests).
+        self.target += 1
         if job.get("eventServiceMerge") == "True":
             self.ledger.merges.add(job["PandaID"])
             await super().run_job(job, stop)
@@ -875,9 +888,7 @@ class EsPilot(Pilot):
         """Take ranges and report them until the jobset has none left, then end the job.
 
         The ranges a consumer was given stay its own (the server hands them out again only after
-        the job ended), so the ledger releases them just before the final report. A report the
-        server refused while no answer was lost is a fault; after a lost answer it may be the
-        repetition of one that took effect.
+        the job ended), so the ledger releases them just before the final report.
         """
         panda_id = job["PandaID"]
         self.ledger.consumers.add(panda_id)
@@ -912,7 +923,8 @@ class EsPilot(Pilot):
                 self.ledger.release(panda_id, held)
                 await self.report(job, "failed", stop, pilot_error_code=1008, pilot_error_diag="pilot died")
                 return
-            params, reports = _es_updates(ranges, self.rng)
+            params, reports = _es_updates(ranges, self.rng, fatal=self.fatal_left > 0)
+            self.fatal_left = 0
             body = await self.call("event/update_event_ranges", params, stop)
             if body is None:
                 return
@@ -936,17 +948,22 @@ class EsPilot(Pilot):
     def _record(
         self, job: dict[str, Any], reports: list[dict[str, Any]], returns: list[Any], uncertain: bool
     ) -> None:
+        """Note the outcome of each report of a batch.
+
+        While its consumer lives nothing but that consumer's reports changes a range, so a report
+        refused when an earlier attempt of the call may have reached the server was written by that
+        attempt: it counts as accepted. Refused otherwise, it is a fault.
+        """
         if len(returns) != len(reports):
             self.ledger.unexpected.append(f"update_event_ranges: {len(returns)} Returns for {len(reports)}")
             return
         for report, accepted in zip(reports, returns, strict=True):
-            if accepted is True:
+            if accepted is True or (accepted is False and uncertain):
                 if report["eventStatus"] == "finished":
                     self.ledger.accepted_finished[_es_range_key(job, report["eventRangeID"])] += 1
-            elif uncertain:
-                self.ledger.uncertain_reports += 1
+                self.ledger.repeated_reports += accepted is False
             else:
-                self.ledger.refused.append(f"{report['eventRangeID']} {report['eventStatus']} refused")
+                self.ledger.refused.append(f"{report['eventRangeID']} {report['eventStatus']}: {accepted}")
 
 
 def es_task_parameters(name: str, dataset: str, size: EsSize) -> dict[str, Any]:
@@ -1022,11 +1039,12 @@ class EsAudit:
     unsettled_files: int
     stuck_jobs: int
     counters_off: int
+    events_off: int
     jobs_handed_twice: int
     task_status: str | None
     task_expected: str
     range_statuses: dict[str, int]
-    uncertain_reports: int
+    repeated_reports: int
     lost_answers: dict[str, int]
     closed: int
     retries: int
@@ -1039,16 +1057,16 @@ class EsAudit:
         lost = ", ".join(f"{function} {count}" for function, count in sorted(self.lost_answers.items()))
         return (
             f"{self.scenario}: {self.ranges} ranges in {self.jobsets} jobsets ({self.jobsets_failed} "
-            f"failed and retried), handed out "
-            f"{self.ranges_handed_out}, held twice {self.duplicates}, re-handed after finished "
-            f"{self.rehanded}, refused {self.refused}, accepted twice {self.accepted_twice}, lost "
-            f"finished {self.lost_finished}, unsettled ranges {self.unsettled_ranges}, files finished "
-            f"{self.files_finished}/{self.files} (failed {self.files_failed}, unsettled "
-            f"{self.unsettled_files}), stuck jobs {self.stuck_jobs}, counters off {self.counters_off}, "
-            f"jobs handed twice {self.jobs_handed_twice}, task {self.task_status} (consumers "
-            f"{self.consumers}, merge jobs {self.merges}, consumers closed {self.closed}, calls whose "
-            f"answer may have been lost: {lost or 'none'}, range reports refused after one "
-            f"{self.uncertain_reports}, client retries {self.retries}, unexpected answers "
+            f"failed and retried), handed out {self.ranges_handed_out}, held twice {self.duplicates}, "
+            f"re-handed after finished {self.rehanded}, refused {self.refused}, accepted twice "
+            f"{self.accepted_twice}, lost finished {self.lost_finished}, unsettled ranges "
+            f"{self.unsettled_ranges}, files finished {self.files_finished}/{self.files} (failed "
+            f"{self.files_failed}, unsettled {self.unsettled_files}), stuck jobs {self.stuck_jobs}, "
+            f"counters off {self.counters_off}, consumer nEvents off {self.events_off}, jobs handed "
+            f"twice {self.jobs_handed_twice}, task {self.task_status} (consumers {self.consumers}, "
+            f"merge jobs {self.merges}, consumers closed {self.closed}, calls whose answer may have "
+            f"been lost: {lost or 'none'}, reports refused as already written by such a call "
+            f"{self.repeated_reports}, client retries {self.retries}, unexpected answers "
             f"{len(self.unexpected)}, ranges: {statuses}; {self.elapsed:.0f} s)"
         )
 
@@ -1064,6 +1082,7 @@ class EsAudit:
             self.unsettled_files,
             self.stuck_jobs,
             self.counters_off,
+            self.events_off,
             self.jobs_handed_twice,
             len(self.unexpected),
         )
@@ -1093,9 +1112,9 @@ async def audit_event_service(
         )
         job_rows = {}
         for table in (jobs, jobs_archive):
-            query = sa.select(table.c.PandaID, table.c.jobStatus, table.c.eventService).where(
-                table.c.jediTaskID == task_id
-            )
+            query = sa.select(
+                table.c.PandaID, table.c.jobStatus, table.c.eventService, table.c.nEvents
+            ).where(table.c.jediTaskID == task_id)
             job_rows.update({row.PandaID: row for row in await conn.execute(query)})
         task_status = (
             await conn.execute(sa.select(tasks.c.status).where(tasks.c.jediTaskID == task_id))
@@ -1148,6 +1167,18 @@ async def audit_event_service(
     details += [f"input file {file_id}: its jobset failed and it was not retried" for file_id in abandoned]
 
     stuck = [row for row in job_rows.values() if row.jobStatus not in JOB_FINAL]
+    # A consumer's nEvents counts the (one-event) ranges it finished: merged, or discarded when
+    # their jobset failed.
+    finished_by = Counter(r.PandaID for r in ranges if r.status in ("merged", "discarded"))
+    events_off = [
+        row
+        for row in job_rows.values()
+        if row.eventService == ES_CONSUMER and (row.nEvents or 0) != finished_by[row.PandaID]
+    ]
+    details += [
+        f"consumer {row.PandaID}: nEvents {row.nEvents}, {finished_by[row.PandaID]} ranges finished"
+        for row in events_off
+    ]
     details += [f"job {row.PandaID} (eventService {row.eventService}) is {row.jobStatus}" for row in stuck]
     counters_off = 0
     for dataset in datasets:
@@ -1185,11 +1216,12 @@ async def audit_event_service(
         unsettled_files=len(unsettled_files),
         stuck_jobs=len(stuck),
         counters_off=counters_off,
+        events_off=len(events_off),
         jobs_handed_twice=len(handed_twice),
         task_status=task_status,
         task_expected=expected,
         range_statuses=dict(Counter(r.status for r in ranges)),
-        uncertain_reports=ledger.uncertain_reports,
+        repeated_reports=ledger.repeated_reports,
         lost_answers=dict(ledger.lost_answers),
         closed=ledger.closed,
         retries=ledger.retries,
@@ -1252,7 +1284,9 @@ async def run_es_load(
         for pilot in pilots:
             await pilot.close()
         if disrupting is not None and not disrupting.done():
+            # Still waiting for its moment (or restarting a process): it ends here, unfinished.
             disrupting.cancel()
+            await asyncio.gather(disrupting, return_exceptions=True)
     for task in running:
         task.result()
     if disrupting is not None and not disrupting.cancelled():

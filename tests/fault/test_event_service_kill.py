@@ -30,15 +30,16 @@ SIZE = load_size(
         deadline_seconds=600,
     ),
     EsSize(
-        clients=50,
+        clients=100,
         files=40,
-        events_per_file=500,
+        events_per_file=1_000,
         files_per_jobset=2,
         consumers_per_jobset=5,
         deadline_seconds=3_600,
     ),
 )
-KILLS = (0.25, 0.6)
+# The second kill comes while the first jobsets are being merged.
+KILLS = (0.25, 0.9)
 # A consumer or merge job whose acquire_jobs answer died with the server stays `sent` until the
 # job watchdog fails it (jobDispatcherErrorCode 102); a new consumer or merge job takes over.
 SENT_TIMEOUT = {"BAMBOO_JOB_SENT_TIMEOUT_MINUTES": "0.25", "BAMBOO_JOB_WATCHDOG_PERIOD_SECONDS": "2"}
