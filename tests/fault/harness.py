@@ -7,6 +7,8 @@ and drives pilot clients (asyncio + httpx, a production token, as the pilot and 
 the API: ``acquire_jobs``, then ``update_job`` running, then finished with an output report) until
 every task is final or a deadline passes, retrying on connection errors and 503 as real pilots
 do. :func:`audit` then compares what the pilots were told with what the database holds.
+:func:`run_es_load` and :func:`audit_event_service` do the same for one event-service task,
+range by range (:class:`EsPilot` consumes ranges over HTTP as a pilot does).
 
 Sizes come from the environment: ``BAMBOO_FAULT_FULL=1`` (``python -m tests.fault --full``)
 selects the full size of the issue, otherwise a small one fit for CI.
@@ -37,8 +39,8 @@ import httpx
 import sqlalchemy as sa
 
 from bamboo.db.engine import Database
-from bamboo.db.schema import jobs, jobs_archive, tasks
-from bamboo.logic.states import TASK_FINAL
+from bamboo.db.schema import events, jobs, jobs_archive, task_datasets, task_files, tasks
+from bamboo.logic.states import JOB_FINAL, TASK_FINAL
 
 log = logging.getLogger("tests.fault")
 
@@ -426,19 +428,26 @@ class Pilot:
         self.n_jobs = 1 + index % 3
         self.node = f"wn{index:03d}"
         self.client = httpx.AsyncClient(headers=headers, timeout=REQUEST_SECONDS)
+        # Whether an attempt of the last call may have reached a server whose answer was lost
+        # (sent, then the connection died or a 5xx came back): that attempt may have taken effect.
+        self.last_call_uncertain = False
 
     async def call(
         self, function: str, payload: dict[str, Any], stop: asyncio.Event
     ) -> dict[str, Any] | None:
         """POST until an answer comes; None if ``stop`` is set first."""
+        self.last_call_uncertain = False
         while not stop.is_set():
             urls = self.urls()
             url = f"{urls[self.target % len(urls)]}/api/v1/{function}"
             try:
                 response = await self.client.post(url, json=payload)
+            except (httpx.ConnectError, httpx.ConnectTimeout):
+                pass  # never sent
             except httpx.TransportError:
-                pass
+                self.last_call_uncertain = True
             else:
+                self.last_call_uncertain |= response.status_code != 200
                 if response.status_code == 200:
                     return response.json()
                 if response.status_code not in RETRYABLE_STATUSES:
@@ -499,22 +508,20 @@ class Pilot:
     async def run_job(self, job: dict[str, Any], stop: asyncio.Event) -> None:
         if not await self.report(job, "running", stop):
             return
-        now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S")
-        outputs = {
-            lfn: {"guid": str(uuid.uuid4()), "fsize": 1024, "adler32": f"{zlib.adler32(lfn.encode()):08x}"}
-            for lfn in job["outFiles"].split(",")
-        }
-        await self.report(
-            job,
-            "finished",
-            stop,
-            start_time=now,
-            end_time=now,
-            job_output_report=json.dumps(outputs),
-        )
+        await self.report(job, "finished", stop, **finished_report(job))
 
     async def close(self) -> None:
         await self.client.aclose()
+
+
+def finished_report(job: dict[str, Any]) -> dict[str, str]:
+    """The extra fields of a finished update_job: times and every output file of the job."""
+    now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S")
+    outputs = {
+        lfn: {"guid": str(uuid.uuid4()), "fsize": 1024, "adler32": f"{zlib.adler32(lfn.encode()):08x}"}
+        for lfn in job["outFiles"].split(",")
+    }
+    return {"start_time": now, "end_time": now, "job_output_report": json.dumps(outputs)}
 
 
 async def _pause(stop: asyncio.Event, seconds: float) -> None:
@@ -567,7 +574,7 @@ class Audit:
         )
 
 
-AUDITS: list[Audit] = []
+AUDITS: list[Audit | EsAudit] = []
 """Every audit of the session, printed in the terminal summary (see conftest.py)."""
 
 
@@ -725,3 +732,572 @@ def kills_at(
             await kill_and_restart(victims)
 
     return disrupt
+
+
+# --- the event service -------------------------------------------------------------------------
+#
+# One event-service task over a registered dataset: its consumer jobs are driven by EsPilot
+# clients over HTTP (acquire_jobs, update_job running, acquire_event_ranges and
+# update_event_ranges until the jobset has nothing left, update_job finished), its ES merge jobs
+# just finished. The audit compares the ranges the clients were given and told accepted with
+# the final event rows, input files, jobs and dataset counters.
+
+#: Job eventService of an ES consumer (domain.md §7).
+ES_CONSUMER = 1
+#: Ranges per acquire_event_ranges call, as a pilot asks for a handful at a time.
+ES_RANGES_PER_ACQUIRE = 10
+#: Share of ranges a consumer reports failed (they go to another consumer while attempts remain).
+#: A consumer's failed ranges go back to the jobset only when it ends, so the last consumers'
+#: leave it to a new consumer, one per generation, and a jobset fails once maxAttemptEsJob (3)
+#: generations ended with ranges left: at 5 % that happened to about one jobset of 2,000 ranges in
+#: four under kills (their files retried, some out of attempts), at 2 % it is rare.
+ES_FAILURE_RATE = 0.02
+#: Share of first-attempt consumers whose pilot dies with ranges in hand (reported failed).
+ES_DYING_RATE = 0.1
+#: Attempts of a range (maxAttemptES): a failure, a death or a lost answer each costs one. Enough
+#: that a range runs out of them by chance almost never: the one fatal report of a load (made by
+#: pilot 0, see EsPilot) fails its jobset on purpose, so the retry of its files is always seen.
+ES_MAX_ATTEMPT = 5
+#: Range statuses a range may end in: merged, or one of the others in a jobset that failed.
+ES_RANGE_FINAL = frozenset({"merged", "failed", "fatal", "discarded", "cancelled"})
+
+# A range of a jobset: (jobsetID, fileID, job_processID). A file retried after its jobset failed
+# gets a new jobset, with ranges of its own.
+RangeKey = tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class EsSize:
+    """An event-service load: ``files`` files of ``events_per_file`` one-event ranges, grouped
+    ``files_per_jobset`` to a jobset of ``consumers_per_jobset`` consumers, and the clients."""
+
+    clients: int
+    files: int
+    events_per_file: int
+    files_per_jobset: int
+    consumers_per_jobset: int
+    deadline_seconds: float
+
+    @property
+    def ranges(self) -> int:
+        return self.files * self.events_per_file
+
+
+@dataclass
+class EsLedger(Ledger):
+    """What the consumer clients were given and told, range by range."""
+
+    holders: dict[RangeKey, int] = field(default_factory=dict)
+    accepted_finished: Counter[RangeKey] = field(default_factory=Counter)
+    ranges_handed_out: int = 0
+    repeated_reports: int = 0
+    lost_answers: Counter[str] = field(default_factory=Counter)
+    consumers: set[int] = field(default_factory=set)
+    merges: set[int] = field(default_factory=set)
+    closed: int = 0
+    duplicates: list[str] = field(default_factory=list)
+    rehanded: list[str] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)
+
+    @property
+    def ranges_finished(self) -> int:
+        return len(self.accepted_finished)
+
+    def take(self, panda_id: int, keys: list[RangeKey]) -> None:
+        """Ranges handed to a consumer: none may be in another's hands, nor accepted finished."""
+        for key in keys:
+            holder = self.holders.get(key)
+            if holder is not None:
+                self.duplicates.append(f"range {key} handed to {panda_id} while {holder} holds it")
+            if key in self.accepted_finished:
+                self.rehanded.append(f"range {key} handed to {panda_id} after it was accepted finished")
+            self.holders[key] = panda_id
+        self.ranges_handed_out += len(keys)
+
+    def release(self, panda_id: int, keys: list[RangeKey]) -> None:
+        """The consumer gives its ranges up (it ends): the server may hand them out again."""
+        for key in keys:
+            if self.holders.get(key) == panda_id:
+                del self.holders[key]
+
+
+def _es_range_key(job: dict[str, Any], range_id: str) -> RangeKey:
+    _, _, file_id, process_id, _ = range_id.split("-")
+    return int(job["jobsetID"]), int(file_id), int(process_id)
+
+
+def _es_updates(
+    ranges: list[dict[str, Any]], rng: random.Random, *, fatal: bool
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The update_event_ranges parameters for a batch, in a random version, and its reports
+    (the first one fatal when ``fatal``)."""
+    reports = []
+    for item in ranges:
+        report: dict[str, Any] = {"eventRangeID": item["eventRangeID"]}
+        if fatal and not reports:
+            report |= {"eventStatus": "fatal", "errorCode": 1221, "errorDiag": "input event corrupted"}
+        elif rng.random() < ES_FAILURE_RATE:
+            report |= {"eventStatus": "failed", "errorCode": 1220, "errorDiag": "payload crashed"}
+        else:
+            report |= {"eventStatus": "finished", "coreCount": 1, "cpuConsumptionTime": 2.5}
+        reports.append(report)
+    version = rng.choice((0, 1, 2))
+    if version == 0:
+        return {"event_ranges": json.dumps(reports), "version": 0}, reports
+    chunk: dict[str, Any] = {"eventRanges": reports}
+    if version == 1:
+        chunk["zipFile"] = {
+            "lfn": f"EventService_premerge_{ranges[0]['eventRangeID']}.zip",
+            "objstoreID": 1,
+            "fsize": 4096,
+            "adler32": "0badcafe",
+            "numEvents": len(reports),
+            "pathConvention": 1000,
+        }
+    # Harvester sends a list, panda-client JSON text: both are accepted.
+    payload: Any = [chunk] if rng.random() < 0.5 else json.dumps([chunk])
+    return {"event_ranges": payload, "version": version}, reports
+
+
+class EsPilot(Pilot):
+    """A pilot running event-service jobs: consumers range by range, merge jobs as plain jobs."""
+
+    ledger: EsLedger
+
+    def __init__(
+        self, index: int, urls: Callable[[], list[str]], headers: dict[str, str], ledger: EsLedger
+    ) -> None:
+        super().__init__(index, urls, headers, ledger)
+        # One job at a time: a consumer waiting behind another would sit `sent` until the sent
+        # watchdog fails it.
+        self.n_jobs = 1
+        self.rng = random.Random(index)
+        # Pilot 0 reports one range fatal: that range is hopeless, its jobset fails and its input
+        # files are retried in a new jobset.
+        self.fatal_left = 1 if index == 0 else 0
+
+    async def run_job(self, job: dict[str, Any], stop: asyncio.Event) -> None:
+        # Each job at the next server, as behind a load balancer: after a kill moved every pilot
+        # off the killed server, the next jobs come back to it (so a second kill hits requests).
+        self.target += 1
+        if job.get("eventServiceMerge") == "True":
+            self.ledger.merges.add(job["PandaID"])
+            await super().run_job(job, stop)
+        elif job.get("eventService") == "True":
+            await self.consume(job, stop)
+        else:
+            self.ledger.unexpected.append(f"acquire_jobs: not an event-service job: {str(job)[:200]}")
+
+    async def consume(self, job: dict[str, Any], stop: asyncio.Event) -> None:
+        """Take ranges and report them until the jobset has none left, then end the job.
+
+        The ranges a consumer was given stay its own (the server hands them out again only after
+        the job ended), so the ledger releases them just before the final report.
+        """
+        panda_id = job["PandaID"]
+        self.ledger.consumers.add(panda_id)
+        if not await self.report(job, "running", stop):
+            return
+        dies = job["attemptNr"] == 1 and self.rng.random() < ES_DYING_RATE
+        held: list[RangeKey] = []
+        batches = 0
+        while True:
+            request = {
+                "job_id": panda_id,
+                "jobset_id": job["jobsetID"],
+                "task_id": job["taskID"],
+                "n_ranges": ES_RANGES_PER_ACQUIRE,
+            }
+            body = await self.call("event/acquire_event_ranges", request, stop)
+            if body is None:
+                return
+            if body.get("success") is not True:
+                # Closed as an unused sibling or killed: the server ended the job, the pilot stops.
+                self.ledger.closed += 1
+                self.ledger.release(panda_id, held)
+                return
+            ranges = body["data"]["eventRanges"]
+            if not ranges:
+                break
+            keys = [_es_range_key(job, item["eventRangeID"]) for item in ranges]
+            self.ledger.take(panda_id, keys)
+            held.extend(keys)
+            batches += 1
+            if dies and batches == 2:
+                self.ledger.release(panda_id, held)
+                await self.report(job, "failed", stop, pilot_error_code=1008, pilot_error_diag="pilot died")
+                return
+            params, reports = _es_updates(ranges, self.rng, fatal=self.fatal_left > 0)
+            self.fatal_left = 0
+            body = await self.call("event/update_event_ranges", params, stop)
+            if body is None:
+                return
+            if body.get("success") is not True:
+                self.ledger.unexpected.append(f"update_event_ranges: {str(body)[:200]}")
+                break
+            self._record(job, reports, body["data"]["Returns"], self.last_call_uncertain)
+            if str(panda_id) in body["data"]["Commands"]:
+                break
+        self.ledger.release(panda_id, held)
+        await self.report(job, "finished", stop, **finished_report(job))
+
+    async def call(
+        self, function: str, payload: dict[str, Any], stop: asyncio.Event
+    ) -> dict[str, Any] | None:
+        body = await super().call(function, payload, stop)
+        if self.last_call_uncertain:
+            self.ledger.lost_answers[function.rpartition("/")[2]] += 1
+        return body
+
+    def _record(
+        self, job: dict[str, Any], reports: list[dict[str, Any]], returns: list[Any], uncertain: bool
+    ) -> None:
+        """Note the outcome of each report of a batch.
+
+        While its consumer lives nothing but that consumer's reports changes a range, so a report
+        refused when an earlier attempt of the call may have reached the server was written by that
+        attempt: it counts as accepted. Refused otherwise, it is a fault.
+        """
+        if len(returns) != len(reports):
+            self.ledger.unexpected.append(f"update_event_ranges: {len(returns)} Returns for {len(reports)}")
+            return
+        for report, accepted in zip(reports, returns, strict=True):
+            if accepted is True or (accepted is False and uncertain):
+                if report["eventStatus"] == "finished":
+                    self.ledger.accepted_finished[_es_range_key(job, report["eventRangeID"])] += 1
+                self.ledger.repeated_reports += accepted is False
+            else:
+                self.ledger.refused.append(f"{report['eventRangeID']} {report['eventStatus']}: {accepted}")
+
+
+def es_task_parameters(name: str, dataset: str, size: EsSize) -> dict[str, Any]:
+    """An event-service task over ``dataset``: one-event ranges, a data output and a log."""
+    return {
+        "taskName": name,
+        "vo": "bamboo",
+        "prodSourceLabel": "user",
+        "site": QUEUE,
+        "transPath": "run",
+        "nFilesPerJob": size.files_per_jobset,
+        "skipScout": True,
+        "eventService": 1,
+        "nEventsPerWorker": 1,
+        "nEsConsumers": size.consumers_per_jobset,
+        "maxAttemptES": ES_MAX_ATTEMPT,
+        "jobParameters": [
+            {"type": "template", "param_type": "input", "value": '-i "${IN/T}"', "dataset": dataset},
+            {
+                "type": "template",
+                "param_type": "output",
+                "dataset": f"{name}_out/",
+                "value": f"--outputFile={name}.$JEDITASKID._${{SN/P}}.out.root",
+            },
+        ],
+        "log": {
+            "type": "template",
+            "param_type": "log",
+            "dataset": f"{name}.log/",
+            "value": f"{name}.log.$JEDITASKID.${{SN}}.log.tgz",
+        },
+    }
+
+
+async def submit_es_task(deployment: Deployment, size: EsSize) -> int:
+    """Register the input dataset with `bamboo data register`, submit the ES task; its jediTaskID."""
+    name = f"user.faultuser.{uuid.uuid4().hex[:8]}.es"
+    dataset = f"{name}.in"
+    files = [
+        f"{name}.in.{index:04d}.root:{100_000 + index}:{size.events_per_file}" for index in range(size.files)
+    ]
+    deployment.admin("data", "register", dataset, *(arg for spec in files for arg in ("--file", spec)))
+    async with httpx.AsyncClient(headers=deployment.user_headers, timeout=REQUEST_SECONDS) as client:
+        response = await client.post(
+            f"{deployment.urls[0]}/api/v1/task/submit",
+            json={"task_parameters": es_task_parameters(name, dataset, size)},
+        )
+    body = response.json()
+    assert response.status_code == 200 and body["success"] is True, body
+    return int(body["data"])
+
+
+@dataclass
+class EsAudit:
+    """The event-service invariants, counted, and what explains them."""
+
+    scenario: str
+    ranges: int
+    jobsets: int
+    jobsets_failed: int
+    consumers: int
+    merges: int
+    ranges_handed_out: int
+    duplicates: int
+    rehanded: int
+    refused: int
+    accepted_twice: int
+    lost_finished: int
+    unsettled_ranges: int
+    files: int
+    files_finished: int
+    files_failed: int
+    unsettled_files: int
+    stuck_jobs: int
+    counters_off: int
+    events_off: int
+    jobs_handed_twice: int
+    task_status: str | None
+    task_expected: str
+    range_statuses: dict[str, int]
+    repeated_reports: int
+    lost_answers: dict[str, int]
+    closed: int
+    retries: int
+    elapsed: float
+    unexpected: list[str]
+    details: list[str]
+
+    def line(self) -> str:
+        statuses = ", ".join(f"{status} {count}" for status, count in sorted(self.range_statuses.items()))
+        lost = ", ".join(f"{function} {count}" for function, count in sorted(self.lost_answers.items()))
+        return (
+            f"{self.scenario}: {self.ranges} ranges in {self.jobsets} jobsets ({self.jobsets_failed} "
+            f"failed and retried), handed out {self.ranges_handed_out}, held twice {self.duplicates}, "
+            f"re-handed after finished {self.rehanded}, refused {self.refused}, accepted twice "
+            f"{self.accepted_twice}, lost finished {self.lost_finished}, unsettled ranges "
+            f"{self.unsettled_ranges}, files finished {self.files_finished}/{self.files} (failed "
+            f"{self.files_failed}, unsettled {self.unsettled_files}), stuck jobs {self.stuck_jobs}, "
+            f"counters off {self.counters_off}, consumer nEvents off {self.events_off}, jobs handed "
+            f"twice {self.jobs_handed_twice}, task {self.task_status} (consumers {self.consumers}, "
+            f"merge jobs {self.merges}, consumers closed {self.closed}, calls whose answer may have "
+            f"been lost: {lost or 'none'}, reports refused as already written by such a call "
+            f"{self.repeated_reports}, client retries {self.retries}, unexpected answers "
+            f"{len(self.unexpected)}, ranges: {statuses}; {self.elapsed:.0f} s)"
+        )
+
+    def check(self, deployment: Deployment) -> None:
+        """Nothing held twice, nothing accepted lost, everything settled, the task done."""
+        faults = (
+            self.duplicates,
+            self.rehanded,
+            self.refused,
+            self.accepted_twice,
+            self.lost_finished,
+            self.unsettled_ranges,
+            self.unsettled_files,
+            self.stuck_jobs,
+            self.counters_off,
+            self.events_off,
+            self.jobs_handed_twice,
+            len(self.unexpected),
+        )
+        problems = "\n".join([*self.details[:20], *self.unexpected[:10]])
+        assert faults == (0,) * len(faults) and self.task_status == self.task_expected, (
+            f"{self.line()}\n{problems}\n{deployment.logs()}"
+        )
+
+
+def _counted_as(row: Any) -> str:
+    """How a file row counts in its dataset: a row out of attempts left ready counts failed."""
+    exhausted = (row.maxAttempt is not None and row.attemptNr >= row.maxAttempt) or (
+        row.maxFailure is not None and row.failedAttempt >= row.maxFailure
+    )
+    return "failed" if row.status == "failed" or (row.status == "ready" and exhausted) else row.status
+
+
+async def audit_event_service(
+    deployment: Deployment, scenario: str, task_id: int, ledger: EsLedger, size: EsSize, elapsed: float
+) -> EsAudit:
+    """Compare what the consumer clients saw with the task's final ranges, files, jobs and counters."""
+    async with deployment.db.transaction(write=False) as conn:
+        ranges = list(await conn.execute(sa.select(events).where(events.c.jediTaskID == task_id)))
+        file_rows = list(await conn.execute(sa.select(task_files).where(task_files.c.jediTaskID == task_id)))
+        datasets = list(
+            await conn.execute(sa.select(task_datasets).where(task_datasets.c.jediTaskID == task_id))
+        )
+        job_rows = {}
+        for table in (jobs, jobs_archive):
+            query = sa.select(
+                table.c.PandaID, table.c.jobStatus, table.c.eventService, table.c.nEvents
+            ).where(table.c.jediTaskID == task_id)
+            job_rows.update({row.PandaID: row for row in await conn.execute(query)})
+        task_status = (
+            await conn.execute(sa.select(tasks.c.status).where(tasks.c.jediTaskID == task_id))
+        ).scalar_one_or_none()
+    details = [*ledger.duplicates, *ledger.rehanded, *ledger.refused]
+
+    # Ranges: merged, or out of play in a jobset that failed (none of whose ranges merged).
+    merged = {(r.jobsetID, r.fileID, r.job_processID) for r in ranges if r.status == "merged"}
+    merged_jobsets = {key[0] for key in merged}
+    failed_jobsets = {r.jobsetID for r in ranges if r.status != "merged"}
+    unsettled = [
+        r
+        for r in ranges
+        if r.status not in ES_RANGE_FINAL or (r.status != "merged" and r.jobsetID in merged_jobsets)
+    ]
+    details += [
+        f"range {(r.jobsetID, r.fileID, r.job_processID)} is {r.status} (PandaID {r.PandaID})"
+        for r in unsettled
+    ]
+    twice = [key for key, count in ledger.accepted_finished.items() if count > 1]
+    details += [f"range {key} accepted finished {ledger.accepted_finished[key]} times" for key in twice]
+    statuses_by_key = {(r.jobsetID, r.fileID, r.job_processID): r.status for r in ranges}
+    lost = [
+        key for key in ledger.accepted_finished if statuses_by_key.get(key) not in ("merged", "discarded")
+    ]
+    details += [f"range {key} accepted finished, now {statuses_by_key.get(key)}" for key in lost]
+
+    # Files: finished exactly when one jobset merged all their ranges, else failed out of attempts;
+    # the file of a failed jobset was retried (merged later) or is out of attempts.
+    inputs = [row for row in file_rows if row.type == "input"]
+    merged_by_file = Counter(key[1] for key in merged)
+    files_finished = {row.fileID for row in inputs if row.status == "finished"}
+    files_failed = {row.fileID for row in inputs if _counted_as(row) == "failed"}
+    unsettled_files = {
+        row.fileID
+        for row in inputs
+        if not (
+            (row.fileID in files_finished and merged_by_file[row.fileID] == size.events_per_file)
+            or (row.fileID in files_failed and row.fileID not in merged_by_file)
+        )
+    }
+    details += [
+        f"input file {row.fileID} is {row.status}, {merged_by_file[row.fileID]} ranges merged"
+        for row in inputs
+        if row.fileID in unsettled_files
+    ]
+    retried = set(merged_by_file) | files_failed
+    abandoned = {r.fileID for r in ranges if r.jobsetID in failed_jobsets} - retried
+    unsettled_files |= abandoned
+    details += [f"input file {file_id}: its jobset failed and it was not retried" for file_id in abandoned]
+
+    stuck = [row for row in job_rows.values() if row.jobStatus not in JOB_FINAL]
+    # A consumer's nEvents counts the (one-event) ranges it finished: merged, or discarded when
+    # their jobset failed.
+    finished_by = Counter(r.PandaID for r in ranges if r.status in ("merged", "discarded"))
+    events_off = [
+        row
+        for row in job_rows.values()
+        if row.eventService == ES_CONSUMER and (row.nEvents or 0) != finished_by[row.PandaID]
+    ]
+    details += [
+        f"consumer {row.PandaID}: nEvents {row.nEvents}, {finished_by[row.PandaID]} ranges finished"
+        for row in events_off
+    ]
+    details += [f"job {row.PandaID} (eventService {row.eventService}) is {row.jobStatus}" for row in stuck]
+    counters_off = 0
+    for dataset in datasets:
+        recount = Counter(_counted_as(row) for row in file_rows if row.datasetID == dataset.datasetID)
+        if (dataset.nFilesFinished, dataset.nFilesFailed) != (recount["finished"], recount["failed"]):
+            counters_off += 1
+            details.append(
+                f"dataset {dataset.datasetName}: finished {dataset.nFilesFinished}, failed "
+                f"{dataset.nFilesFailed}; recount {recount['finished']}, {recount['failed']}"
+            )
+    handed_twice = [panda_id for panda_id, count in ledger.handed_out.items() if count > 1]
+    details += [
+        f"PandaID {panda_id} handed out {ledger.handed_out[panda_id]} times" for panda_id in handed_twice
+    ]
+    expected = "done" if inputs and len(files_finished) == len(inputs) else "finished"
+    if task_status != expected:
+        details.append(f"task {task_id} is {task_status}, expected {expected}")
+    return EsAudit(
+        scenario=scenario,
+        ranges=size.ranges,
+        jobsets=len({r.jobsetID for r in ranges}),
+        jobsets_failed=len(failed_jobsets),
+        consumers=len(ledger.consumers),
+        merges=len(ledger.merges),
+        ranges_handed_out=ledger.ranges_handed_out,
+        duplicates=len(ledger.duplicates),
+        rehanded=len(ledger.rehanded),
+        refused=len(ledger.refused),
+        accepted_twice=len(twice),
+        lost_finished=len(lost),
+        unsettled_ranges=len(unsettled),
+        files=len(inputs),
+        files_finished=len(files_finished),
+        files_failed=len(files_failed),
+        unsettled_files=len(unsettled_files),
+        stuck_jobs=len(stuck),
+        counters_off=counters_off,
+        events_off=len(events_off),
+        jobs_handed_twice=len(handed_twice),
+        task_status=task_status,
+        task_expected=expected,
+        range_statuses=dict(Counter(r.status for r in ranges)),
+        repeated_reports=ledger.repeated_reports,
+        lost_answers=dict(ledger.lost_answers),
+        closed=ledger.closed,
+        retries=ledger.retries,
+        elapsed=elapsed,
+        unexpected=ledger.unexpected,
+        details=details,
+    )
+
+
+def es_kills_at(
+    fractions: Sequence[float], size: EsSize, processes: Callable[[], Sequence[BambooProcess]]
+) -> Disruption:
+    """A disruption that kills and restarts ``processes`` once the consumers have had that fraction
+    of the ranges accepted finished, for each fraction in turn."""
+
+    async def disrupt(ledger: Ledger) -> None:
+        assert isinstance(ledger, EsLedger)
+        for fraction in fractions:
+
+            async def reached(share: float = fraction) -> bool:
+                return ledger.ranges_finished >= share * size.ranges
+
+            await poll(f"{fraction:.0%} of the ranges finished", reached, size.deadline_seconds)
+            victims = processes()
+            log.warning(
+                "killing %s at %d ranges finished",
+                ", ".join(process.name for process in victims),
+                ledger.ranges_finished,
+            )
+            await kill_and_restart(victims)
+
+    return disrupt
+
+
+async def run_es_load(
+    deployment: Deployment, scenario: str, size: EsSize, *, disruption: Disruption | None = None
+) -> EsAudit:
+    """Submit the ES task, drive the consumer clients until it is final (or the deadline), audit."""
+    started = time.monotonic()
+    task_id = await submit_es_task(deployment, size)
+    ledger = EsLedger()
+    stop = asyncio.Event()
+    pilots = [
+        EsPilot(index, lambda: deployment.urls, deployment.pilot_headers, ledger)
+        for index in range(size.clients)
+    ]
+    running = [asyncio.create_task(pilot.run(stop)) for pilot in pilots]
+    disrupting = asyncio.create_task(disruption(ledger)) if disruption else None
+    deadline = started + size.deadline_seconds
+    try:
+        while time.monotonic() < deadline:
+            if disrupting is not None and disrupting.done():
+                disrupting.result()
+            if (await _read_statuses(deployment.db, [task_id])).get(task_id) in TASK_FINAL:
+                break
+            await asyncio.sleep(1.0)
+    finally:
+        stop.set()
+        await asyncio.gather(*running, return_exceptions=True)
+        for pilot in pilots:
+            await pilot.close()
+        if disrupting is not None and not disrupting.done():
+            # Still waiting for its moment (or restarting a process): it ends here, unfinished.
+            disrupting.cancel()
+            await asyncio.gather(disrupting, return_exceptions=True)
+    for task in running:
+        task.result()
+    if disrupting is not None and not disrupting.cancelled():
+        disrupting.result()
+    result = await audit_event_service(
+        deployment, scenario, task_id, ledger, size, time.monotonic() - started
+    )
+    AUDITS.append(result)
+    log.warning("fault audit: %s", result.line())
+    return result
