@@ -578,6 +578,39 @@ AUDITS: list[Audit | EsAudit] = []
 """Every audit of the session, printed in the terminal summary (see conftest.py)."""
 
 
+async def _drive(
+    pilots: Sequence[Any],
+    stop: asyncio.Event,
+    disruption: Awaitable[None] | None,
+    deadline: float,
+    finished: Callable[[], Awaitable[bool]],
+) -> None:
+    """Run the pilots, and the disruption beside them, until ``finished`` says so or the deadline
+    passes; then stop the pilots and cancel a disruption still waiting for its moment (or restarting
+    a process): it ends there, unfinished. Errors of the pilots and the disruption are raised."""
+    running = [asyncio.create_task(pilot.run(stop)) for pilot in pilots]
+    disrupting = asyncio.create_task(disruption) if disruption is not None else None
+    try:
+        while time.monotonic() < deadline:
+            if disrupting is not None and disrupting.done():
+                disrupting.result()
+            if await finished():
+                break
+            await asyncio.sleep(1.0)
+    finally:
+        stop.set()
+        await asyncio.gather(*running, return_exceptions=True)
+        for pilot in pilots:
+            await pilot.close()
+        if disrupting is not None and not disrupting.done():
+            disrupting.cancel()
+            await asyncio.gather(disrupting, return_exceptions=True)
+    for task in running:
+        task.result()
+    if disrupting is not None and not disrupting.cancelled():
+        disrupting.result()
+
+
 async def run_load(
     deployment: Deployment,
     scenario: str,
@@ -601,28 +634,14 @@ async def run_load(
         Pilot(index, lambda: deployment.urls, deployment.pilot_headers, ledger)
         for index in range(size.clients)
     ]
-    running = [asyncio.create_task(pilot.run(stop)) for pilot in pilots]
-    disrupting = asyncio.create_task(disruption(ledger)) if disruption else None
-    deadline = started + size.deadline_seconds
-    try:
-        while time.monotonic() < deadline:
-            if disrupting is not None and disrupting.done():
-                disrupting.result()
-            statuses = await _read_statuses(deployment.db, task_ids)
-            if len(statuses) == len(task_ids) and set(statuses.values()) <= TASK_FINAL:
-                break
-            await asyncio.sleep(1.0)
-    finally:
-        stop.set()
-        await asyncio.gather(*running, return_exceptions=True)
-        for pilot in pilots:
-            await pilot.close()
-        if disrupting is not None and not disrupting.done():
-            disrupting.cancel()
-    for task in running:
-        task.result()
-    if disrupting is not None and not disrupting.cancelled():
-        disrupting.result()
+
+    async def all_final() -> bool:
+        statuses = await _read_statuses(deployment.db, task_ids)
+        return len(statuses) == len(task_ids) and set(statuses.values()) <= TASK_FINAL
+
+    await _drive(
+        pilots, stop, disruption(ledger) if disruption else None, started + size.deadline_seconds, all_final
+    )
     result = await audit(deployment, scenario, task_ids, ledger, size.jobs, time.monotonic() - started)
     AUDITS.append(result)
     log.warning("fault audit: %s", result.line())
@@ -1272,29 +1291,13 @@ async def run_es_load(
         EsPilot(index, lambda: deployment.urls, deployment.pilot_headers, ledger)
         for index in range(size.clients)
     ]
-    running = [asyncio.create_task(pilot.run(stop)) for pilot in pilots]
-    disrupting = asyncio.create_task(disruption(ledger)) if disruption else None
-    deadline = started + size.deadline_seconds
-    try:
-        while time.monotonic() < deadline:
-            if disrupting is not None and disrupting.done():
-                disrupting.result()
-            if (await _read_statuses(deployment.db, [task_id])).get(task_id) in TASK_FINAL:
-                break
-            await asyncio.sleep(1.0)
-    finally:
-        stop.set()
-        await asyncio.gather(*running, return_exceptions=True)
-        for pilot in pilots:
-            await pilot.close()
-        if disrupting is not None and not disrupting.done():
-            # Still waiting for its moment (or restarting a process): it ends here, unfinished.
-            disrupting.cancel()
-            await asyncio.gather(disrupting, return_exceptions=True)
-    for task in running:
-        task.result()
-    if disrupting is not None and not disrupting.cancelled():
-        disrupting.result()
+
+    async def final() -> bool:
+        return (await _read_statuses(deployment.db, [task_id])).get(task_id) in TASK_FINAL
+
+    await _drive(
+        pilots, stop, disruption(ledger) if disruption else None, started + size.deadline_seconds, final
+    )
     result = await audit_event_service(
         deployment, scenario, task_id, ledger, size, time.monotonic() - started
     )
