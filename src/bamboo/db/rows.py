@@ -7,12 +7,29 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql import visitors
 
 
 def skips_locked(conn: AsyncConnection) -> bool:
     """Whether row claims can skip rows other transactions hold: PostgreSQL yes; SQLite has one
     writer at a time, so there is nothing to skip."""
     return conn.dialect.name == "postgresql"
+
+
+def with_values_inline(query: sa.Select[Any]) -> sa.Select[Any]:
+    """The query with its bound values written into the SQL text (they must be our own constants,
+    never client input).
+
+    PostgreSQL plans a prepared statement it ran five times once for all values (a generic plan)
+    when that looks no dearer than planning each call; for the claims over a task's file rows
+    (``status = 'ready'``...) that guess turned 0.2 ms into 0.1-1 s once the table statistics knew
+    most rows are not ready. With the values in the text there is nothing to guess.
+    """
+
+    def inline(bind: sa.BindParameter[Any]) -> None:
+        bind.literal_execute = True
+
+    return visitors.cloned_traverse(query, {}, {"bindparam": inline})
 
 
 def uniform(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
