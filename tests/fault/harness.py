@@ -41,6 +41,7 @@ import sqlalchemy as sa
 from bamboo.db.engine import Database
 from bamboo.db.schema import events, jobs, jobs_archive, task_datasets, task_files, tasks
 from bamboo.logic.states import JOB_FINAL, TASK_FINAL
+from tests.tasks import input_task
 
 log = logging.getLogger("tests.fault")
 
@@ -991,33 +992,12 @@ class EsPilot(Pilot):
 
 def es_task_parameters(name: str, dataset: str, size: EsSize) -> dict[str, Any]:
     """An event-service task over ``dataset``: one-event ranges, a data output and a log."""
-    return {
-        "taskName": name,
-        "vo": "bamboo",
-        "prodSourceLabel": "user",
+    return input_task(dataset, name, size.files_per_jobset) | {
         "site": QUEUE,
-        "transPath": "run",
-        "nFilesPerJob": size.files_per_jobset,
-        "skipScout": True,
         "eventService": 1,
         "nEventsPerWorker": 1,
         "nEsConsumers": size.consumers_per_jobset,
         "maxAttemptES": ES_MAX_ATTEMPT,
-        "jobParameters": [
-            {"type": "template", "param_type": "input", "value": '-i "${IN/T}"', "dataset": dataset},
-            {
-                "type": "template",
-                "param_type": "output",
-                "dataset": f"{name}_out/",
-                "value": f"--outputFile={name}.$JEDITASKID._${{SN/P}}.out.root",
-            },
-        ],
-        "log": {
-            "type": "template",
-            "param_type": "log",
-            "dataset": f"{name}.log/",
-            "value": f"{name}.log.$JEDITASKID.${{SN}}.log.tgz",
-        },
     }
 
 
