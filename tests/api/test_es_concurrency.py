@@ -50,7 +50,6 @@ class Ledger:
     def __init__(self) -> None:
         self.holder: dict[RangeKey, int] = {}
         self.finished: Counter[RangeKey] = Counter()
-        self.handed_out = 0
         self.merge_jobs: set[int] = set()
         self.consumer_jobs: set[int] = set()
 
@@ -62,7 +61,6 @@ class Ledger:
                 f"range {key} handed to {panda_id} while {self.holder[key]} holds it"
             )
             self.holder[key] = panda_id
-        self.handed_out += len(ranges)
 
     def release(self, panda_id: int, keys: list[RangeKey]) -> None:
         for key in keys:
@@ -85,8 +83,9 @@ async def _report(api: ApiServer, client: Any, job: dict[str, Any], status: str,
     assert body["success"] is True, body
 
 
-def _updates(ranges: list[dict[str, Any]], rng: random.Random, job: dict[str, Any]) -> tuple[int, Any]:
-    """The reports of one batch of ranges in a random update version."""
+def _updates(ranges: list[dict[str, Any]], rng: random.Random) -> tuple[int, Any, list[dict[str, Any]]]:
+    """The reports of one batch of ranges in a random update version: the version, the
+    ``event_ranges`` parameter, and the reports it carries."""
     reports = []
     for item in ranges:
         status = "failed" if rng.random() < FAILURE_RATE else "finished"
@@ -98,7 +97,7 @@ def _updates(ranges: list[dict[str, Any]], rng: random.Random, job: dict[str, An
         reports.append(report)
     version = rng.choice((0, 1, 2))
     if version == 0:
-        return 0, orjson.dumps(reports).decode()
+        return 0, orjson.dumps(reports).decode(), reports
     chunk: dict[str, Any] = {"eventRanges": reports}
     if version == 1:
         first = ranges[0]["eventRangeID"]
@@ -110,8 +109,8 @@ def _updates(ranges: list[dict[str, Any]], rng: random.Random, job: dict[str, An
             "numEvents": len(reports),
             "pathConvention": 1000,
         }
-    # Harvester sends a list; panda-client-style callers a list too.
-    return version, [chunk] if rng.random() < 0.5 else orjson.dumps([chunk]).decode()
+    # Harvester sends JSON text, panda-client a list.
+    return version, [chunk] if rng.random() < 0.5 else orjson.dumps([chunk]).decode(), reports
 
 
 async def _consume(
@@ -150,17 +149,13 @@ async def _consume(
                     api, client, job, "failed", pilot_error_code=1008, pilot_error_diag="worker died"
                 )
                 return
-            version, payload = _updates(ranges, rng, job)
+            version, payload, sent = _updates(ranges, rng)
             body = await _post(
                 api, client, "event/update_event_ranges", event_ranges=payload, version=version
             )
             assert body["success"] is True, body
             returns = body["data"]["Returns"]
             assert len(returns) == len(ranges), body
-            reports = (
-                orjson.loads(payload)[0]["eventRanges"] if version and isinstance(payload, str) else None
-            )
-            sent = reports or (payload[0]["eventRanges"] if version else orjson.loads(payload))
             for report, accepted in zip(sent, returns, strict=True):
                 assert accepted is True, (report, body)
                 key = _range_key(job, report["eventRangeID"])
