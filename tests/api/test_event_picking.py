@@ -151,6 +151,17 @@ async def test_picks_that_match_nothing_fail_with_a_reason(world) -> None:
     assert (await pick(api, {"run_event_list": "348885 1", "user_dataset_name": RUN_B}))["success"]
     await runner.drain()
     assert (await last_request(api))["message"] == f"dataset {RUN_B} already exists"
+    # A task the submission would refuse: nothing is registered.
+    body = {"run_event_list": "348885 1", "user_task_name": "t" * 300, "user_dataset_name": "user.pick.x"}
+    assert (await pick(api, body))["success"]
+    await runner.drain()
+    request = await last_request(api)
+    assert (request["status"], request["message"]) == (
+        "failed",
+        "task submission refused: task parameter 'taskName' must be at most 256 characters",
+    )
+    async with api.state.db.transaction(write=False) as conn:
+        assert not await catalog_db.dataset_exists(conn, "user.pick.x")
 
 
 async def test_bad_requests_get_the_contract_messages(world) -> None:

@@ -33,7 +33,7 @@ from bamboo.auth.identity import AuthMethod, Identity
 from bamboo.db import catalog as catalog_db
 from bamboo.db import event_picking as picking_db
 from bamboo.db import notify
-from bamboo.logic import tasks
+from bamboo.logic import taskparams, tasks
 from bamboo.logic.catalog import CatalogFile, DataManagement
 from bamboo.logic.clock import Clock
 from bamboo.logic.errors import BambooError, InvalidInput
@@ -205,14 +205,20 @@ async def _resolve_one(
     dataset_name = request["user_dataset_name"] or _default_name(request, "eventpick")
     if await catalog_db.dataset_exists(conn, dataset_name):
         raise _Unresolved(f"dataset {dataset_name} already exists")
-    try:
-        await dm.register_files(conn, clock, dataset_name, list(found.values()))
-    except InvalidInput as exc:
-        raise _Unresolved(f"cannot register dataset {dataset_name}: {exc.message}") from exc
     identity = _requester(request)
     params = _task_parameters(
         request, dataset_name, identity, sorted(matched, key=lambda p: (p.run, p.event))
     )
+    # Checked before anything is written: a refusal then leaves no dataset behind (the failure is
+    # recorded in this same transaction, which commits).
+    try:
+        taskparams.validate(params)
+    except InvalidInput as exc:
+        raise _Unresolved(f"task submission refused: {exc.message}") from exc
+    try:
+        await dm.register_files(conn, clock, dataset_name, list(found.values()))
+    except InvalidInput as exc:
+        raise _Unresolved(f"cannot register dataset {dataset_name}: {exc.message}") from exc
     task_id = await tasks.submit(conn, clock, identity, params, None, is_production=request["production"])
     missing = len(set(picks) - matched)
     message = f"jediTaskID={task_id} over {len(found)} files of {dataset_name}"

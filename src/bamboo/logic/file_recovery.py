@@ -259,7 +259,7 @@ async def _plan(conn: AsyncConnection, clock: Clock, request: dict[str, Any], re
         if parent is None:
             break
         generations.insert(0, parent)
-    plan = {"generations": generations, "stage": 0, "phase": "reopen", "children_done": False}
+    plan = {"generations": generations, "stage": 0, "phase": "reopen"}
     for generation in generations:
         _describe(generation, result, name, dry=request["dry_run"])
     if request["dry_run"]:
@@ -594,5 +594,4 @@ async def _retry_children(
         await _rerun(conn, clock, child)
         result.write(name, f"{stamp} child jediTaskID={child_id}: {reopened} input files to process again")
     total = sum(len(g["lost"]) for g in plan["generations"])
-    await recovery_db.update_request(conn, request["request_id"], plan={**plan, "children_done": True})
     await _end(conn, clock, request, DONE, f"{total} lost files re-produced or retried", result)
