@@ -151,6 +151,9 @@ async def resolve(conn: AsyncConnection, clock: Clock, dm: DataManagement) -> in
         except _Unresolved as exc:
             await _finish(conn, clock, request, FAILED, None, exc.reason)
         except BambooError as exc:
+            # The parameters were validated before the dataset was registered, so only a refusal
+            # validation cannot foresee gets here; the request still ends with its reason rather
+            # than stopping the agent on every cycle.
             await _finish(conn, clock, request, FAILED, None, f"task submission refused: {exc.message}")
         else:
             await _finish(conn, clock, request, DONE, task_id, message)
