@@ -321,6 +321,12 @@ class Settings(BaseSettings):
         "memory, more walltime, fewer inputs per job; format in docs/retry-rules.md), checked when the "
         "server starts. Default: the built-in rules (bamboo/logic/retry_rules.json).",
     )
+    cache_dir: Path | None = Field(
+        None,
+        description="Directory of the file cache; JEDI logs (e.g. the logs of lost-file recovery requests) "
+        "are written to its jedilog/ subdirectory and served as /cache/jedilog/<name>. Default: cache "
+        "inside the home.",
+    )
     log_level: str = Field("info", description="Python logging level name.")
 
     @field_validator("trusted_proxies")
@@ -333,6 +339,10 @@ class Settings(BaseSettings):
     @cached_property
     def trusted_proxy_networks(self) -> tuple[IPv4Network | IPv6Network, ...]:
         return tuple(ip_network(item, strict=False) for item in self.trusted_proxies)
+
+    @property
+    def effective_cache_dir(self) -> Path:
+        return self.cache_dir if self.cache_dir is not None else self.home / "cache"
 
     @property
     def effective_database_url(self) -> str:

@@ -24,7 +24,9 @@ from bamboo.db.engine import UNAVAILABLE_ERRORS, Database
 from bamboo.logic import (
     archive,
     commands,
+    event_picking,
     feeder,
+    file_recovery,
     finaliser,
     finisher,
     generator,
@@ -134,6 +136,23 @@ async def _stream_pilots(ctx: AgentContext) -> int:
         return await pilot_streaming.stream(conn, ctx.clock, period)
 
 
+async def _recover_files(ctx: AgentContext) -> int:
+    async with ctx.db.transaction() as conn:
+        result = await file_recovery.work(conn, ctx.clock)
+    # Written once the step has committed, so a step rolled back leaves no lines of its own behind.
+    for name, lines in result.log_lines.items():
+        try:
+            file_recovery.append_jedilog(ctx.settings, name, lines)
+        except OSError as exc:
+            log.warning("file recovery: cannot write log %s: %s", name, exc)
+    return result.progress
+
+
+async def _pick_events(ctx: AgentContext) -> int:
+    async with ctx.db.transaction() as conn:
+        return await event_picking.resolve(conn, ctx.clock, ctx.dm)
+
+
 AGENTS: tuple[Agent, ...] = (
     Agent("refiner", _refine, wakes=("generator",)),
     Agent("feeder", _feed, wakes=("generator", "finisher")),
@@ -153,6 +172,9 @@ AGENTS: tuple[Agent, ...] = (
     ),
     # Moves old final jobs out of the tables dispatch and heartbeats read; wakes nobody.
     Agent("archiver", _archive, period_setting="job_archive_period_seconds"),
+    # Lost-file recovery reopens tasks; event picking submits them.
+    Agent("file_recovery", _recover_files, wakes=("generator", "commando")),
+    Agent("event_picking", _pick_events, wakes=("refiner",)),
     # Tells Harvester how many workers to submit where jobs wait; wakes nobody.
     Agent("pilot_streaming", _stream_pilots, period_setting="pilot_streaming_period_seconds"),
 )

@@ -554,6 +554,70 @@ catalog_files = sa.Table(
     sa.Index("ix_catalog_files_position", "dataset", "position"),
 )
 
+# Lost-file recovery requests (file_server/upload_file_recovery_request), worked through by the
+# recovery agent (logic/file_recovery.py). ``plan`` is the agent's progress as JSON: the tasks to
+# re-run, oldest generation first, and how far it got; ``log_name`` the JEDI log it writes.
+file_recovery_requests = sa.Table(
+    "file_recovery_requests",
+    metadata,
+    sa.Column(
+        "request_id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
+    sa.Column("requester", sa.String(256), nullable=False),
+    sa.Column("requester_dn", sa.String(1024), nullable=False),
+    sa.Column("production", sa.Boolean, nullable=False),
+    sa.Column("jediTaskID", sa.BigInteger, nullable=True),
+    sa.Column("dataset", sa.String(255), nullable=True),
+    sa.Column("files", sa.JSON, nullable=True),
+    sa.Column("dry_run", sa.Boolean, nullable=False),
+    sa.Column("no_child_retry", sa.Boolean, nullable=False),
+    sa.Column("resurrect_datasets", sa.Boolean, nullable=False),
+    sa.Column("force", sa.Boolean, nullable=False),
+    sa.Column("reproduce_parent", sa.Boolean, nullable=False),
+    sa.Column("reproduce_upto_nth_gen", sa.Integer, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("plan", sa.JSON, nullable=True),
+    sa.Column("log_name", sa.String(128), nullable=False),
+    sa.Column("message", sa.String(1000), nullable=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("modified_at", UTCDateTime, nullable=False),
+    sa.Index("ix_file_recovery_requests_status", "status", "request_id"),
+)
+
+# Event-picking requests (file_server/upload_event_picking_request): the 12 string parameters as
+# sent, resolved by the event-picking agent (logic/event_picking.py) into a task of the requester.
+event_picking_requests = sa.Table(
+    "event_picking_requests",
+    metadata,
+    sa.Column(
+        "request_id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
+    sa.Column("requester", sa.String(256), nullable=False),
+    sa.Column("requester_dn", sa.String(1024), nullable=False),
+    sa.Column("requester_fqans", sa.JSON, nullable=False),
+    sa.Column("requester_vo", sa.String(64), nullable=True),
+    sa.Column("production", sa.Boolean, nullable=False),
+    sa.Column("run_event_list", sa.Text, nullable=False),
+    sa.Column("data_type", sa.Text, nullable=False),
+    sa.Column("stream_name", sa.Text, nullable=False),
+    sa.Column("dataset_name", sa.Text, nullable=False),
+    sa.Column("ami_tag", sa.Text, nullable=False),
+    sa.Column("user_dataset_name", sa.Text, nullable=False),
+    sa.Column("locked_by", sa.Text, nullable=False),
+    sa.Column("parameters", sa.Text, nullable=False),
+    sa.Column("input_file_list", sa.Text, nullable=False),
+    sa.Column("n_sites", sa.Text, nullable=False),
+    sa.Column("user_task_name", sa.Text, nullable=False),
+    sa.Column("ei_api", sa.Text, nullable=False),
+    sa.Column("include_guids", sa.Boolean, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("jediTaskID", sa.BigInteger, nullable=True),
+    sa.Column("message", sa.String(1000), nullable=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("modified_at", UTCDateTime, nullable=False),
+    sa.Index("ix_event_picking_requests_status", "status", "request_id"),
+)
+
 # The task command queue (upstream's PRODSYS_COMM): at most one pending command per task; a new
 # command replaces the previous one. The commando agent executes ``queued`` rows and marks them.
 task_commands = sa.Table(

@@ -179,7 +179,9 @@ TASK_TRANSITIONS: dict[str, frozenset[str]] = {
     "reassigning": frozenset({"ready", "running", "pending"}),
     "paused": frozenset(),
     # Final statuses move only through retry / incexec.
-    "done": frozenset({"toincexec"}),
+    # -> toretry: lost-file recovery re-runs a done task to re-produce lost outputs
+    # (logic/file_recovery.py); the retry command itself stays refused for done tasks.
+    "done": frozenset({"toincexec", "toretry"}),
     "finished": frozenset({"toretry", "toincexec"}),
     "failed": frozenset({"toretry", "toincexec"}),
     "aborted": frozenset({"toretry", "toincexec"}),
