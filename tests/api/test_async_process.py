@@ -225,6 +225,19 @@ async def test_grep_output_is_bounded_and_marked_truncated(
         assert 10 < len(found) < 30 and len(row["result"]) <= 1100
 
 
+async def test_grep_stops_at_its_time_limit(world: World) -> None:
+    # A limit of a nanosecond has passed before the first line is read.
+    a = world.process("host-a:1:aaaa", async_grep_timeout_seconds=1e-9)
+    await beat(a)
+    request_id = await submit_grep(
+        world, pattern="ERROR", log_filename="panda-server.log", service_name=SERVER_SERVICE
+    )
+    await a.run_once(logic.AGENT)
+    (row,) = (await world.result(request_id))["results"]
+    assert (row["status"], row["result"], row["truncated"], row["return_code"]) == ("done", "", True, 1)
+    assert row["error_msg"] == "search stopped after the time limit of 1e-09 s"
+
+
 async def test_grep_with_no_match_is_done_with_return_code_1(world: World) -> None:
     a = world.process("host-a:1:aaaa")
     await beat(a)
