@@ -328,6 +328,63 @@ class Settings(BaseSettings):
         "inside the home.",
     )
     log_level: str = Field("info", description="Python logging level name.")
+    machine_heartbeat_seconds: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="How often every server and agents process renews its row in the machines table "
+        "(async_process requests go to the processes whose row is fresh).",
+    )
+    machine_alive_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="A process whose heartbeat is older than this is not alive: no request is sent to "
+        "it, and the async_process requests it held are failed (grep) or handed to another process "
+        "(sleep_echo). Keep it several heartbeat periods long.",
+    )
+    machine_forget_hours: float = Field(
+        24.0,
+        gt=0,
+        description="The row of a process silent this long is deleted from the machines table.",
+    )
+    allow_async_request: list[str] = Field(
+        default_factory=list,
+        description="Compact user names (as in task userName) allowed to submit async_process grep "
+        "requests (upstream's allowAsyncRequest).",
+    )
+    log_dir: Path | None = Field(
+        None,
+        description="Directory of the panda-*.log / panda-*.gz files that async_process grep requests "
+        "search on each machine. Bamboo does not write there itself; point it at where the process "
+        "output is collected. Unset: every grep request fails on this machine.",
+    )
+    async_request_max_attempts: int = Field(
+        3,
+        ge=1,
+        le=100,
+        description="How many processes may start one sleep_echo request before it is failed; an "
+        "attempt is lost when its process stops heartbeating while running it.",
+    )
+    async_request_retention_days: float = Field(
+        7.0,
+        gt=0,
+        description="async_process requests and their results are deleted this long after submission.",
+    )
+    async_grep_max_lines: int = Field(
+        1000, ge=1, le=1_000_000, description="Most matching lines one grep result keeps (then truncated)."
+    )
+    async_grep_max_bytes: int = Field(
+        1024 * 1024,
+        ge=1024,
+        le=64 * 1024 * 1024,
+        description="Most bytes of matching lines one grep result keeps (then truncated).",
+    )
+    async_grep_timeout_seconds: float = Field(
+        60.0,
+        gt=0,
+        le=3600,
+        description="Longest one grep may read its file; the lines found by then are kept, marked truncated.",
+    )
 
     @field_validator("trusted_proxies")
     @classmethod

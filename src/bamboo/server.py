@@ -28,16 +28,16 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from bamboo import __version__
-from bamboo.agents.runner import AgentContext, AgentRunner
+from bamboo.agents.runner import AGENTS, PROCESS_AGENTS, AgentContext, AgentRunner
 from bamboo.api.app import create_app
 from bamboo.api.state import build_state
 from bamboo.api.tls import ClientCertificateProtocol
 from bamboo.auth.x509 import TrustStore
 from bamboo.config import Settings
 from bamboo.db import migrate
-from bamboo.db.engine import Database
+from bamboo.db.engine import UNAVAILABLE_ERRORS, Database
 from bamboo.home import Home, prepare_home
-from bamboo.logic import retry_rules
+from bamboo.logic import machines, retry_rules
 from bamboo.logic.catalog import LocalCatalog
 from bamboo.logic.clock import SystemClock
 
@@ -198,17 +198,32 @@ def _redacted(settings: Settings) -> str:
     return make_url(settings.effective_database_url).render_as_string(hide_password=True)
 
 
-def _agent_runner(settings: Settings, db: Database) -> AgentRunner:
+def _agent_runner(
+    settings: Settings, db: Database, machine: machines.Machine, *, with_agents: bool
+) -> AgentRunner:
+    """The agents of one process: every process registers as a machine and serves the async
+    requests sent to it; ``with_agents`` adds the workload agents."""
     return AgentRunner(
-        AgentContext(db, SystemClock(), LocalCatalog(), settings=settings),
+        AgentContext(db, SystemClock(), LocalCatalog(), settings=settings, machine=machine),
+        agents=(AGENTS if with_agents else ()) + PROCESS_AGENTS,
         period=settings.agent_period_seconds,
     )
+
+
+async def _leave(db: Database, machine: machines.Machine) -> None:
+    """Delete this process's machine row on a clean stop, so no request is sent to it meanwhile."""
+    try:
+        async with db.transaction() as conn:
+            await machines.unregister(conn, machine)
+    except UNAVAILABLE_ERRORS as exc:
+        log.warning("could not delete machine %s (%s); it expires with its heartbeat", machine.name, exc)
 
 
 async def run_agents(settings: Settings) -> None:
     """Run only the agents until SIGTERM/SIGINT (``bamboo agents`` and multi-worker servers)."""
     db = Database(settings.effective_database_url, pool_size=settings.db_pool_size)
-    runner = _agent_runner(settings, db)
+    machine = machines.this_process(machines.AGENTS_SERVICE)
+    runner = _agent_runner(settings, db, machine, with_agents=True)
     stopped = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -218,6 +233,7 @@ async def run_agents(settings: Settings) -> None:
         await stopped.wait()
     finally:
         await runner.stop()
+        await _leave(db, machine)
         await db.dispose()
     log.info("agents stopped")
 
@@ -227,9 +243,9 @@ async def _serve_process(
 ) -> None:
     db = Database(settings.effective_database_url, pool_size=settings.db_pool_size)
     state = build_state(settings, home, db, SystemClock())
-    runner = _agent_runner(settings, db) if with_agents else None
-    if runner is not None:
-        state.wake = runner.wake
+    machine = machines.this_process(machines.SERVER_SERVICE)
+    runner = _agent_runner(settings, db, machine, with_agents=with_agents)
+    state.wake = runner.wake
     app = create_app(state)
     head_timeout = settings.request_head_timeout_seconds
     # An idle kept-alive connection is closed by the request-head deadline; uvicorn's own idle
@@ -272,13 +288,13 @@ async def _serve_process(
     try:
         for server, sock in servers:
             await server.startup(sockets=[sock])
-        if runner is not None:
-            runner.start()
+        # The heartbeat agent's first step registers this process as a machine.
+        runner.start()
         await asyncio.gather(*(server.main_loop() for server, _ in servers))
         await asyncio.gather(*(server.shutdown() for server, _ in servers))
     finally:
-        if runner is not None:
-            await runner.stop()
+        await runner.stop()
+        await _leave(db, machine)
         await db.dispose()
     log.info("stopped")
 

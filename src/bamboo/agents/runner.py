@@ -23,6 +23,7 @@ from bamboo.db import notify
 from bamboo.db.engine import UNAVAILABLE_ERRORS, Database
 from bamboo.logic import (
     archive,
+    async_requests,
     commands,
     event_picking,
     feeder,
@@ -31,6 +32,7 @@ from bamboo.logic import (
     finisher,
     generator,
     job_watchdog,
+    machines,
     pilot_streaming,
     rebrokerage,
     refiner,
@@ -54,6 +56,14 @@ class AgentContext:
     rng: random.Random = field(default_factory=random.Random)
     # Read from the environment unless given: the job watchdog's timeouts and period come from it.
     settings: Settings = field(default_factory=Settings)
+    # This process in the machines table; needed by the PROCESS_AGENTS only.
+    machine: machines.Machine | None = None
+
+    @property
+    def this_machine(self) -> machines.Machine:
+        if self.machine is None:
+            raise RuntimeError("this agent needs the context's machine")
+        return self.machine
 
 
 @dataclass(frozen=True)
@@ -153,6 +163,35 @@ async def _pick_events(ctx: AgentContext) -> int:
         return await event_picking.resolve(conn, ctx.clock, ctx.dm)
 
 
+async def _heartbeat(ctx: AgentContext) -> int:
+    limits = async_requests.AgentLimits.from_settings(ctx.settings)
+    async with ctx.db.transaction() as conn:
+        forget_after = timedelta(hours=ctx.settings.machine_forget_hours)
+        await machines.heartbeat(conn, ctx.clock, ctx.this_machine, forget_after)
+        await async_requests.purge(conn, ctx.clock, limits)
+    # Never "did work": the next beat comes after the heartbeat period.
+    return 0
+
+
+async def _serve_async_requests(ctx: AgentContext) -> int:
+    """Recover requests of dead machines, then run one request of this machine, if any.
+
+    Running is outside any transaction (a sleep_echo may last a minute): the claim and the outcome
+    are committed separately, and a process killed in between is recovered by the others.
+    """
+    machine = ctx.this_machine
+    limits = async_requests.AgentLimits.from_settings(ctx.settings)
+    async with ctx.db.transaction() as conn:
+        recovered = await async_requests.recover_lost(conn, ctx.clock, limits)
+        work = await async_requests.take_work(conn, ctx.clock, machine, limits)
+    if work is None:
+        return recovered
+    outcome = await async_requests.perform(work, limits)
+    async with ctx.db.transaction() as conn:
+        await async_requests.record(conn, ctx.clock, machine, work, outcome)
+    return 1
+
+
 AGENTS: tuple[Agent, ...] = (
     Agent("refiner", _refine, wakes=("generator",)),
     Agent("feeder", _feed, wakes=("generator", "finisher")),
@@ -177,6 +216,14 @@ AGENTS: tuple[Agent, ...] = (
     Agent("event_picking", _pick_events, wakes=("refiner",)),
     # Tells Harvester how many workers to submit where jobs wait; wakes nobody.
     Agent("pilot_streaming", _stream_pilots, period_setting="pilot_streaming_period_seconds"),
+)
+
+
+# Agents every live process runs, whether or not it runs AGENTS: its heartbeat in the machines
+# table, and the async_process requests sent to it (logic/machines.py, logic/async_requests.py).
+PROCESS_AGENTS: tuple[Agent, ...] = (
+    Agent("machine_heartbeat", _heartbeat, period_setting="machine_heartbeat_seconds"),
+    Agent(async_requests.AGENT, _serve_async_requests),
 )
 
 

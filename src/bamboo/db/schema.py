@@ -665,3 +665,56 @@ sa.Index(
     jobs.c.currentPriority.desc(),
     jobs.c.PandaID,
 )
+
+# Live Bamboo processes (each `bamboo serve` worker, each `bamboo agents`): a row per process,
+# renewed by its heartbeat; async_process requests go to the processes whose heartbeat is fresh.
+machines = sa.Table(
+    "machines",
+    metadata,
+    sa.Column("machine_name", sa.String(320), primary_key=True),
+    sa.Column("service_name", sa.String(64), nullable=False),
+    sa.Column("host_name", sa.String(255), nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("started_at", UTCDateTime, nullable=False),
+    sa.Column("heartbeat_at", UTCDateTime, nullable=False),
+    sa.Index("ix_machines_service", "service_name", "heartbeat_at"),
+)
+
+# async_process requests: grep (one result row per expected machine, made at submission) and
+# sleep_echo (run by the one machine that claimed it, ``claimed_by``; ``attempts`` counts claims).
+async_requests = sa.Table(
+    "async_requests",
+    metadata,
+    sa.Column("request_id", sa.String(36), primary_key=True),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("requester", sa.String(256), nullable=False),
+    sa.Column("access", sa.String(16), nullable=False),
+    sa.Column("parameters", sa.JSON, nullable=False),
+    sa.Column("service_name", sa.String(64), nullable=True),
+    sa.Column("machine_name", sa.String(320), nullable=True),
+    sa.Column("expected_machines", sa.JSON, nullable=False),
+    sa.Column("claimed_by", sa.String(320), nullable=True),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Index("ix_async_requests_claim", "kind", "service_name", "claimed_by"),
+    sa.Index("ix_async_requests_created", "created_at"),
+)
+
+# What each machine did for a request: pending -> running -> done | failed.
+async_request_results = sa.Table(
+    "async_request_results",
+    metadata,
+    sa.Column("request_id", sa.String(36), primary_key=True),
+    sa.Column("machine_name", sa.String(320), primary_key=True),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("result", sa.Text, nullable=True),
+    sa.Column("truncated", sa.Boolean, nullable=False),
+    sa.Column("error_msg", sa.Text, nullable=True),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("started_at", UTCDateTime, nullable=True),
+    sa.Column("finished_at", UTCDateTime, nullable=True),
+    sa.Column("stderr", sa.Text, nullable=True),
+    sa.Column("return_code", sa.Integer, nullable=True),
+    sa.Index("ix_async_request_results_machine", "machine_name", "status"),
+    sa.Index("ix_async_request_results_status", "status"),
+)

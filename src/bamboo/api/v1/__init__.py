@@ -9,7 +9,17 @@ from bamboo.api.registry import Registry
 registry = Registry()
 
 # URL module names, as clients call them (``creds`` is upstream's credential_management).
-MODULES = ("system", "metaconfig", "task", "job", "pilot", "harvester", "event", "file_server")
+MODULES = (
+    "system",
+    "metaconfig",
+    "task",
+    "job",
+    "pilot",
+    "harvester",
+    "event",
+    "file_server",
+    "async_process",
+)
 
 
 def load() -> Registry:
