@@ -290,6 +290,10 @@ BAD_DEFINITIONS = [
         {"steps": [{"name": "a", "task_params": {**NO_INPUT_TASK, "nEventsPerJob": -1}}]},
         "step 'a': task parameter 'nEventsPerJob'",
     ),
+    (
+        {"steps": [{"name": "a", "task_params": {**NO_INPUT_TASK, "pad": "x" * 1024 * 1024}}]},
+        "step 'a': task parameters larger than 1048576 bytes",
+    ),
     ({"language": "cwl"}, "the workflow has no 'steps'"),
 ]
 

@@ -33,6 +33,7 @@ from bamboo.logic import (
     rebrokerage,
     refiner,
     task_watchdog,
+    workflows,
 )
 from bamboo.logic.catalog import DataManagement
 from bamboo.logic.clock import Clock
@@ -134,12 +135,17 @@ async def _stream_pilots(ctx: AgentContext) -> int:
         return await pilot_streaming.stream(conn, ctx.clock, period)
 
 
+async def _advance_workflows(ctx: AgentContext) -> int:
+    async with ctx.db.transaction() as conn:
+        return await workflows.advance_batch(conn, ctx.clock)
+
+
 AGENTS: tuple[Agent, ...] = (
     Agent("refiner", _refine, wakes=("generator",)),
     Agent("feeder", _feed, wakes=("generator", "finisher")),
     Agent("generator", _generate),
     Agent("finaliser", _finalise, wakes=("generator", "finisher", "commando", "feeder")),
-    Agent("finisher", _finish, wakes=("refiner", "feeder")),
+    Agent("finisher", _finish, wakes=("refiner", "feeder", "workflow")),
     Agent("commando", _execute_commands, wakes=("generator", "finisher", "feeder")),
     Agent(
         "task_watchdog", _watch_tasks, wakes=("generator", "commando"), period=TASK_WATCHDOG_PERIOD_SECONDS
@@ -155,6 +161,8 @@ AGENTS: tuple[Agent, ...] = (
     Agent("archiver", _archive, period_setting="job_archive_period_seconds"),
     # Tells Harvester how many workers to submit where jobs wait; wakes nobody.
     Agent("pilot_streaming", _stream_pilots, period_setting="pilot_streaming_period_seconds"),
+    # Submits the steps of workflows whose dependencies ended; the finisher wakes it.
+    Agent("workflow", _advance_workflows, wakes=("refiner",)),
 )
 
 

@@ -295,6 +295,10 @@ def _resolve(step: dict[str, Any], steps: dict[str, dict[str, Any]]) -> Step:
             )
         params = orjson.loads(orjson.dumps(params))
         _items(params, "input")[0]["dataset"] = outputs[0]["dataset"]
+    if len(orjson.dumps(params)) > taskparams.MAX_TASK_PARAMS_BYTES:
+        raise InvalidDefinition(
+            f"step {name!r}: task parameters larger than {taskparams.MAX_TASK_PARAMS_BYTES} bytes"
+        )
     try:
         taskparams.validate(params)
     except InvalidInput as exc:
