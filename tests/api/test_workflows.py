@@ -390,3 +390,20 @@ async def test_upload_refusals(world) -> None:
     assert missing["message"] == "Argument error: missing a required argument: 'data'"
     wrong = await post(api, "file_server/upload_workflow_request", {"data": {}})
     assert wrong["message"] == "Type error: 'data' must be of type str, got dict."
+
+
+async def test_only_a_managed_workflow_submits_production_tasks(world) -> None:
+    api, runner = world
+    production_step = {"name": "a", "task_params": {**NO_INPUT_TASK, "prodSourceLabel": "managed"}}
+    user_id = await submit_workflow(api, {"steps": [production_step]})
+    managed_id = await submit_workflow(api, {"steps": [production_step]}, role="production")
+    await runner.run_once("workflow")
+    user_row = await workflow_row(api, user_id)
+    assert (user_row["status"], user_row["error_dialog"]) == (
+        "failed",
+        "step 'a': prodSourceLabel=managed requires the production role; use user",
+    )
+    assert await step_tasks(api, user_id) == {}
+    managed_task = await task_record(api, (await step_tasks(api, managed_id))["a"])
+    assert (managed_task["prodSourceLabel"], managed_task["userName"]) == ("managed", OWNER)
+    assert (await workflow_row(api, managed_id))["status"] == "running"
