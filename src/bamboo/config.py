@@ -10,6 +10,7 @@ from __future__ import annotations
 from functools import cached_property
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -327,6 +328,27 @@ class Settings(BaseSettings):
         "are written to its jedilog/ subdirectory and served as /cache/jedilog/<name>. Default: cache "
         "inside the home.",
     )
+
+    idds_url: str = Field(
+        "",
+        description="Base URL of the iDDS REST API the idds/* endpoints relay to (e.g. "
+        "https://idds.example.org:443/idds). Empty: iDDS is not configured and they answer so.",
+    )
+    idds_auth_type: Literal["x509_proxy", "oidc"] = Field(
+        "x509_proxy", description="How this server authenticates to iDDS: an X.509 proxy or an OIDC token."
+    )
+    idds_x509_proxy: Path | None = Field(
+        None,
+        description="The server's X.509 proxy for iDDS (idds_auth_type x509_proxy). Default: the iDDS "
+        "client's own lookup (X509_USER_PROXY, /tmp/x509up_u<uid>).",
+    )
+    idds_oidc_token_file: Path | None = Field(
+        None,
+        description='JSON file with the server\'s OIDC token for iDDS as {"id_token": ...} '
+        "(idds_auth_type oidc).",
+    )
+    idds_vo: str = Field("", description="VO sent to iDDS with an OIDC token.")
+    idds_timeout_seconds: float = Field(60.0, gt=0, le=3600, description="Timeout of one relayed iDDS call.")
     log_level: str = Field("info", description="Python logging level name.")
     machine_heartbeat_seconds: float = Field(
         10.0,

@@ -37,6 +37,7 @@ from bamboo.logic import (
     rebrokerage,
     refiner,
     task_watchdog,
+    workflows,
 )
 from bamboo.logic.catalog import DataManagement
 from bamboo.logic.clock import Clock
@@ -192,12 +193,17 @@ async def _serve_async_requests(ctx: AgentContext) -> int:
     return 1
 
 
+async def _advance_workflows(ctx: AgentContext) -> int:
+    async with ctx.db.transaction() as conn:
+        return await workflows.advance_batch(conn, ctx.clock)
+
+
 AGENTS: tuple[Agent, ...] = (
     Agent("refiner", _refine, wakes=("generator",)),
     Agent("feeder", _feed, wakes=("generator", "finisher")),
     Agent("generator", _generate),
     Agent("finaliser", _finalise, wakes=("generator", "finisher", "commando", "feeder")),
-    Agent("finisher", _finish, wakes=("refiner", "feeder")),
+    Agent("finisher", _finish, wakes=("refiner", "feeder", "workflow")),
     Agent("commando", _execute_commands, wakes=("generator", "finisher", "feeder")),
     Agent(
         "task_watchdog", _watch_tasks, wakes=("generator", "commando"), period=TASK_WATCHDOG_PERIOD_SECONDS
@@ -216,6 +222,8 @@ AGENTS: tuple[Agent, ...] = (
     Agent("event_picking", _pick_events, wakes=("refiner",)),
     # Tells Harvester how many workers to submit where jobs wait; wakes nobody.
     Agent("pilot_streaming", _stream_pilots, period_setting="pilot_streaming_period_seconds"),
+    # Submits the steps of workflows whose dependencies ended; the finisher wakes it.
+    Agent("workflow", _advance_workflows, wakes=("refiner",)),
 )
 
 

@@ -718,3 +718,45 @@ async_request_results = sa.Table(
     sa.Index("ix_async_request_results_machine", "machine_name", "status"),
     sa.Index("ix_async_request_results_status", "status"),
 )
+
+# Workflows (api-v1.md §2.13): a stored request or definition that the workflow agent turns into
+# tasks. ``kind`` says which endpoint stored it (``raw`` for submit_workflow_raw_request and
+# upload_workflow_request, ``definition`` for submit_workflow); ``request`` is its JSON text.
+# ``owner_dn`` is the submitter's DN: the tasks of the workflow are submitted in its name.
+workflows = sa.Table(
+    "workflows",
+    metadata,
+    sa.Column(
+        "workflow_id",
+        sa.BigInteger().with_variant(sa.Integer, "sqlite"),
+        primary_key=True,
+        autoincrement=True,
+    ),
+    sa.Column("name", sa.String(256), nullable=True),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("label", sa.String(16), nullable=False),
+    sa.Column("owner", sa.String(256), nullable=False),
+    sa.Column("owner_dn", sa.String(512), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("request", sa.Text, nullable=False),
+    sa.Column("error_dialog", sa.String(500), nullable=True),
+    sa.Column("creation_time", UTCDateTime, nullable=False),
+    sa.Column("modification_time", UTCDateTime, nullable=False),
+    # The agent claims the registered and running workflows.
+    sa.Index("ix_workflows_status", "status", "workflow_id"),
+)
+
+# One row per step whose task was created, written in the transaction that creates the task: the
+# primary key is what makes a rerun of the agent unable to create a step's task twice.
+# ``task_ended`` is set once the agent has seen the task end, so it claims a running workflow
+# only when one of its tasks ended since it last looked.
+workflow_steps = sa.Table(
+    "workflow_steps",
+    metadata,
+    sa.Column("workflow_id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("step_name", sa.String(64), primary_key=True),
+    sa.Column("jediTaskID", sa.BigInteger, nullable=False, unique=True),
+    sa.Column("task_ended", sa.Boolean, nullable=False),
+    sa.Column("creation_time", UTCDateTime, nullable=False),
+    sa.Index("ix_workflow_steps_open", "task_ended", "workflow_id"),
+)

@@ -19,6 +19,8 @@ MODULES = (
     "event",
     "file_server",
     "async_process",
+    "workflow",
+    "idds",
 )
 
 
