@@ -27,7 +27,8 @@ async def allow(api: ApiServer, name: str, letters: str) -> None:
 
 async def store(api: ApiServer, kind: str, subject: str, role: str, text: str) -> None:
     async with api.state.db.transaction() as conn:
-        await secrets.store_credential(conn, FixedClock(), api.state.keyring.keyring(), kind, subject, role, text)
+        keyring = api.state.keyring.keyring()
+        await secrets.store_credential(conn, FixedClock(), keyring, kind, subject, role, text)
 
 
 async def call(api: ApiServer, function: str, *, method: str = "GET", headers=None, **params) -> dict:
@@ -57,7 +58,8 @@ async def test_secrets_set_get_delete(api: ApiServer) -> None:
     await call(api, "set_user_secrets", method="POST", key="___file___:cfg", value="file body")
     await call(api, "set_user_secrets", method="POST", key="cfg", value="plain")
     await call(api, "set_user_secrets", method="POST", key="cfg", value=None)
-    assert json.loads((await call(api, "get_user_secrets"))["data"]) == {"test_key": "test_value", "other": "2"}
+    remaining = json.loads((await call(api, "get_user_secrets"))["data"])
+    assert remaining == {"test_key": "test_value", "other": "2"}
     # A null key deletes them all.
     assert await call(api, "set_user_secrets", method="POST", key=None) == ok
     assert (await call(api, "get_user_secrets"))["data"] == "{}"
@@ -88,7 +90,11 @@ async def test_secrets_need_identity_and_methods(api: ApiServer) -> None:
 async def test_secrets_limits(api_factory) -> None:
     api = api_factory(secrets_max_value_bytes=10, secrets_max_keys=2, secrets_max_user_bytes=12)
     too_long = await call(api, "set_user_secrets", method="POST", key="k", value="x" * 11)
-    assert too_long == {"success": False, "message": "secret value of 'k' is larger than 10 bytes", "data": None}
+    assert too_long == {
+        "success": False,
+        "message": "secret value of 'k' is larger than 10 bytes",
+        "data": None,
+    }
     await call(api, "set_user_secrets", method="POST", key="a", value="1")
     await call(api, "set_user_secrets", method="POST", key="b", value="2")
     third = await call(api, "set_user_secrets", method="POST", key="c", value="3")
@@ -115,10 +121,10 @@ async def test_secrets_that_do_not_open_are_a_database_error(api: ApiServer) -> 
     await call(api, "set_user_secrets", method="POST", key="k", value="v")
     async with api.state.db.transaction() as conn:
         await conn.execute(sa.update(user_secrets).values(owner="John Smith"))
-    await call(api, "set_user_secrets", method="POST", headers=api.token_headers(user="John Smith"), key="a")
-    answer = await call(api, "get_user_secrets", headers=api.token_headers(user="John Smith"))
+    john = api.token_headers(user="John Smith")
+    answer = await call(api, "get_user_secrets", headers=john)
     assert answer == {"success": False, "message": "database error", "data": {}}
-    answer = await call(api, "set_user_secrets", method="POST", headers=api.token_headers(user="John Smith"), key="b", value="1")
+    answer = await call(api, "set_user_secrets", method="POST", headers=john, key="b", value="1")
     assert answer == {"success": False, "message": "database error", "data": None}
 
 
@@ -175,7 +181,8 @@ async def test_proxy(api: ApiServer) -> None:
     denied = await call(api, "get_proxy", headers=headers)
     assert denied == {
         "success": False,
-        "message": "failed: 'Jane Doe' not in authorized users with 'p' in BAMBOO.USERS.GRIDPREF to get proxy",
+        "message": "failed: 'Jane Doe' not in authorized users with 'p' in BAMBOO.USERS.GRIDPREF "
+        "to get proxy",
         "data": None,
     }
     await allow(api, JANE, "p")
@@ -222,7 +229,8 @@ async def test_access_token(api_factory, token_keys: Path) -> None:
         assert answer == {"success": True, "message": "", "data": {"user_proxy": "eyJ.token"}}
     for params in ({"token_key": "wrong"}, {}):
         answer = await call(api, "get_access_token", client_name="pilot_server", **params)
-        assert answer == {"success": False, "message": "failed since token key is invalid for pilot_server", "data": None}
+        invalid = "failed since token key is invalid for pilot_server"
+        assert answer == {"success": False, "message": invalid, "data": None}
     # A client without configured keys needs none.
     await store(api, secrets.TOKEN, "other_client", "", "eyJ.other")
     answer = await call(api, "get_access_token", client_name="other_client")

@@ -250,6 +250,9 @@ async def change_allowances(
     conn: AsyncConnection, clock: Clock, name: str, letters: str, *, allow: bool
 ) -> str:
     """Add (``allow``) or remove the given allow-list letters of a user; returns the new letters."""
+    name = name.strip()
+    if not name or len(name) > MAX_NAME_CHARS or any(ord(c) < 32 for c in name):
+        raise InvalidInput(f"invalid user name {name!r}: 1-{MAX_NAME_CHARS} printable characters")
     unknown = set(letters) - set(GRIDPREF_LETTERS)
     if unknown or not letters:
         raise InvalidInput(f"allow-list letters are among {GRIDPREF_LETTERS!r}")

@@ -64,7 +64,8 @@ async def set_user_secrets(
 @creds.endpoint(method="GET")
 async def get_user_secrets(
     call: Call,
-    keys: Annotated[list[str], "Only these secrets (default: all)."] = None,  # type: ignore[assignment]
+    # Upstream's List[str] defaulting to None: the parameter checks accept None by the default.
+    keys: Annotated[list[str], "Only these secrets (default: all)."] = None,  # type: ignore[assignment]  # noqa: RUF013
 ) -> Reply:
     """The caller's secrets as a JSON **string** of ``{key: value}`` (``"{}"`` when none)."""
     limit = call.state.settings.secrets_max_keys
