@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import logging
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -30,6 +31,7 @@ from bamboo.db import secrets as secrets_db
 from bamboo.db import users as users_db
 from bamboo.logic.clock import Clock
 from bamboo.logic.errors import BambooError, InvalidInput
+from bamboo.logic.job_rows import USE_SECRETS_TOKEN
 
 KEY_BYTES = 32
 NONCE_BYTES = 12
@@ -49,6 +51,7 @@ MAX_CREDENTIAL_BYTES = 256 * 1024
 MAX_NAME_CHARS = 256
 MAX_DN_CHARS = 1024
 MAX_TOKEN_KEYS_FILE_BYTES = 1024 * 1024
+log = logging.getLogger(__name__)
 _KEY_FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")
 
 
@@ -218,7 +221,7 @@ async def secrets_for_jobs(
 
     async def text_of(owner: str) -> str:
         if owner not in cache:
-            cache[owner] = json.dumps(await get_user_secrets(conn, keyring, owner))
+            cache[owner] = await pilot_secrets_text(conn, keyring, owner)
         return cache[owner]
 
     extras: list[dict[str, str]] = []
@@ -232,7 +235,14 @@ async def secrets_for_jobs(
     return extras
 
 
-USE_SECRETS_TOKEN = "us"  # noqa: S105 - a specialHandling token, not a secret
+async def pilot_secrets_text(conn: AsyncConnection, keyring: Keyring, owner: str) -> str:
+    """An owner's secrets as the JSON text a pilot receives; ``"{}"`` when they do not open (one
+    user's unreadable row must not stop dispatch to everyone; the cause is logged)."""
+    try:
+        return json.dumps(await get_user_secrets(conn, keyring, owner))
+    except SecretsUnavailable as exc:
+        log.error("secrets of %r not sent to the pilot: %s", owner, exc.message)
+        return "{}"
 
 
 def uses_secrets(job: Mapping[str, Any]) -> bool:
