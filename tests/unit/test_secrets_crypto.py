@@ -51,8 +51,9 @@ def test_tampered_values_are_refused(position: int) -> None:
     blob[position] ^= 0x01
     with pytest.raises(SecretsUnavailable):
         keyring.open("user-secrets", "Jane Doe", Sealed(sealed.key_id, bytes(blob)))
-    with pytest.raises(SecretsUnavailable):
-        keyring.open("user-secrets", "Jane Doe", Sealed(sealed.key_id, sealed.blob[:-1]))
+    for cut in (sealed.blob[:-1], sealed.blob[:20], sealed.blob[:5], b""):
+        with pytest.raises(SecretsUnavailable):
+            keyring.open("user-secrets", "Jane Doe", Sealed(sealed.key_id, cut))
 
 
 def test_a_key_id_swapped_for_another_is_refused() -> None:

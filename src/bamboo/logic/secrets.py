@@ -35,6 +35,7 @@ from bamboo.logic.job_rows import USE_SECRETS_TOKEN
 
 KEY_BYTES = 32
 NONCE_BYTES = 12
+TAG_BYTES = 16
 FILE_PREFIX = "___file___:"
 #: Stands for upstream's database schema name in the permission messages.
 META_SCHEMA = "BAMBOO"
@@ -124,6 +125,8 @@ class Keyring:
                 f"a stored {purpose} value is sealed with key {sealed.key_id}, not in the keyring"
             )
         nonce, body = sealed.blob[:NONCE_BYTES], sealed.blob[NONCE_BYTES:]
+        if len(body) < TAG_BYTES:
+            raise SecretsUnavailable(f"a stored {purpose} value is truncated")
         try:
             return AESGCM(key.material).decrypt(nonce, body, _associated(purpose, owner, key.id))
         except InvalidTag as exc:
