@@ -3,6 +3,7 @@ pairs, cached proxies and access tokens, token keys, with the contract's exact a
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -63,6 +64,15 @@ async def test_secrets_set_get_delete(api: ApiServer) -> None:
     # A null key deletes them all.
     assert await call(api, "set_user_secrets", method="POST", key=None) == ok
     assert (await call(api, "get_user_secrets"))["data"] == "{}"
+
+
+async def test_concurrent_changes_of_one_user_are_all_kept(api: ApiServer) -> None:
+    answers = await asyncio.gather(
+        *(call(api, "set_user_secrets", method="POST", key=f"k{n}", value=str(n)) for n in range(8))
+    )
+    assert all(answer["success"] for answer in answers)
+    stored = json.loads((await call(api, "get_user_secrets"))["data"])
+    assert stored == {f"k{n}": str(n) for n in range(8)}
 
 
 async def test_secrets_belong_to_their_owner(api: ApiServer) -> None:

@@ -154,8 +154,10 @@ def _utf8_size(text: str) -> int:
     return len(text.encode("utf-8", "surrogatepass"))
 
 
-async def _load_user_secrets(conn: AsyncConnection, keyring: Keyring, owner: str) -> dict[str, str]:
-    row = await secrets_db.user_secrets_row(conn, owner)
+async def _load_user_secrets(
+    conn: AsyncConnection, keyring: Keyring, owner: str, *, lock: bool = False
+) -> dict[str, str]:
+    row = await secrets_db.user_secrets_row(conn, owner, lock=lock)
     if row is None:
         return {}
     plaintext = keyring.open(USER_SECRETS, owner, Sealed(row["key_id"], row["sealed"]))
@@ -186,7 +188,7 @@ async def set_user_secret(
         raise InvalidInput(f"secret key must have 1 to {MAX_SECRET_KEY_CHARS} characters")
     if value is not None and _utf8_size(value) > limits.max_value_bytes:
         raise InvalidInput(f"secret value of {key!r} is larger than {limits.max_value_bytes} bytes")
-    data = await _load_user_secrets(conn, keyring, owner)
+    data = await _load_user_secrets(conn, keyring, owner, lock=True)
     if value is None:
         data.pop(key, None)
         data.pop(FILE_PREFIX + key, None)
