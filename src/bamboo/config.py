@@ -12,7 +12,7 @@ from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_HOME = Path(".bamboo")
@@ -349,6 +349,44 @@ class Settings(BaseSettings):
     )
     idds_vo: str = Field("", description="VO sent to iDDS with an OIDC token.")
     idds_timeout_seconds: float = Field(60.0, gt=0, le=3600, description="Timeout of one relayed iDDS call.")
+
+    secrets_key_file: Path | None = Field(
+        None,
+        description="Keyring that encrypts user secrets, proxies and tokens at rest (AES-GCM); created "
+        "mode 0600 on first start; `bamboo secrets rotate-key` adds a key to it and retires the old one. "
+        "Default: secrets-keyring.json in the home. Every server sharing a database needs the same file.",
+    )
+    secrets_key: SecretStr | None = Field(
+        None,
+        description="Instead of the keyring file: one base64-encoded 32-byte AES key (never logged). "
+        "Keys given this way cannot be rotated by `bamboo secrets rotate-key`.",
+    )
+    secrets_max_value_bytes: int = Field(
+        64 * 1024, ge=1, le=16 * 1024 * 1024, description="Largest value of one user secret (UTF-8 bytes)."
+    )
+    secrets_max_user_bytes: int = Field(
+        1024 * 1024,
+        ge=1,
+        le=64 * 1024 * 1024,
+        description="Largest total of one user's secrets (their keys and values, UTF-8 bytes).",
+    )
+    secrets_max_keys: int = Field(100, ge=1, le=10000, description="Most secrets one user may keep.")
+    pilot_secrets_owner: str | None = Field(
+        None,
+        description="Compact user name whose secrets every dispatched job carries as pilotSecrets (also "
+        "in pilot/update_job answers). Unset: no pilotSecrets.",
+    )
+    key_pair_dir: Path | None = Field(
+        None,
+        description="Directory of key files served by creds/get_key_pair, one file per key named by the "
+        "key name. Unset: every key is missing.",
+    )
+    token_keys_file: Path | None = Field(
+        None,
+        description='JSON file {"<client name>": ["<key>", ...]} of token keys, latest last: '
+        "creds/get_token_key serves the latest, creds/get_access_token requires one of them from "
+        "clients listed there. Read when a request needs it.",
+    )
     log_level: str = Field("info", description="Python logging level name.")
     machine_heartbeat_seconds: float = Field(
         10.0,
@@ -428,6 +466,10 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite+aiosqlite:///{(self.home / 'bamboo.db').resolve()}"
+
+    @property
+    def effective_secrets_key_file(self) -> Path:
+        return self.secrets_key_file or self.home / "secrets-keyring.json"
 
 
 def settings_markdown() -> str:

@@ -94,7 +94,7 @@ class RunningServer:
         return str(self.home / "ca.pem")
 
     def admin(self, *args: str) -> str:
-        uses_database = args[0] in ("db", "queue", "user", "data", "task")
+        uses_database = args[0] in ("db", "queue", "user", "data", "task", "secrets")
         extra = ["--database-url", self.database_url] if self.database_url and uses_database else []
         return bamboo(*args, "--home", str(self.home), *extra)
 

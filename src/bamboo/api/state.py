@@ -16,7 +16,7 @@ from bamboo.auth.oidc import TokenVerifier, load_policies_from_dir
 from bamboo.auth.x509 import TrustStore
 from bamboo.config import Settings
 from bamboo.db.engine import Database
-from bamboo.home import Home
+from bamboo.home import Home, KeyringSource
 from bamboo.logic import users
 from bamboo.logic.catalog import DataManagement, LocalCatalog
 from bamboo.logic.clock import Clock
@@ -65,6 +65,7 @@ class ServerState:
     auth_configs: dict[str, dict[str, Any]]
     bans: BanList
     dm: DataManagement
+    keyring: KeyringSource
     certificates: CertificateCache = field(default_factory=CertificateCache)
     queue_statuses: QueueStatusCache = field(default_factory=QueueStatusCache)
     # Wakes an agent of this process by name; a no-op where agents run elsewhere.
@@ -94,6 +95,7 @@ def build_state(settings: Settings, home: Home, db: Database, clock: Clock) -> S
         auth_configs=auth_configs,
         bans=BanList(db, settings.ban_refresh_seconds),
         dm=LocalCatalog(),
+        keyring=KeyringSource(settings),
     )
 
 

@@ -7,7 +7,19 @@ from typing import Annotated
 
 import typer
 
-from bamboo.cli import credentials, data, database, events, harvester, nodes, queues, shares, tasks, users
+from bamboo.cli import (
+    credentials,
+    data,
+    database,
+    events,
+    harvester,
+    nodes,
+    queues,
+    secrets,
+    shares,
+    tasks,
+    users,
+)
 from bamboo.cli.options import DatabaseOption, HomeOption, fail, settings_for
 
 app = typer.Typer(
@@ -26,6 +38,7 @@ app.add_typer(data.app, name="data")
 app.add_typer(shares.app, name="share")
 app.add_typer(nodes.app, name="node")
 app.add_typer(harvester.app, name="harvester")
+app.add_typer(secrets.app, name="secrets")
 app.command("events")(events.show)
 
 

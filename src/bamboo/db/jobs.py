@@ -237,6 +237,7 @@ DISPATCH_COLUMNS = (
     "container_name",
     "specialHandling",
     "eventService",
+    "prodUserName",  # whose secrets a job flagged "us" carries (logic/secrets.py)
 )
 
 # Built once: dispatch is the hottest write path, and building the statement costs more than

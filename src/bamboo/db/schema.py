@@ -45,6 +45,35 @@ users = sa.Table(
     sa.Column("status", sa.String(32), nullable=False),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
+    # Allow-list letters for the creds endpoints: p (proxies, access tokens), k (key pairs),
+    # t (token keys); PanDA's USERS.GRIDPREF.
+    sa.Column("gridpref", sa.String(16), nullable=True),
+)
+
+# Per-user secrets (domain.md §9.2): the owner's whole {key: value} dict as JSON, sealed with
+# AES-GCM by the key named in key_id (logic/secrets.py); never stored in clear.
+user_secrets = sa.Table(
+    "user_secrets",
+    metadata,
+    sa.Column("owner", sa.String(256), primary_key=True),
+    sa.Column("key_id", sa.String(32), nullable=False),
+    sa.Column("sealed", sa.LargeBinary, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Index("ix_user_secrets_key", "key_id"),
+)
+
+# Cached credentials served by creds/get_proxy (kind "proxy", subject = bare DN, role) and
+# creds/get_access_token (kind "token", subject = client name, role ""), sealed like user_secrets.
+cached_credentials = sa.Table(
+    "cached_credentials",
+    metadata,
+    sa.Column("kind", sa.String(16), primary_key=True),
+    sa.Column("subject", sa.String(1024), primary_key=True),
+    sa.Column("role", sa.String(256), primary_key=True),
+    sa.Column("key_id", sa.String(32), nullable=False),
+    sa.Column("sealed", sa.LargeBinary, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Index("ix_cached_credentials_key", "key_id"),
 )
 
 

@@ -23,3 +23,21 @@ async def upsert_status(conn: AsyncConnection, name: str, status: str, now: date
     )
     if updated.rowcount == 0:
         await conn.execute(sa.insert(users).values(name=name, status=status, created_at=now, updated_at=now))
+
+
+async def gridpref(conn: AsyncConnection, name: str) -> str | None:
+    result = await conn.execute(sa.select(users.c.gridpref).where(users.c.name == name))
+    return result.scalar_one_or_none()
+
+
+async def set_gridpref(conn: AsyncConnection, name: str, letters: str | None, now: datetime) -> None:
+    """Set a user's allow-list letters, creating an active user row when the name is new."""
+    updated = await conn.execute(
+        sa.update(users).where(users.c.name == name).values(gridpref=letters, updated_at=now)
+    )
+    if updated.rowcount == 0:
+        await conn.execute(
+            sa.insert(users).values(
+                name=name, status="active", gridpref=letters, created_at=now, updated_at=now
+            )
+        )

@@ -27,7 +27,7 @@ from bamboo.db import jobs as jobs_db
 from bamboo.db import queues as queues_db
 from bamboo.db import workers as workers_db
 from bamboo.db.jobs import ClaimStamp, DispatchFilter
-from bamboo.logic import es_generation, es_lifecycle, shares, target_slots
+from bamboo.logic import es_generation, es_lifecycle, secrets, shares, target_slots
 from bamboo.logic.clock import Clock
 from bamboo.logic.errors import InvalidInput
 
@@ -146,11 +146,17 @@ class QueueStatusCache:
 
 
 async def acquire(
-    conn: AsyncConnection, clock: Clock, request: AcquireRequest, statuses: QueueStatusCache
+    conn: AsyncConnection,
+    clock: Clock,
+    request: AcquireRequest,
+    statuses: QueueStatusCache,
+    secrets_to_send: SecretsToSend | None = None,
 ) -> list[dict[str, Any]]:
     """Claim up to ``n_jobs`` matching activated jobs for the caller; return their job dicts.
 
     Jobs of the most under-used global share go first, then by priority (domain.md §5.3, §6.4).
+    With ``secrets_to_send`` (production callers), the dicts carry ``secrets`` and
+    ``pilotSecrets`` (domain.md §9.2).
     """
     worker = None
     if request.harvester_id and request.worker_id is not None:
@@ -206,7 +212,23 @@ async def acquire(
     if worker is not None:
         await workers_db.relate_jobs(conn, *worker, panda_ids, stamp.now)
     files = await jobs_db.files_of(conn, panda_ids)
-    return [job_dict(job, files[job["PandaID"]], n_sent) for job in claimed]
+    described = [job_dict(job, files[job["PandaID"]], n_sent) for job in claimed]
+    if secrets_to_send is not None:
+        extras = await secrets.secrets_for_jobs(
+            conn, secrets_to_send.keyring, claimed, secrets_to_send.pilot_owner
+        )
+        for description, extra in zip(described, extras, strict=True):
+            description.update(extra)
+    return described
+
+
+@dataclass(frozen=True)
+class SecretsToSend:
+    """What a production acquire needs to hand out secrets: the keyring that opens them and the
+    owner of the pilot-level secrets (None: no ``pilotSecrets``)."""
+
+    keyring: secrets.Keyring
+    pilot_owner: str | None
 
 
 def _joined(files: Sequence[dict[str, Any]], key: str) -> str:

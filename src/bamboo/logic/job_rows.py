@@ -17,6 +17,16 @@ from bamboo.logic.jobparams import output_file_name
 _HOME_VERSION = re.compile(r"-(\d+\.)")
 
 
+#: Split-rule tag of tasks with ``useSecrets``; their jobs get the ``specialHandling`` token that
+#: makes dispatch send the owner's secrets (logic/secrets.py).
+USE_SECRETS_TAG = "ST"
+USE_SECRETS_TOKEN = "us"  # noqa: S105 - a specialHandling token, not a secret
+
+
+def uses_secrets(task: dict[str, Any]) -> bool:
+    return f"{USE_SECRETS_TAG}=1" in (task.get("splitRule") or "").split(",")
+
+
 def task_job_row(
     task: dict[str, Any],
     queue: dict[str, Any],
@@ -86,6 +96,7 @@ def task_job_row(
         "container_name": task["container_name"],
         "job_label": "user" if task["taskType"] == "anal" else "managed",
         "origin_panda_id": origin,
+        "specialHandling": USE_SECRETS_TOKEN if uses_secrets(task) else None,
     }
 
 

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bamboo.db import feeder as feeder_db
 from bamboo.db import tasks as tasks_db
-from bamboo.logic import build_jobs, merge_jobs, secondary, task_status
+from bamboo.logic import build_jobs, job_rows, merge_jobs, secondary, task_status
 from bamboo.logic.catalog import CatalogFile, DataManagement, scope_of
 from bamboo.logic.clock import Clock
 from bamboo.logic.errors import InvalidInput
@@ -123,7 +123,11 @@ async def _wait(conn: AsyncConnection, clock: Clock, task: dict[str, Any], dialo
 
 
 def _split_rule_text(refined: RefinedTask) -> str | None:
-    tokens = {**refined.split.size_tags(), "UB": "1" if refined.build is not None else None}
+    tokens = {
+        **refined.split.size_tags(),
+        "UB": "1" if refined.build is not None else None,
+        job_rows.USE_SECRETS_TAG: "1" if refined.use_secrets else None,
+    }
     if refined.event_service is not None:
         tokens.update(refined.event_service.split_tags())
     return ",".join(f"{key}={value}" for key, value in tokens.items() if value is not None) or None

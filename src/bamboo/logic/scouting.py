@@ -58,7 +58,8 @@ def wants_scouts(task: dict[str, Any], params: dict[str, Any]) -> bool:
 def mark(job: dict[str, Any], task: dict[str, Any]) -> None:
     """Make a generated job row a scout."""
     priority = max(SCOUT_PRIORITY_FLOOR, (task["taskPriority"] or 0) + 1)
-    job["specialHandling"] = SCOUT_MARK
+    # Appended: a scout keeps the tokens the job row was made with (e.g. "us" for secrets).
+    job["specialHandling"] = ",".join(filter(None, (job.get("specialHandling"), SCOUT_MARK)))
     job["assignedPriority"] = job["currentPriority"] = priority
 
 

@@ -408,6 +408,8 @@ class RefinedTask:
     build: BuildSpec | None = None
     merge: MergeSpec | None = None
     event_service: EventServiceSpec | None = None
+    # useSecrets: the task's jobs carry the owner's secrets to the pilot (split rule ST=1).
+    use_secrets: bool = False
 
     @property
     def master(self) -> DatasetPlan:
@@ -541,6 +543,7 @@ def refine(params: Mapping[str, Any]) -> RefinedTask:
         build=BuildSpec.from_params(params),
         merge=merge,
         event_service=event_service,
+        use_secrets=bool(params.get("useSecrets")),
     )
 
 

@@ -21,6 +21,7 @@ MODULES = (
     "async_process",
     "workflow",
     "idds",
+    "creds",
 )
 
 

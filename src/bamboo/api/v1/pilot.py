@@ -7,6 +7,7 @@ worker-node catalog: update_worker_node, update_worker_node_gpu).
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated, Any
 
 from bamboo.api.call import Call
@@ -17,12 +18,15 @@ from bamboo.api.registry import Access, DbUse, Module
 from bamboo.api.v1 import registry
 from bamboo.auth.dn import clean_user_id
 from bamboo.auth.identity import has_production_role
-from bamboo.logic import dispatch, worker_nodes
+from bamboo.home import KeyringError
+from bamboo.logic import dispatch, secrets, worker_nodes
 from bamboo.logic import pilot as pilot_logic
 from bamboo.logic.errors import InvalidInput
+from bamboo.logic.secrets import SecretsUnavailable
 from bamboo.logic.states import PILOT_REPORTABLE
 
 pilot = Module(registry, "pilot")
+log = logging.getLogger(__name__)
 
 NO_ROLE = "no production/pilot role in VOMS FQANs or non pilot owner"
 STATUS_INVALID = 50
@@ -69,7 +73,8 @@ async def acquire_jobs(
 ) -> Reply:
     """Hand activated jobs of a queue to a pilot or Harvester; each job goes to one caller only."""
     identity = call.caller
-    if has_production_role(identity, call.state.settings.production_dns):
+    production = has_production_role(identity, call.state.settings.production_dns)
+    if production:
         owner = clean_user_id(prod_user_id) if prod_user_id else None
     else:
         if prod_source_label != "user":
@@ -92,7 +97,8 @@ async def acquire_jobs(
         harvester_id=harvester_id if harvester_id is not None else scheduler_id,
         worker_id=worker_id,
     )
-    jobs = await dispatch.acquire(call.db, call.state.clock, request, call.state.queue_statuses)
+    to_send = _secrets_to_send(call) if production else None
+    jobs = await dispatch.acquire(call.db, call.state.clock, request, call.state.queue_statuses, to_send)
     if not jobs:
         return failure(dispatch.NO_JOBS)
     return Reply(data={"StatusCode": 0, "jobs": jobs})
@@ -108,13 +114,28 @@ async def get_job_status(
     return Reply(data=await pilot_logic.job_statuses(call.db, job_ids))
 
 
+def _secrets_to_send(call: Call) -> dispatch.SecretsToSend:
+    try:
+        keyring = call.state.keyring.keyring()
+    except KeyringError as exc:
+        # Jobs needing secrets must not leave without them: nothing is claimed.
+        log.error("secrets keyring unusable, no job handed out: %s", exc)
+        raise SecretsUnavailable("secrets are unavailable on this server") from exc
+    return dispatch.SecretsToSend(keyring, call.state.settings.pilot_secrets_owner)
+
+
 async def _apply_update(call: Call, job_id: int, job_status: str, report: dict[str, Any]) -> Reply:
     if job_status not in PILOT_REPORTABLE:
         return failure(f"Invalid job status: {job_status}", {"StatusCode": STATUS_INVALID})
     answer = await pilot_logic.update_job(call.db, call.state.clock, job_id, job_status, report)
     if answer.final:
         call.on_commit.append(lambda: call.state.wake("finaliser"))
-    return Reply(data=answer.data, message=answer.message)
+    data = answer.data
+    pilot_owner = call.state.settings.pilot_secrets_owner
+    if pilot_owner and data.get("StatusCode") == 0:
+        keyring = _secrets_to_send(call).keyring
+        data = {**data, "pilotSecrets": await secrets.pilot_secrets_text(call.db, keyring, pilot_owner)}
+    return Reply(data=data, message=answer.message)
 
 
 @pilot.endpoint(method="POST", access=Access.PRODUCTION, db=DbUse.WRITE)
