@@ -321,6 +321,42 @@ class Settings(BaseSettings):
         "memory, more walltime, fewer inputs per job; format in docs/retry-rules.md), checked when the "
         "server starts. Default: the built-in rules (bamboo/logic/retry_rules.json).",
     )
+    file_cache_dir: Path | None = Field(
+        None,
+        description="Where uploaded cache files (sandboxes), JEDI logs and HPO checkpoints are stored and "
+        "served from (/cache/...). Default: the directory cache inside the home. Several replicas must "
+        "share it (a network file system).",
+    )
+    upload_temp_dir: Path | None = Field(
+        None,
+        description="Where multipart uploads are spooled while they arrive, before they are checked and "
+        "moved into the cache: uploads never sit in memory. Default: the directory upload-tmp inside the "
+        "home; best on the cache's file system.",
+    )
+    cache_host: str | None = Field(
+        None,
+        description="Host name recorded for uploaded cache files and answered by validate_cache_file "
+        "(FOUND:<host>:<name>); panda-client then fetches and uploads there. Default: the host name the "
+        "uploading client used to reach this server.",
+    )
+    file_cache_max_age_days: float = Field(
+        7.0,
+        gt=0,
+        description="The cleaner deletes cache files, JEDI logs and HPO checkpoints not modified for this "
+        "long, with their registry rows (upstream's 7 days; touch_cache_file keeps a file alive).",
+    )
+    file_cache_user_quota_bytes: int = Field(
+        20 * 1024**3,
+        ge=0,
+        description="Most bytes of registered cache files one user may hold (sum of the sizes of the "
+        "user's registered files); an upload that would pass it is refused. 0: no quota.",
+    )
+    file_cache_clean_period_seconds: float = Field(
+        3600.0,
+        gt=0,
+        le=86400,
+        description="How often the cleaner looks for expired cache files when it found none the last time.",
+    )
     log_level: str = Field("info", description="Python logging level name.")
 
     @field_validator("trusted_proxies")
@@ -333,6 +369,14 @@ class Settings(BaseSettings):
     @cached_property
     def trusted_proxy_networks(self) -> tuple[IPv4Network | IPv6Network, ...]:
         return tuple(ip_network(item, strict=False) for item in self.trusted_proxies)
+
+    @property
+    def file_cache_path(self) -> Path:
+        return (self.file_cache_dir or self.home / "cache").resolve()
+
+    @property
+    def upload_temp_path(self) -> Path:
+        return (self.upload_temp_dir or self.home / "upload-tmp").resolve()
 
     @property
     def effective_database_url(self) -> str:

@@ -25,6 +25,7 @@ from bamboo.logic import (
     archive,
     commands,
     feeder,
+    files,
     finaliser,
     finisher,
     generator,
@@ -36,6 +37,7 @@ from bamboo.logic import (
 )
 from bamboo.logic.catalog import DataManagement
 from bamboo.logic.clock import Clock
+from bamboo.storage import file_store
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +136,17 @@ async def _stream_pilots(ctx: AgentContext) -> int:
         return await pilot_streaming.stream(conn, ctx.clock, period)
 
 
+async def _clean_file_cache(ctx: AgentContext) -> int:
+    store = file_store(ctx.settings)
+    policy = files.CleanerPolicy.from_settings(ctx.settings)
+    async with ctx.db.transaction() as conn:
+        batch = await files.expired(conn, store, ctx.clock, policy)
+        forgotten = await files.forget(conn, batch)
+    # The files go once their rows are gone: a crash in between leaves expired files, which the
+    # next step finds again, never rows naming deleted files.
+    return forgotten + await files.remove_files(store, batch, ctx.clock)
+
+
 AGENTS: tuple[Agent, ...] = (
     Agent("refiner", _refine, wakes=("generator",)),
     Agent("feeder", _feed, wakes=("generator", "finisher")),
@@ -155,6 +168,8 @@ AGENTS: tuple[Agent, ...] = (
     Agent("archiver", _archive, period_setting="job_archive_period_seconds"),
     # Tells Harvester how many workers to submit where jobs wait; wakes nobody.
     Agent("pilot_streaming", _stream_pilots, period_setting="pilot_streaming_period_seconds"),
+    # Expires cache files, JEDI logs and HPO checkpoints with their registry rows; wakes nobody.
+    Agent("file_cleaner", _clean_file_cache, period_setting="file_cache_clean_period_seconds"),
 )
 
 
