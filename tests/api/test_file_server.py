@@ -177,6 +177,17 @@ async def test_upload_registers_and_serves_a_sandbox(
     assert "content-encoding" not in served.headers
 
 
+async def test_a_hostile_host_header_is_not_recorded(api: ApiServer, jane: Session) -> None:
+    async with jane._client() as client:
+        response = await client.post(
+            f"{API}/upload_cache_file",
+            files={"file": ("sources.h.tar.gz", b"data")},
+            headers={"Host": "x" * 300},
+        )
+    assert envelope(response) == OK
+    assert [row["host"] for row in await registry_rows(api)] == ["localhost"]
+
+
 async def test_validate_is_per_user_recent_and_needs_the_file(
     api: ApiServer, jane: Session, john: Session, clock: FixedClock, cache_dir: Path
 ) -> None:

@@ -7,6 +7,7 @@ to disk by the dispatcher, never held in memory.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 
 from starlette.datastructures import UploadFile
@@ -22,6 +23,7 @@ from bamboo.storage import file_store
 file_server = Module(registry, "file_server")
 
 UploadedFile = Annotated[Any, "The file: a multipart/form-data part named file, with its file name."]
+_HOST_NAME = re.compile(r"[A-Za-z0-9.:\-]{1,253}")
 NOT_A_FILE = "Type error: 'file' must be an uploaded file (a multipart part with a file name)."
 
 
@@ -39,10 +41,13 @@ def _upload(call: Call, part: Any) -> files.Upload | None:
 
 def _uploader(call: Call) -> files.Uploader:
     settings = call.state.settings
+    requested = call.request.url.hostname or ""
+    # The Host header is the client's word: recorded only when it is a plausible host name.
+    host = requested if _HOST_NAME.fullmatch(requested) else settings.server_hostnames[0]
     return files.Uploader(
         user_name=call.caller.user_name,
         production=has_production_role(call.caller, settings.production_dns),
-        host=settings.cache_host or call.request.url.hostname or settings.server_hostnames[0],
+        host=settings.cache_host or host,
     )
 
 
