@@ -347,6 +347,34 @@ async def test_a_large_upload_is_streamed_to_disk_not_memory(
     assert list(api.state.settings.upload_temp_path.iterdir()) == []
 
 
+def open_files_under(directory: Path) -> list[str]:
+    """What this process has open inside ``directory`` (unnamed temporary files show as deleted)."""
+    targets = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            targets.append(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:
+            continue
+    return [target for target in targets if target.startswith(f"{directory}/")]
+
+
+async def test_the_part_is_spooled_in_the_upload_directory_and_closed(api: ApiServer, jane: Session) -> None:
+    spool = api.state.settings.upload_temp_path
+    body, headers = raw_multipart(b"sources.spool.tar.gz", b"y" * (4 * files.MB))
+    seen_while_sending: list[list[str]] = []
+
+    async def slowly() -> AsyncIterator[bytes]:
+        for start in range(0, len(body), files.MB):
+            yield body[start : start + files.MB]
+            seen_while_sending.append(open_files_under(spool))
+
+    async with jane._client() as client:
+        response = await client.post(f"{API}/upload_cache_file", content=slowly(), headers=headers)
+    assert envelope(response) == OK
+    assert any(seen_while_sending), "the file part was not spooled in upload_temp_dir"
+    assert open_files_under(spool) == []
+
+
 @pytest.mark.parametrize(
     ("filename", "reason"),
     [
