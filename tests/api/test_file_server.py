@@ -419,6 +419,12 @@ async def test_malformed_multipart_is_a_bad_request(jane: Session) -> None:
     response = await jane.upload_raw("upload_cache_file", body, {"Content-Type": "multipart/form-data"})
     assert response.status_code == 400
     assert response.text == "ERROR : received invalid form data : missing boundary in multipart"
+    # Each header is small; together they pass the bound.
+    padding = b"".join(b"X-Padding-%d: %s\r\n" % (i, b"p" * 4000) for i in range(5))
+    many_headers = body.replace(b"Content-Type:", padding + b"Content-Type:")
+    response = await jane.upload_raw("upload_cache_file", many_headers, headers)
+    assert response.status_code == 400
+    assert response.text == "ERROR : received invalid form data : part headers longer than 16384 bytes"
     no_name = body.replace(b'name="file"; ', b"")
     response = await jane.upload_raw("upload_cache_file", no_name, headers)
     assert response.status_code == 400

@@ -60,9 +60,8 @@ def _byte_range(header: str, size: int) -> tuple[int, int] | None:
     if unit.strip().lower() != "bytes" or "," in spec:
         return None
     first, dash, last = spec.strip().partition("-")
-    if not dash or not (first.isdigit() or last.isdigit()) or (first and not first.isdigit()):
-        return None
-    if last and not last.isdigit():
+    well_formed = dash and (first or last) and all(part.isdigit() for part in (first, last) if part)
+    if not well_formed:
         return None
     if not first:
         suffix = int(last)

@@ -37,6 +37,7 @@ class _Part:
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     header_name: bytearray = field(default_factory=bytearray)
     header_value: bytearray = field(default_factory=bytearray)
+    header_bytes: int = 0
     name: str = ""
     filename: str | None = None
     text: bytearray = field(default_factory=bytearray)
@@ -70,15 +71,17 @@ class _Collector:
 
     def on_header_field(self, data: bytes, start: int, end: int) -> None:
         self.part.header_name += data[start:end]
-        self._check_header()
+        self._count_header(end - start)
 
     def on_header_value(self, data: bytes, start: int, end: int) -> None:
         self.part.header_value += data[start:end]
-        self._check_header()
+        self._count_header(end - start)
 
-    def _check_header(self) -> None:
-        if len(self.part.header_name) + len(self.part.header_value) > MAX_HEADER_BYTES:
-            raise UploadRefused(f"a part header longer than {MAX_HEADER_BYTES} bytes")
+    def _count_header(self, size: int) -> None:
+        # All headers of a part together, or a client could send the whole body as headers.
+        self.part.header_bytes += size
+        if self.part.header_bytes > MAX_HEADER_BYTES:
+            raise UploadRefused(f"part headers longer than {MAX_HEADER_BYTES} bytes")
 
     def on_header_end(self) -> None:
         self.part.headers.append((bytes(self.part.header_name).lower(), bytes(self.part.header_value)))
