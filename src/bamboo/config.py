@@ -321,11 +321,11 @@ class Settings(BaseSettings):
         "memory, more walltime, fewer inputs per job; format in docs/retry-rules.md), checked when the "
         "server starts. Default: the built-in rules (bamboo/logic/retry_rules.json).",
     )
-    file_cache_dir: Path | None = Field(
+    cache_dir: Path | None = Field(
         None,
-        description="Where uploaded cache files (sandboxes), JEDI logs and HPO checkpoints are stored and "
-        "served from (/cache/...). Default: the directory cache inside the home. Several replicas must "
-        "share it (a network file system).",
+        description="Directory of the file cache: uploaded cache files (sandboxes), HPO checkpoints, and "
+        "JEDI logs in its jedilog/ subdirectory, all served as /cache/<name>. Default: cache inside the "
+        "home. Several replicas must share it (a network file system).",
     )
     upload_temp_dir: Path | None = Field(
         None,
@@ -371,8 +371,8 @@ class Settings(BaseSettings):
         return tuple(ip_network(item, strict=False) for item in self.trusted_proxies)
 
     @property
-    def file_cache_path(self) -> Path:
-        return (self.file_cache_dir or self.home / "cache").resolve()
+    def effective_cache_dir(self) -> Path:
+        return self.cache_dir if self.cache_dir is not None else self.home / "cache"
 
     @property
     def upload_temp_path(self) -> Path:

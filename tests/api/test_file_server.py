@@ -83,7 +83,7 @@ def clock(api: ApiServer) -> FixedClock:
 
 @pytest.fixture
 def cache_dir(api: ApiServer) -> Path:
-    return api.state.settings.file_cache_path
+    return api.state.settings.effective_cache_dir
 
 
 class Session:
@@ -341,7 +341,7 @@ async def test_a_large_upload_is_streamed_to_disk_not_memory(
         tracemalloc.stop()
     assert envelope(response) == OK
     assert peak < 8 * files.MB, f"peak {peak} bytes for a {size}-byte upload"
-    stored = api.state.settings.file_cache_path / local.name
+    stored = api.state.settings.effective_cache_dir / local.name
     assert stored.stat().st_size == size
     # The spooled part was removed with the request: nothing left in the upload directory.
     assert list(api.state.settings.upload_temp_path.iterdir()) == []
@@ -445,7 +445,7 @@ async def test_user_quota(api_factory: Any) -> None:
         "Unused files expire, or delete them with delete_cache_file",
         "data": None,
     }
-    assert not (api.state.settings.file_cache_path / "sources.2.tar.gz").exists()
+    assert not (api.state.settings.effective_cache_dir / "sources.2.tar.gz").exists()
     assert envelope(await john.upload("upload_cache_file", "sources.3.tar.gz", b"x" * 600)) == OK
     assert envelope(await jane.post("delete_cache_file", file_name="sources.1.tar.gz")) == OK
     assert envelope(await jane.upload("upload_cache_file", "sources.2.tar.gz", b"x" * 600)) == OK
@@ -749,7 +749,7 @@ async def robot_upload_log(api: ApiServer) -> httpx.Response:
 
 
 async def test_cleaner_expires_files_and_rows(api: ApiServer, jane: Session, clock: FixedClock) -> None:
-    cache = api.state.settings.file_cache_path
+    cache = api.state.settings.effective_cache_dir
     for name in ("sources.old.tar.gz", "sources.new.tar.gz"):
         assert envelope(await jane.upload("upload_cache_file", name, sandbox(name.encode()))) == OK
     assert envelope(await robot_upload_log(api))["success"] is True

@@ -39,7 +39,7 @@ __all__ = [
 
 def file_store(settings: Settings) -> FileStore:
     """The store of the configured cache directory (one object per directory)."""
-    return _local_store(settings.file_cache_path)
+    return _local_store(settings.effective_cache_dir)
 
 
 @cache

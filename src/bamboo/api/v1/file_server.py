@@ -1,6 +1,6 @@
 """``/api/v1/file_server/*``: the user file cache, JEDI logs and HPO checkpoints (api-v1.md §2.6).
 
-Behaviour lives in ``logic/files.py``; the bytes in the configured file store (``storage/``), served
+Behaviour lives in ``logic/file_cache.py``; the bytes in the configured file store (``storage/``), served
 read-only under ``/cache/`` by ``api/app.py``. Uploads are multipart parts named ``file``, spooled
 to disk by the dispatcher, never held in memory.
 """
@@ -17,7 +17,7 @@ from bamboo.api.envelope import BareText, Reply, failure
 from bamboo.api.registry import Access, DbUse, Module
 from bamboo.api.v1 import registry
 from bamboo.auth.identity import has_production_role
-from bamboo.logic import files
+from bamboo.logic import files as file_cache
 from bamboo.storage import file_store
 
 file_server = Module(registry, "file_server")
@@ -27,11 +27,11 @@ _HOST_NAME = re.compile(r"[A-Za-z0-9.:\-]{1,253}")
 NOT_A_FILE = "Type error: 'file' must be an uploaded file (a multipart part with a file name)."
 
 
-def _upload(call: Call, part: Any) -> files.Upload | None:
+def _upload(call: Call, part: Any) -> file_cache.Upload | None:
     if not isinstance(part, UploadFile) or part.filename is None:
         return None
     declared = call.request.headers.get("content-length", "")
-    return files.Upload(
+    return file_cache.Upload(
         filename=part.filename,
         stream=part.file,
         size=part.size or 0,
@@ -39,12 +39,12 @@ def _upload(call: Call, part: Any) -> files.Upload | None:
     )
 
 
-def _uploader(call: Call) -> files.Uploader:
+def _uploader(call: Call) -> file_cache.Uploader:
     settings = call.state.settings
     requested = call.request.url.hostname or ""
     # The Host header is the client's word: recorded only when it is a plausible host name.
     host = requested if _HOST_NAME.fullmatch(requested) else settings.server_hostnames[0]
-    return files.Uploader(
+    return file_cache.Uploader(
         user_name=call.caller.user_name,
         production=has_production_role(call.caller, settings.production_dns),
         host=settings.cache_host or host,
@@ -60,7 +60,7 @@ def _base_url(call: Call) -> str:
     method="POST",
     access=Access.PRODUCTION,
     db=DbUse.NONE,
-    max_body_bytes=files.JEDI_LOG_LIMIT + files.MULTIPART_OVERHEAD,
+    max_body_bytes=file_cache.JEDI_LOG_LIMIT + file_cache.MULTIPART_OVERHEAD,
 )
 async def upload_jedi_log(call: Call, file: UploadedFile) -> Reply:
     """Store a JEDI log as ``jedilog/<name>`` (replacing it); ``data`` is its URL under /cache/jedilog/."""
@@ -68,14 +68,14 @@ async def upload_jedi_log(call: Call, file: UploadedFile) -> Reply:
     if upload is None:
         return failure(NOT_A_FILE)
     store = file_store(call.state.settings)
-    return Reply(data=await files.upload_jedi_log(store, upload, _base_url(call)))
+    return Reply(data=await file_cache.upload_jedi_log(store, upload, _base_url(call)))
 
 
 @file_server.endpoint(
     method="POST",
     access=Access.PRODUCTION,
     db=DbUse.READ,
-    max_body_bytes=files.JEDI_LOG_LIMIT + files.MULTIPART_OVERHEAD,
+    max_body_bytes=file_cache.JEDI_LOG_LIMIT + file_cache.MULTIPART_OVERHEAD,
 )
 async def update_jedi_log(call: Call, file: UploadedFile) -> Reply:
     """Append a zlib-compressed piece to the log ``<name>`` in the cache (upstream always failed here).
@@ -86,7 +86,8 @@ async def update_jedi_log(call: Call, file: UploadedFile) -> Reply:
     if upload is None:
         return failure(NOT_A_FILE)
     settings = call.state.settings
-    await files.update_jedi_log(call.db, file_store(settings), upload, temp_dir=settings.upload_temp_path)
+    store = file_store(settings)
+    await file_cache.update_jedi_log(call.db, store, upload, temp_dir=settings.upload_temp_path)
     return Reply()
 
 
@@ -98,14 +99,14 @@ async def download_jedi_log(
 ) -> BareText:
     """The log's content from ``offset`` on, after one space, as a bare string; just a space when
     it cannot be read."""
-    text = await files.read_jedi_log(file_store(call.state.settings), log_name, offset)
+    text = await file_cache.read_jedi_log(file_store(call.state.settings), log_name, offset)
     return BareText(" " + (text or ""))
 
 
 @file_server.endpoint(
     method="POST",
     db=DbUse.WRITE,
-    max_body_bytes=files.LARGEST_UPLOAD + files.MULTIPART_OVERHEAD,
+    max_body_bytes=file_cache.LARGEST_UPLOAD + file_cache.MULTIPART_OVERHEAD,
 )
 async def upload_cache_file(call: Call, file: UploadedFile) -> Reply:
     """Store a user's cache file (sandbox) under its base name and register it for reuse.
@@ -117,7 +118,7 @@ async def upload_cache_file(call: Call, file: UploadedFile) -> Reply:
     if upload is None:
         return failure(NOT_A_FILE)
     settings = call.state.settings
-    await files.upload_cache_file(
+    await file_cache.upload_cache_file(
         call.db,
         file_store(settings),
         call.state.clock,
@@ -133,17 +134,17 @@ async def touch_cache_file(
     call: Call, file_name: Annotated[str, "The cache file's name (its directory part is ignored)."]
 ) -> Reply:
     """Mark a cache file as used now, so it does not expire for another full period."""
-    await files.touch_cache_file(file_store(call.state.settings), call.state.clock, file_name)
+    await file_cache.touch_cache_file(file_store(call.state.settings), call.state.clock, file_name)
     return Reply()
 
 
 @file_server.endpoint(method="POST", db=DbUse.WRITE)
 async def delete_cache_file(
-    call: Call, file_name: Annotated[str, "The name of one of the caller's registered cache files."]
+    call: Call, file_name: Annotated[str, "The name of one of the caller's registered cache file_cache."]
 ) -> Reply:
     """Delete one of the caller's own registered cache files (upstream ignores the call)."""
     store = file_store(call.state.settings)
-    await files.delete_cache_file(call.db, store, call.caller.user_name, file_name)
+    await file_cache.delete_cache_file(call.db, store, call.caller.user_name, file_name)
     return Reply()
 
 
@@ -156,7 +157,7 @@ async def register_cache_file(
     checksum: Annotated[str, "Its checksum (the gzip CRC32 as a decimal string)."],
 ) -> Reply:
     """Register a cache file for reuse; ``WARNING: file exist`` when it is registered already."""
-    await files.register_cache_file(
+    await file_cache.register_cache_file(
         call.db,
         call.state.clock,
         host=_uploader(call).host,
@@ -176,7 +177,7 @@ async def validate_cache_file(
 ) -> Reply:
     """Whether the caller uploaded the same file within 3 days: ``FOUND:<host>:<name>`` to reuse it,
     else ``NOTFOUND``."""
-    found = await files.find_reusable_cache_file(
+    found = await file_cache.find_reusable_cache_file(
         call.db,
         file_store(call.state.settings),
         call.state.clock,
@@ -192,7 +193,7 @@ async def validate_cache_file(
 @file_server.endpoint(
     method="POST",
     db=DbUse.READ,
-    max_body_bytes=files.HPO_CHECKPOINT_LIMIT + files.MULTIPART_OVERHEAD,
+    max_body_bytes=file_cache.HPO_CHECKPOINT_LIMIT + file_cache.MULTIPART_OVERHEAD,
 )
 async def upload_hpo_checkpoint(call: Call, file: UploadedFile) -> Reply:
     """Store (replace) the checkpoint of an HPO point; the file name is ``<taskID>_<subID>``.
@@ -203,7 +204,7 @@ async def upload_hpo_checkpoint(call: Call, file: UploadedFile) -> Reply:
     if upload is None:
         return failure(NOT_A_FILE)
     store = file_store(call.state.settings)
-    path = await files.upload_hpo_checkpoint(call.db, store, _uploader(call), upload)
+    path = await file_cache.upload_hpo_checkpoint(call.db, store, _uploader(call), upload)
     return Reply(message=f"Successfully placed at {path}", data=path)
 
 
@@ -215,5 +216,5 @@ async def delete_hpo_checkpoint(
 ) -> Reply:
     """Delete the checkpoint of an HPO point (task owner or production role)."""
     store = file_store(call.state.settings)
-    await files.delete_hpo_checkpoint(call.db, store, _uploader(call), task_id, sub_id)
+    await file_cache.delete_hpo_checkpoint(call.db, store, _uploader(call), task_id, sub_id)
     return Reply()
