@@ -324,11 +324,10 @@ class Settings(BaseSettings):
     )
     cache_dir: Path | None = Field(
         None,
-        description="Directory of the file cache; JEDI logs (e.g. the logs of lost-file recovery requests) "
-        "are written to its jedilog/ subdirectory and served as /cache/jedilog/<name>. Default: cache "
-        "inside the home.",
+        description="Directory of the file cache: uploaded cache files (sandboxes), HPO checkpoints, and "
+        "JEDI logs in its jedilog/ subdirectory, all served as /cache/<name>. Default: cache inside the "
+        "home. Several replicas must share it (a network file system).",
     )
-
     idds_url: str = Field(
         "",
         description="Base URL of the iDDS REST API the idds/* endpoints relay to (e.g. "
@@ -386,6 +385,36 @@ class Settings(BaseSettings):
         description='JSON file {"<client name>": ["<key>", ...]} of token keys, latest last: '
         "creds/get_token_key serves the latest, creds/get_access_token requires one of them from "
         "clients listed there. Read when a request needs it.",
+    )
+    upload_temp_dir: Path | None = Field(
+        None,
+        description="Where multipart uploads are spooled while they arrive, before they are checked and "
+        "moved into the cache: uploads never sit in memory. Default: the directory upload-tmp inside the "
+        "home; best on the cache's file system.",
+    )
+    cache_host: str | None = Field(
+        None,
+        description="Host name recorded for uploaded cache files and answered by validate_cache_file "
+        "(FOUND:<host>:<name>); panda-client then fetches and uploads there. Default: the host name the "
+        "uploading client used to reach this server.",
+    )
+    file_cache_max_age_days: float = Field(
+        7.0,
+        gt=0,
+        description="The cleaner deletes cache files, JEDI logs and HPO checkpoints not modified for this "
+        "long, with their registry rows (upstream's 7 days; touch_cache_file keeps a file alive).",
+    )
+    file_cache_user_quota_bytes: int = Field(
+        20 * 1024**3,
+        ge=0,
+        description="Most bytes of registered cache files one user may hold (sum of the sizes of the "
+        "user's registered files); an upload that would pass it is refused. 0: no quota.",
+    )
+    file_cache_clean_period_seconds: float = Field(
+        3600.0,
+        gt=0,
+        le=86400,
+        description="How often the cleaner looks for expired cache files when it found none the last time.",
     )
     log_level: str = Field("info", description="Python logging level name.")
     machine_heartbeat_seconds: float = Field(
@@ -460,6 +489,10 @@ class Settings(BaseSettings):
     @property
     def effective_cache_dir(self) -> Path:
         return self.cache_dir if self.cache_dir is not None else self.home / "cache"
+
+    @property
+    def upload_temp_path(self) -> Path:
+        return (self.upload_temp_dir or self.home / "upload-tmp").resolve()
 
     @property
     def effective_database_url(self) -> str:

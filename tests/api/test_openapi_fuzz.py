@@ -156,10 +156,21 @@ async def _send(api: ApiServer, case: Case, headers: dict[str, str]) -> httpx.Re
     # The kwargs are made for requests: httpx takes raw bytes as ``content`` and no cookies per request.
     if "data" in kwargs:
         kwargs["content"] = kwargs.pop("data")
+    if kwargs.get("files"):
+        # requests sends any part value as str(value); httpx takes only bytes, text or files.
+        kwargs["files"] = [
+            (name, (part[0], part[1] if isinstance(part[1], bytes | str) else str(part[1]), *part[2:]))
+            for name, part in kwargs["files"]
+        ]
+    else:
+        kwargs.pop("files", None)
     if kwargs.pop("cookies", None):
         raise AssertionError("the document declares no cookies")
     async with api.client() as client:
-        return await client.request(**kwargs)
+        request = client.build_request(**kwargs)
+        # Multipart bodies (the upload endpoints) are streams; the checks read the request's bytes.
+        await request.aread()
+        return await client.send(request)
 
 
 # Synchronous: schemathesis wraps the test in a synchronous Hypothesis test that pytest-asyncio cannot

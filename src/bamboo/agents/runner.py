@@ -28,6 +28,7 @@ from bamboo.logic import (
     event_picking,
     feeder,
     file_recovery,
+    files,
     finaliser,
     finisher,
     generator,
@@ -41,6 +42,7 @@ from bamboo.logic import (
 )
 from bamboo.logic.catalog import DataManagement
 from bamboo.logic.clock import Clock
+from bamboo.storage import file_store
 
 log = logging.getLogger(__name__)
 
@@ -198,6 +200,17 @@ async def _advance_workflows(ctx: AgentContext) -> int:
         return await workflows.advance_batch(conn, ctx.clock)
 
 
+async def _clean_file_cache(ctx: AgentContext) -> int:
+    store = file_store(ctx.settings)
+    policy = files.CleanerPolicy.from_settings(ctx.settings)
+    async with ctx.db.transaction() as conn:
+        batch = await files.expired(conn, store, ctx.clock, policy)
+        forgotten = await files.forget(conn, batch)
+    # The files go once their rows are gone: a crash in between leaves expired files, which the
+    # next step finds again, never rows naming deleted files.
+    return forgotten + await files.remove_files(store, batch, ctx.clock)
+
+
 AGENTS: tuple[Agent, ...] = (
     Agent("refiner", _refine, wakes=("generator",)),
     Agent("feeder", _feed, wakes=("generator", "finisher")),
@@ -224,6 +237,8 @@ AGENTS: tuple[Agent, ...] = (
     Agent("pilot_streaming", _stream_pilots, period_setting="pilot_streaming_period_seconds"),
     # Submits the steps of workflows whose dependencies ended; the finisher wakes it.
     Agent("workflow", _advance_workflows, wakes=("refiner",)),
+    # Expires cache files, JEDI logs and HPO checkpoints with their registry rows; wakes nobody.
+    Agent("file_cleaner", _clean_file_cache, period_setting="file_cache_clean_period_seconds"),
 )
 
 

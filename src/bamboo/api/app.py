@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import re
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from email.utils import formatdate, parsedate_to_datetime
 
 from fastapi import FastAPI
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, Response
+from starlette.responses import HTMLResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from bamboo import __version__
@@ -16,6 +19,8 @@ from bamboo.api.dispatch import dispatch
 from bamboo.api.envelope import JSON_MEDIA_TYPE, encode_json, plain_error
 from bamboo.api.openapi import docs_page, openapi_document
 from bamboo.api.state import ServerState
+from bamboo.logic import files
+from bamboo.storage import UnsafeName, check_name, file_store
 
 _AUTH_CONFIG_NAME = re.compile(r"^([A-Za-z0-9_.:\-]{1,64})_auth_config\.json$")
 
@@ -24,6 +29,126 @@ async def _plain_http_error(_: Request, exc: HTTPException) -> Response:
     """Routing refusals (unknown path, unsupported HTTP method) as upstream's plain text, not FastAPI JSON."""
     response = plain_error(exc.status_code, exc.detail)
     response.headers.update(exc.headers or {})
+    return response
+
+
+def _content_type(name: str) -> str:
+    """The type of a served cache file; never a Content-Encoding: a .tar.gz is sent as its bytes."""
+    base = name.rsplit("/", 1)[-1]
+    if name.startswith(f"{files.JEDI_LOG_AREA}/") or base.endswith((".log", ".out", ".txt")):
+        return "text/plain; charset=utf-8"
+    if base.endswith(".json"):
+        return JSON_MEDIA_TYPE
+    if base.endswith((".gz", ".tgz")):
+        return "application/gzip"
+    if base.endswith(".tar"):
+        return "application/x-tar"
+    return "application/octet-stream"
+
+
+class _Unsatisfiable(Exception):
+    """A Range header none of whose bytes the file has: 416."""
+
+
+def _byte_range(header: str, size: int) -> tuple[int, int] | None:
+    """The one range (start, end exclusive) a ``Range`` header asks for; None to send everything.
+
+    Only single ranges are served as 206; several ranges, or units and syntax we do not read, get
+    the whole file as 200, which RFC 9110 allows.
+    """
+    unit, _, spec = header.partition("=")
+    if unit.strip().lower() != "bytes" or "," in spec:
+        return None
+    first, dash, last = spec.strip().partition("-")
+    well_formed = dash and (first or last) and all(part.isdigit() for part in (first, last) if part)
+    if not well_formed:
+        return None
+    if not first:
+        suffix = int(last)
+        if suffix == 0 or size == 0:
+            raise _Unsatisfiable
+        return max(0, size - suffix), size
+    start = int(first)
+    end = min(int(last) + 1, size) if last else size
+    if last and int(last) < start:
+        return None
+    if start >= size:
+        raise _Unsatisfiable
+    return start, end
+
+
+def _not_modified(request: Request, etag: str, modified: datetime) -> bool:
+    candidates = request.headers.get("if-none-match")
+    if candidates is not None:
+        tags = {tag.strip().removeprefix("W/") for tag in candidates.split(",")}
+        return "*" in tags or etag in tags
+    since = request.headers.get("if-modified-since")
+    if since is None:
+        return False
+    try:
+        moment = parsedate_to_datetime(since)
+    except (TypeError, ValueError):
+        return False
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return modified.replace(microsecond=0) <= moment
+
+
+async def _serve_cache_file(request: Request) -> Response:
+    """A file of the cache, as clients fetch sandboxes, logs and checkpoints: plain GET/HEAD, no
+    credentials (as upstream's web server), with ranges and validators."""
+    name = request.path_params["name"]
+    try:
+        check_name(name)
+    except UnsafeName:
+        return plain_error(404, "no such file")
+    opened = await file_store(request.app.state.bamboo.settings).open(name)
+    if opened is None:
+        return plain_error(404, "no such file")
+    info = opened.info
+    etag = f'"{info.size:x}-{int(info.modified.timestamp() * 1_000_000):x}"'
+    headers = {
+        "ETag": etag,
+        "Last-Modified": formatdate(info.modified.timestamp(), usegmt=True),
+        "Accept-Ranges": "bytes",
+        "Cache-Control": "no-cache",
+        "X-Content-Type-Options": "nosniff",
+    }
+    start, end, status = 0, info.size, 200
+    try:
+        if _not_modified(request, etag, info.modified):
+            await opened.close()
+            return Response(status_code=304, headers=headers)
+        if_range = request.headers.get("if-range")
+        requested = request.headers.get("range")
+        if requested and (if_range is None or if_range.strip() == etag):
+            chosen = _byte_range(requested, info.size)
+            if chosen is not None:
+                (start, end), status = chosen, 206
+                headers["Content-Range"] = f"bytes {start}-{end - 1}/{info.size}"
+    except _Unsatisfiable:
+        await opened.close()
+        headers["Content-Range"] = f"bytes */{info.size}"
+        return _plain_error_with(416, "requested range not satisfiable", headers)
+    headers["Content-Length"] = str(end - start)
+    media_type = _content_type(name)
+    if request.method == "HEAD":
+        await opened.close()
+        return Response(status_code=status, headers=headers, media_type=media_type)
+
+    async def body() -> AsyncIterator[bytes]:
+        try:
+            async for piece in opened.chunks(start, end):
+                yield piece
+        finally:
+            await opened.close()
+
+    return StreamingResponse(body(), status_code=status, headers=headers, media_type=media_type)
+
+
+def _plain_error_with(status_code: int, text: str, headers: dict[str, str]) -> Response:
+    response = plain_error(status_code, text)
+    response.headers.update(headers)
     return response
 
 
@@ -64,6 +189,8 @@ def create_app(state: ServerState) -> FastAPI:
             Route("/openapi.json", openapi, methods=["GET"]),
             Route("/docs", docs, methods=["GET"]),
             Route("/auth/{name}", auth_config, methods=["GET"]),
+            # Generic over the store's names: a later area (schedconfig/<queue>.all.json) is served too.
+            Route("/cache/{name:path}", _serve_cache_file, methods=["GET", "HEAD"]),
             Route("/.well-known/openid-configuration", discovery, methods=["GET"]),
             Route("/.well-known/jwks.json", jwks, methods=["GET"]),
         ],

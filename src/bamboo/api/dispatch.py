@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import uuid
 import zlib
-from typing import Any
+from typing import IO, Any
 from urllib.parse import parse_qsl
 
 import orjson
@@ -33,7 +33,9 @@ from bamboo.api.params import (
 )
 from bamboo.api.registry import Access, DbUse, Endpoint, Registry
 from bamboo.api.state import ServerState
+from bamboo.api.uploads import UploadRefused, read_multipart
 from bamboo.auth.identity import Identity, has_production_role
+from bamboo.config import Settings
 from bamboo.db.engine import UNAVAILABLE_ERRORS
 from bamboo.logic import commands
 from bamboo.logic.errors import BambooError
@@ -81,12 +83,18 @@ async def dispatch(request: Request) -> Response:
         identity = await resolve_identity(request, state)
         if identity is not None and identity.user_name in await state.bans.names():
             return plain_error(403, f"{identity.user_name} is banned")
-        params, textual = await _read_params(request, state.settings.max_body_bytes)
-        rejection = _check_access(endpoint, request.method, identity, state)
-        if rejection is None:
-            call_args = bind_parameters(endpoint, params, textual=textual)
-            return await _run(endpoint, Call(request, state, identity), call_args)
-        return envelope_response(failure(rejection))
+        spooled: list[IO[bytes]] = []
+        try:
+            params, textual = await _read_params(request, endpoint, state.settings, spooled)
+            rejection = _check_access(endpoint, request.method, identity, state)
+            if rejection is None:
+                call_args = bind_parameters(endpoint, params, textual=textual)
+                return await _run(endpoint, Call(request, state, identity), call_args)
+            return envelope_response(failure(rejection))
+        finally:
+            # Uploaded parts live in temporary files: gone once the call is answered.
+            for spooled_file in spooled:
+                spooled_file.close()
     except AuthenticationFailed as exc:
         return plain_error(403, str(exc))
     except BadRequest as exc:
@@ -192,13 +200,22 @@ async def _owns_task(call: Call, task_id: Any) -> bool:
     return await commands.task_owner(call.db, int(task_id)) == call.caller.user_name
 
 
-async def _read_params(request: Request, limit: int) -> tuple[dict[str, Any], bool]:
-    """The request's parameters, and whether they arrived as text (query or form) to be coerced."""
+async def _read_params(
+    request: Request, endpoint: Endpoint, settings: Settings, spooled: list[IO[bytes]]
+) -> tuple[dict[str, Any], bool]:
+    """The request's parameters, and whether they arrived as text (query or form) to be coerced.
+
+    Files of multipart bodies are appended to ``spooled`` for the caller to close.
+    """
     method = request.method
     if method in ("GET", "HEAD"):
         return _query_params(request.scope["query_string"]), True
+    limit = settings.max_body_bytes
     content_type = request.headers.get("content-type", "")
-    if content_type.split(";", 1)[0].strip().lower() == "application/json":
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    if endpoint.max_body_bytes is not None and media_type == "multipart/form-data":
+        return await _read_upload(request, content_type, endpoint.max_body_bytes, settings, spooled), True
+    if media_type == "application/json":
         body = await _read_body(request, limit)
         if request.headers.get("content-encoding", "").lower() == "gzip":
             body = _gunzip(body, limit)
@@ -225,9 +242,30 @@ async def _read_params(request: Request, limit: int) -> tuple[dict[str, Any], bo
         raise BadRequest(400, "client disconnected while sending the body") from exc
     params: dict[str, Any] = {}
     for key, value in form.multi_items():
+        if isinstance(value, UploadFile):
+            spooled.append(value.file)
         # Upstream keeps the first of repeated form fields.
         params.setdefault(key, value if isinstance(value, UploadFile | str) else str(value))
     return params, True
+
+
+async def _read_upload(
+    request: Request, content_type: str, limit: int, settings: Settings, spooled: list[IO[bytes]]
+) -> dict[str, Any]:
+    """An upload endpoint's multipart body, its file parts streamed to the upload directory."""
+    _check_declared_length(request, limit)
+    limited = Request(request.scope, _limited_receive(request.receive, limit))
+    try:
+        fields, files = await read_multipart(content_type, limited.stream(), settings.upload_temp_path)
+    except UploadRefused as exc:
+        raise BadRequest(400, f"received invalid form data : {exc}") from exc
+    except ClientDisconnect as exc:
+        raise BadRequest(400, "client disconnected while sending the body") from exc
+    spooled.extend(files)
+    params: dict[str, Any] = {}
+    for key, value in fields:
+        params.setdefault(key, value)
+    return params
 
 
 def _query_params(query_string: bytes) -> dict[str, Any]:

@@ -102,6 +102,8 @@ def _operation(endpoint: Endpoint, method: str) -> dict[str, Any]:
             {"name": p.name, "in": "query", "required": p.required, "schema": _param_schema(p)}
             for p in endpoint.params
         ]
+    elif endpoint.max_body_bytes is not None:
+        operation["requestBody"] = _upload_body(endpoint)
     elif endpoint.params:
         operation["requestBody"] = {
             "required": any(p.required for p in endpoint.params),
@@ -117,6 +119,26 @@ def _operation(endpoint: Endpoint, method: str) -> dict[str, Any]:
             },
         }
     return operation
+
+
+def _upload_body(endpoint: Endpoint) -> dict[str, Any]:
+    """An upload endpoint's body: a multipart form whose parts named like parameters are files."""
+    properties = {
+        p.name: {"type": "string", "format": "binary", "description": p.description} for p in endpoint.params
+    }
+    return {
+        "required": True,
+        "description": f"multipart/form-data of at most {endpoint.max_body_bytes} bytes.",
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": properties,
+                    "required": [p.name for p in endpoint.params if p.required],
+                }
+            }
+        },
+    }
 
 
 def openapi_document(registry: Registry) -> dict[str, Any]:

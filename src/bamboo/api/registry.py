@@ -64,6 +64,9 @@ class Endpoint:
     # Upstream answers these with the handler's bare string instead of an envelope
     # (api-v1.md §1.3); pipeline refusals are still envelopes.
     answers_text: bool = False
+    # Largest multipart body the endpoint takes (its file parts are spooled to disk); None: the
+    # server's max_body_bytes, like every other body.
+    max_body_bytes: int | None = None
 
     @property
     def path(self) -> str:
@@ -106,6 +109,7 @@ class Module:
         access: Access = Access.SECURE,
         db: DbUse = DbUse.READ,
         answers_text: bool = False,
+        max_body_bytes: int | None = None,
     ) -> Callable[[Callable[..., Awaitable[Any]]], Callable[..., Awaitable[Any]]]:
         """Declare the decorated coroutine as ``/api/v1/<module>/<function name>``.
 
@@ -115,6 +119,8 @@ class Module:
             db: the transaction to open around the call.
             answers_text: the handler returns :class:`~bamboo.api.envelope.BareText`, sent as a
                 JSON string without the envelope.
+            max_body_bytes: for upload endpoints, the largest multipart body accepted instead of
+                the server's ``max_body_bytes``; JSON and form-urlencoded bodies keep that limit.
         """
 
         def declare(handler: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
@@ -136,6 +142,7 @@ class Module:
                     description=description,
                     handler=handler,
                     answers_text=answers_text,
+                    max_body_bytes=max_body_bytes,
                 )
             )
             return handler

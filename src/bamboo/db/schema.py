@@ -789,3 +789,21 @@ workflow_steps = sa.Table(
     sa.Column("creation_time", UTCDateTime, nullable=False),
     sa.Index("ix_workflow_steps_open", "task_ended", "workflow_id"),
 )
+
+# Registered cache files (upstream's userCacheUsage): who uploaded which sandbox, its size and the
+# gzip CRC32 panda-client compares to reuse a sandbox instead of uploading it again. One row per
+# (host, file name); the cleaner deletes a row with its file.
+cache_files = sa.Table(
+    "cache_files",
+    metadata,
+    sa.Column("host", sa.String(255), primary_key=True),
+    sa.Column("file_name", sa.String(255), primary_key=True),
+    sa.Column("user_name", sa.String(256), nullable=False),
+    sa.Column("file_size", sa.BigInteger, nullable=False),
+    sa.Column("checksum", sa.String(32), nullable=True),
+    sa.Column("creation_time", UTCDateTime, nullable=False),
+    # validate_cache_file: the caller's file of this size and checksum; the quota sums per user.
+    sa.Index("ix_cache_files_user", "user_name", "file_size", "checksum"),
+    # The cleaner: rows by age.
+    sa.Index("ix_cache_files_created", "creation_time"),
+)
