@@ -15,6 +15,7 @@ from bamboo.db import tasks as tasks_db
 from bamboo.db.schema import file_recovery_requests, jobs, task_files
 from bamboo.logic import file_recovery, queues
 from bamboo.logic.catalog import CatalogFile
+from bamboo.storage import LocalFileStore, UnsafeName
 from tests.api.conftest import ApiServer
 from tests.api.test_task_flow import acquire, envelope, run_job, submit, task_status
 from tests.tasks import input_task
@@ -118,9 +119,7 @@ async def test_a_request_is_stored_and_answered_with_its_log_url(world) -> None:
     assert body["success"] is True, body
     assert body["message"] == "The request was accepted and will be processed in a few minutes"
     url = body["data"]["logFileURL"]
-    match = re.fullmatch(
-        r"http://localhost:25080/cache/jedilog/(lost_file_recovery\.[0-9a-f-]{36}\.log)", url
-    )
+    match = re.fullmatch(r"https://testserver/cache/jedilog/(lost_file_recovery\.[0-9a-f-]{36}\.log)", url)
     assert match, url
     request = await last_request(api)
     assert request["log_name"] == match.group(1)
@@ -365,11 +364,10 @@ async def test_a_child_that_failed_on_a_lost_file_is_retried_with_no_child_retry
     assert f"child jediTaskID={child}: 1 input files to process again" in log_text(api, request)
 
 
-def test_log_names_cannot_leave_the_jedilog_directory(tmp_path: Path) -> None:
-    from bamboo.config import Settings
-
-    settings = Settings(home=tmp_path)
-    assert file_recovery.jedilog_path(settings, "x.log") == tmp_path / "cache" / "jedilog" / "x.log"
+async def test_log_names_cannot_leave_the_jedilog_directory(tmp_path: Path) -> None:
+    store = LocalFileStore(tmp_path / "cache")
+    await file_recovery.append_jedilog(store, "x.log", ["one"])
+    assert (tmp_path / "cache" / "jedilog" / "x.log").read_text() == "one\n"
     for name in ("../x.log", ".hidden", "a/b.log"):
-        with pytest.raises(ValueError):
-            file_recovery.jedilog_path(settings, name)
+        with pytest.raises(UnsafeName):
+            await file_recovery.append_jedilog(store, name, ["two"])

@@ -42,7 +42,7 @@ from bamboo.logic import (
 )
 from bamboo.logic.catalog import DataManagement
 from bamboo.logic.clock import Clock
-from bamboo.storage import file_store
+from bamboo.storage import StorageError, file_store
 
 log = logging.getLogger(__name__)
 
@@ -155,8 +155,8 @@ async def _recover_files(ctx: AgentContext) -> int:
     # Written once the step has committed, so a step rolled back leaves no lines of its own behind.
     for name, lines in result.log_lines.items():
         try:
-            file_recovery.append_jedilog(ctx.settings, name, lines)
-        except OSError as exc:
+            await file_recovery.append_jedilog(file_store(ctx.settings), name, lines)
+        except (OSError, StorageError) as exc:
             log.warning("file recovery: cannot write log %s: %s", name, exc)
     return result.progress
 

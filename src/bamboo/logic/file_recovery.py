@@ -25,16 +25,15 @@ The agent writes what it did, line by line, to the JEDI log named in the answer
 
 from __future__ import annotations
 
+import io
 import logging
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from bamboo.config import Settings
 from bamboo.db import catalog as catalog_db
 from bamboo.db import commands as commands_db
 from bamboo.db import file_recovery as recovery_db
@@ -44,6 +43,8 @@ from bamboo.logic import task_status
 from bamboo.logic.catalog import scope_of
 from bamboo.logic.clock import Clock
 from bamboo.logic.errors import BambooError, InvalidInput
+from bamboo.logic.files import JEDI_LOG_AREA, JEDI_LOG_LIMIT
+from bamboo.storage import FileStore
 
 log = logging.getLogger(__name__)
 
@@ -96,25 +97,20 @@ def log_file_name() -> str:
     return f"lost_file_recovery.{uuid.uuid4()}.log"
 
 
-def jedilog_path(settings: Settings, name: str) -> Path:
-    """``<cache dir>/jedilog/<name>``; the name is ours (a uuid), never the client's."""
-    if "/" in name or name.startswith("."):
-        raise ValueError(f"not a log file name: {name!r}")
-    return settings.effective_cache_dir / "jedilog" / name
+async def append_jedilog(store: FileStore, name: str, lines: list[str]) -> None:
+    """Append lines to the JEDI log ``jedilog/<name>`` of the file cache (created empty when none).
+
+    Raises:
+        UnsafeName: ``name`` is not a plain file name (it is ours, a uuid, never the client's).
+        TooLarge: the log would pass the JEDI log size limit.
+    """
+    text = "".join(f"{line}\n" for line in lines).encode()
+    await store.append(f"{JEDI_LOG_AREA}/{name}", io.BytesIO(text), max_total_bytes=JEDI_LOG_LIMIT)
 
 
-def append_jedilog(settings: Settings, name: str, lines: list[str]) -> None:
-    """Append lines to a JEDI log (created empty when there are none)."""
-    path = jedilog_path(settings, name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a", encoding="utf-8") as handle:
-        handle.writelines(f"{line}\n" for line in lines)
-
-
-def log_url(settings: Settings, name: str) -> str:
-    """Where clients read the log: ``http://<first server hostname>:<http port>/cache/jedilog/<name>``."""
-    host = settings.server_hostnames[0] if settings.server_hostnames else settings.host
-    return f"http://{host}:{settings.http_port}/cache/jedilog/{name}"
+def log_url(base_url: str, name: str) -> str:
+    """Where clients read the log: ``<base url>/cache/jedilog/<name>``, as JEDI log uploads answer."""
+    return f"{base_url}/cache/{JEDI_LOG_AREA}/{name}"
 
 
 # --- accepting a request --------------------------------------------------------------------------

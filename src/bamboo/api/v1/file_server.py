@@ -22,7 +22,7 @@ from bamboo.api.v1 import registry
 from bamboo.auth.identity import has_production_role
 from bamboo.logic import event_picking, file_recovery, workflows
 from bamboo.logic import files as file_cache
-from bamboo.storage import file_store
+from bamboo.storage import StorageError, file_store
 
 file_server = Module(registry, "file_server")
 
@@ -274,12 +274,13 @@ async def upload_file_recovery_request(
     )
     try:
         # The log exists (empty) as soon as the client may read its URL.
-        file_recovery.append_jedilog(settings, name, [])
-    except OSError as exc:
+        await file_recovery.append_jedilog(file_store(settings), name, [])
+    except (OSError, StorageError) as exc:
         return failure(f"cannot put request due to {exc} ")
     call.on_commit.append(lambda: call.state.wake("file_recovery"))
     return Reply(
-        message=file_recovery.ACCEPTED_MESSAGE, data={"logFileURL": file_recovery.log_url(settings, name)}
+        message=file_recovery.ACCEPTED_MESSAGE,
+        data={"logFileURL": file_recovery.log_url(_base_url(call), name)},
     )
 
 
