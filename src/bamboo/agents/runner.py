@@ -23,6 +23,7 @@ from bamboo.db import notify
 from bamboo.db.engine import UNAVAILABLE_ERRORS, Database
 from bamboo.logic import (
     archive,
+    carousel,
     commands,
     feeder,
     finaliser,
@@ -128,6 +129,13 @@ async def _archive(ctx: AgentContext) -> int:
         return await archive.archive(conn, ctx.clock, policy)
 
 
+async def _stage_inputs(ctx: AgentContext) -> int:
+    backend = carousel.backend_for(ctx.settings)
+    policy = carousel.CarouselPolicy.from_settings(ctx.settings)
+    async with ctx.db.transaction() as conn:
+        return await carousel.cycle(conn, ctx.clock, backend, policy)
+
+
 async def _stream_pilots(ctx: AgentContext) -> int:
     period = timedelta(seconds=ctx.settings.pilot_streaming_period_seconds)
     async with ctx.db.transaction() as conn:
@@ -135,7 +143,7 @@ async def _stream_pilots(ctx: AgentContext) -> int:
 
 
 AGENTS: tuple[Agent, ...] = (
-    Agent("refiner", _refine, wakes=("generator",)),
+    Agent("refiner", _refine, wakes=("generator", "carousel")),
     Agent("feeder", _feed, wakes=("generator", "finisher")),
     Agent("generator", _generate),
     Agent("finaliser", _finalise, wakes=("generator", "finisher", "commando", "feeder")),
@@ -153,6 +161,8 @@ AGENTS: tuple[Agent, ...] = (
     ),
     # Moves old final jobs out of the tables dispatch and heartbeats read; wakes nobody.
     Agent("archiver", _archive, period_setting="job_archive_period_seconds"),
+    # Stages tape inputs (requests the refiner queued) and resumes their tasks as files arrive.
+    Agent("carousel", _stage_inputs, wakes=("feeder", "generator"), period_setting="carousel_period_seconds"),
     # Tells Harvester how many workers to submit where jobs wait; wakes nobody.
     Agent("pilot_streaming", _stream_pilots, period_setting="pilot_streaming_period_seconds"),
 )
