@@ -23,8 +23,8 @@ from tests.tasks import input_task
 DATASET = "user.testuser.tape.input"
 FILES = [f"tape.{i}.root" for i in range(6)]
 FILE_SIZE = 1000
-# 100 bytes/s: each transfer attempt takes 10 s, after a 60 s mount delay.
-TAPE = {"tape_staging_delay_seconds": 60.0, "tape_bandwidth_bytes_per_second": 100.0}
+# 100 bytes/s: each transfer attempt takes 10 s, after a 20 s mount delay.
+TAPE = {"tape_staging_delay_seconds": 20.0, "tape_bandwidth_bytes_per_second": 100.0}
 
 
 async def make_world(api_factory, **settings) -> tuple[ApiServer, AgentRunner, FixedClock]:
@@ -94,7 +94,7 @@ async def test_a_task_over_tape_waits_then_runs_as_files_arrive(api_factory) -> 
     assert (await task_row(api, task_id))["status"] == "ready"
     assert await acquire(api, n_jobs=50) == []
     # Within the mount delay still nothing.
-    clock.set(clock.now() + timedelta(seconds=50))
+    clock.set(clock.now() + timedelta(seconds=10))
     await runner.drain()
     assert await acquire(api, n_jobs=50) == []
 
@@ -109,7 +109,7 @@ async def test_a_task_over_tape_waits_then_runs_as_files_arrive(api_factory) -> 
     progress = simulate(
         request["ddm_rule_id"],
         [(name, FILE_SIZE, False) for name in FILES],
-        TapeParameters(60.0, 100.0, 0.3, 10, 7),
+        TapeParameters(20.0, 100.0, 0.3, 10, 7),
         started=request["start_time"],
         now=clock.now(),
     )

@@ -208,7 +208,14 @@ async def test_retire_unused(world) -> None:
 
 @pytest.mark.parametrize("name", ENDPOINTS)
 @pytest.mark.parametrize(
-    "body", [{}, {"request_id": 987654321}, {"dataset": "user.nobody.nothing"}, {"dataset": "x" * 300}]
+    "body",
+    [
+        {},
+        {"request_id": 987654321},
+        {"request_id": -1},
+        {"dataset": "user.nobody.nothing"},
+        {"dataset": "x" * 300},
+    ],
 )
 async def test_unknown_request(world, name: str, body: dict) -> None:
     api, _runner, _clock = world
@@ -241,6 +248,11 @@ async def test_bad_parameters(world, name: str) -> None:
     typed = await call(api, name, {"request_id": "twelve"})
     assert typed["success"] is False
     assert typed["message"].startswith("Type error: 'request_id'")
+    assert await call(api, name, {"request_id": 2**63}) == {
+        "success": False,
+        "message": "Value error: 'request_id' must be a 64-bit integer.",
+        "data": None,
+    }
     assert await call(api, name, {"request": 1}) == {
         "success": False,
         "message": "Argument error: got an unexpected keyword argument 'request'",

@@ -63,7 +63,8 @@ async def _feed_one(
     wanted = task["status"] in _FEEDING
     selected = [f for f in select_files(listing, plan, refined.n_files) if wanted and f.lfn not in known]
     given_up = [f for f in selected if staging is not None and f.lfn in staging.given_up]
-    new_files = [f for f in selected if f.on_disk and f not in given_up]
+    # Files of a staged input are used once on disk; other inputs are read as listed.
+    new_files = [f for f in selected if f not in given_up and (staging is None or f.on_disk)]
     added = 0
     if given_up:
         added += await _add_given_up(conn, clock, task, refined, plan, dataset, given_up, next_event)
