@@ -11,6 +11,7 @@ import pytest
 
 from bamboo.agents.runner import AgentContext, AgentRunner
 from bamboo.db import carousel as carousel_db
+from bamboo.db import catalog as catalog_db
 from bamboo.db import tasks as tasks_db
 from bamboo.logic import queues
 from bamboo.logic.catalog import CatalogFile, LocalCatalog
@@ -180,3 +181,30 @@ async def test_a_killed_staging_task_cancels_its_request(api_factory) -> None:
     await runner.drain()
     assert (await task_row(api, task_id))["status"] == "aborted"
     assert (await request_of(api, task_id))["status"] == "cancelled"
+
+
+async def test_a_carousel_step_that_dies_leaves_nothing_and_runs_again(api_factory, monkeypatch) -> None:
+    api, runner, _clock = await make_world(api_factory)
+    task_id = await submit(api, input_task(DATASET, "user.testuser.tape", n_files_per_job=1))
+    await runner.run_once("refiner")
+
+    async def dies(*_args, **_kwargs) -> None:
+        raise RuntimeError("process killed")
+
+    # The rule is submitted, then the process dies before the task is resumed.
+    with monkeypatch.context() as patch:
+        patch.setattr("bamboo.logic.carousel.task_status.change", dies)
+        with pytest.raises(RuntimeError):
+            await runner.run_once("carousel")
+    request = await request_of(api, task_id)
+    assert (request["status"], request["ddm_rule_id"]) == ("queued", None)
+    async with api.state.db.transaction(write=False) as conn:
+        assert await catalog_db.count_rules(conn, DATASET) == 0
+    assert (await task_row(api, task_id))["status"] == "staging"
+    # Run again: the same rule id, staged once.
+    assert await runner.run_once("carousel") == 1
+    assert await runner.run_once("carousel") == 1
+    assert await runner.run_once("carousel") == 0
+    assert (await task_row(api, task_id))["status"] == "ready"
+    async with api.state.db.transaction(write=False) as conn:
+        assert await catalog_db.count_rules(conn, DATASET) == 1
