@@ -7,6 +7,7 @@ and the generated settings page in the docs.
 
 from __future__ import annotations
 
+import re
 from functools import cached_property
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
@@ -253,6 +254,56 @@ class Settings(BaseSettings):
         description="How often the pilot-streaming agent sizes the workers of each queue whose catalog "
         "entry has pilot_streaming: true and tells its Harvester (SET_N_WORKERS_JOBTYPE commands).",
     )
+    carousel_period_seconds: float = Field(
+        60.0,
+        gt=0,
+        le=86400,
+        description="How often the data-carousel agent submits queued staging requests and polls the "
+        "progress of staging ones (it also runs at once when the refiner queues a request).",
+    )
+    carousel_destinations: list[str] = Field(
+        ["LOCAL_DATADISK"],
+        min_length=1,
+        max_length=100,
+        description="Disk RSEs staging requests may copy tape data to, in order of preference; "
+        "data_carousel/change_staging_destination moves a request to the next one not yet tried.",
+    )
+    carousel_max_staging_per_tape: int = Field(
+        20,
+        ge=1,
+        le=100000,
+        description="At most this many requests stage from one tape at once; further ones stay queued.",
+    )
+    tape_staging_delay_seconds: float = Field(
+        60.0,
+        ge=0,
+        le=7 * 86400,
+        description="Tape simulator: seconds between a rule's submission and its first transfer "
+        "(mount and seek time).",
+    )
+    tape_bandwidth_bytes_per_second: float = Field(
+        100e6,
+        gt=0,
+        description="Tape simulator: bytes per second one rule recalls; a file takes size/bandwidth.",
+    )
+    tape_failure_rate: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Tape simulator: probability that one transfer attempt of a file fails.",
+    )
+    tape_max_attempts: int = Field(
+        3,
+        ge=1,
+        le=100,
+        description="Tape simulator: transfer attempts per file; a file failing all of them is given "
+        "up, and the tasks waiting for it count it as failed.",
+    )
+    tape_seed: int = Field(
+        0,
+        description="Tape simulator: seed of the generator deciding which attempts fail (with the rule "
+        "and file), so a run is reproducible.",
+    )
     brokerage_pilot_activity_hours: float = Field(
         3.0,
         gt=0,
@@ -474,6 +525,14 @@ class Settings(BaseSettings):
         le=3600,
         description="Longest one grep may read its file; the lines found by then are kept, marked truncated.",
     )
+
+    @field_validator("carousel_destinations")
+    @classmethod
+    def _valid_rses(cls, value: list[str]) -> list[str]:
+        for item in value:
+            if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", item):
+                raise ValueError(f"invalid RSE name {item!r}: 1-64 letters, digits, '_' or '-'")
+        return value
 
     @field_validator("trusted_proxies")
     @classmethod

@@ -24,6 +24,7 @@ from bamboo.db.engine import UNAVAILABLE_ERRORS, Database
 from bamboo.logic import (
     archive,
     async_requests,
+    carousel,
     commands,
     event_picking,
     feeder,
@@ -143,6 +144,13 @@ async def _archive(ctx: AgentContext) -> int:
         return await archive.archive(conn, ctx.clock, policy)
 
 
+async def _stage_inputs(ctx: AgentContext) -> int:
+    backend = carousel.backend_for(ctx.settings)
+    policy = carousel.CarouselPolicy.from_settings(ctx.settings)
+    async with ctx.db.transaction() as conn:
+        return await carousel.cycle(conn, ctx.clock, backend, policy)
+
+
 async def _stream_pilots(ctx: AgentContext) -> int:
     period = timedelta(seconds=ctx.settings.pilot_streaming_period_seconds)
     async with ctx.db.transaction() as conn:
@@ -212,7 +220,7 @@ async def _clean_file_cache(ctx: AgentContext) -> int:
 
 
 AGENTS: tuple[Agent, ...] = (
-    Agent("refiner", _refine, wakes=("generator",)),
+    Agent("refiner", _refine, wakes=("generator", "carousel")),
     Agent("feeder", _feed, wakes=("generator", "finisher")),
     Agent("generator", _generate),
     Agent("finaliser", _finalise, wakes=("generator", "finisher", "commando", "feeder")),
@@ -233,6 +241,8 @@ AGENTS: tuple[Agent, ...] = (
     # Lost-file recovery reopens tasks; event picking submits them.
     Agent("file_recovery", _recover_files, wakes=("generator", "commando")),
     Agent("event_picking", _pick_events, wakes=("refiner",)),
+    # Stages tape inputs (requests the refiner queued) and resumes their tasks as files arrive.
+    Agent("carousel", _stage_inputs, wakes=("feeder", "generator"), period_setting="carousel_period_seconds"),
     # Tells Harvester how many workers to submit where jobs wait; wakes nobody.
     Agent("pilot_streaming", _stream_pilots, period_setting="pilot_streaming_period_seconds"),
     # Submits the steps of workflows whose dependencies ended; the finisher wakes it.

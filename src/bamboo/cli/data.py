@@ -46,3 +46,26 @@ def register(
     except BambooError as exc:
         raise fail(exc.message) from exc
     console.print(f"{added} files added to {dataset} ({len(files) - added} already there)")
+
+
+@app.command()
+def tape(
+    dataset: Annotated[str, typer.Argument(help="A dataset of the catalog.")],
+    rse: Annotated[str, typer.Option("--rse", help="The tape RSE holding it.")] = "LOCAL_TAPE",
+    disk: Annotated[bool, typer.Option("--disk", help="Put the dataset back on disk instead.")] = False,
+    home: HomeOption = None,
+    database_url: DatabaseOption = None,
+) -> None:
+    """Make a dataset tape-resident (its files leave disk; tasks reading it wait for the data
+    carousel to stage them), or with --disk put every file back on disk."""
+
+    async def work(db: Database) -> int:
+        async with db.transaction() as conn:
+            return await LocalCatalog().set_residency(conn, dataset, None if disk else rse)
+
+    try:
+        count = with_database(settings_for(home, database_url), work)
+    except BambooError as exc:
+        raise fail(exc.message) from exc
+    where = "on disk" if disk else f"on tape at {rse}"
+    console.print(f"{dataset}: {count} files {where}")

@@ -10,7 +10,7 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from bamboo.db.schema import catalog_datasets, catalog_files
+from bamboo.db.schema import catalog_datasets, catalog_files, tape_rules
 
 
 async def dataset_exists(conn: AsyncConnection, name: str) -> bool:
@@ -72,3 +72,58 @@ async def add_files(conn: AsyncConnection, dataset: str, rows: list[dict[str, An
     if new:
         await conn.execute(sa.insert(catalog_files), new)
     return len(new)
+
+
+async def tape_rse(conn: AsyncConnection, dataset: str) -> str | None:
+    query = sa.select(catalog_datasets.c.tape_rse).where(catalog_datasets.c.name == dataset)
+    return (await conn.execute(query)).scalar()
+
+
+async def set_residency(conn: AsyncConnection, dataset: str, rse: str | None) -> int:
+    """Set the dataset's tape RSE; its files are on disk exactly when it has none. Returns the
+    number of files."""
+    await conn.execute(
+        sa.update(catalog_datasets).where(catalog_datasets.c.name == dataset).values(tape_rse=rse)
+    )
+    result = await conn.execute(
+        sa.update(catalog_files).where(catalog_files.c.dataset == dataset).values(on_disk=rse is None)
+    )
+    return result.rowcount
+
+
+async def mark_on_disk(conn: AsyncConnection, dataset: str, lfns: list[str]) -> None:
+    if not lfns:
+        return
+    await conn.execute(
+        sa.update(catalog_files)
+        .where(
+            catalog_files.c.dataset == dataset,
+            catalog_files.c.lfn.in_(sa.bindparam("names", expanding=True)),
+            catalog_files.c.on_disk.is_(False),
+        )
+        .values(on_disk=True),
+        {"names": lfns},
+    )
+
+
+# --- the tape simulator's rules (logic/tape_simulator.py) -----------------------------------------
+
+
+async def insert_rule(conn: AsyncConnection, row: dict[str, Any]) -> None:
+    await conn.execute(sa.insert(tape_rules).values(**row))
+
+
+async def rule(conn: AsyncConnection, rule_id: str) -> dict[str, Any] | None:
+    found = (
+        (await conn.execute(sa.select(tape_rules).where(tape_rules.c.rule_id == rule_id))).mappings().first()
+    )
+    return dict(found) if found else None
+
+
+async def update_rule(conn: AsyncConnection, rule_id: str, **values: Any) -> None:
+    await conn.execute(sa.update(tape_rules).where(tape_rules.c.rule_id == rule_id).values(**values))
+
+
+async def count_rules(conn: AsyncConnection, dataset: str) -> int:
+    query = sa.select(sa.func.count()).select_from(tape_rules).where(tape_rules.c.dataset == dataset)
+    return (await conn.execute(query)).scalar_one()

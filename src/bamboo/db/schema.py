@@ -564,6 +564,9 @@ catalog_datasets = sa.Table(
     sa.Column("name", sa.String(255), primary_key=True),
     sa.Column("scope", sa.String(64), nullable=True),
     sa.Column("created_at", UTCDateTime, nullable=False),
+    # The tape RSE holding the dataset when it is tape-resident (its files reach disk only by
+    # staging, logic/carousel.py); NULL for a dataset on disk.
+    sa.Column("tape_rse", sa.String(64), nullable=True),
 )
 
 catalog_files = sa.Table(
@@ -578,6 +581,8 @@ catalog_files = sa.Table(
     sa.Column("n_events", sa.BigInteger, nullable=True),
     sa.Column("position", sa.Integer, nullable=False),
     sa.Column("created_at", UTCDateTime, nullable=False),
+    # False while the file of a tape-resident dataset has no disk copy (not staged yet).
+    sa.Column("on_disk", sa.Boolean, nullable=False, server_default=sa.true()),
     # A dataset's files in order, and its last position when files are added (db/catalog.py): on
     # the primary key alone both read every file of the dataset.
     sa.Index("ix_catalog_files_position", "dataset", "position"),
@@ -806,4 +811,61 @@ cache_files = sa.Table(
     sa.Index("ix_cache_files_user", "user_name", "file_size", "checksum"),
     # The cleaner: rows by age.
     sa.Index("ix_cache_files_created", "creation_time"),
+)
+
+# Data carousel (domain.md §9.3): staging requests of tape-resident datasets and the tasks
+# waiting for them (logic/carousel.py).
+data_carousel_requests = sa.Table(
+    "data_carousel_requests",
+    metadata,
+    sa.Column(
+        "request_id",
+        sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+        primary_key=True,
+        autoincrement=True,
+    ),
+    sa.Column("dataset", sa.String(255), nullable=False),
+    sa.Column("source_rse", sa.String(64), nullable=True),
+    sa.Column("destination_rse", sa.String(64), nullable=True),
+    sa.Column("ddm_rule_id", sa.String(64), nullable=True),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("total_files", sa.Integer, nullable=False),
+    sa.Column("staged_files", sa.Integer, nullable=False),
+    sa.Column("dataset_size", sa.BigInteger, nullable=False),
+    sa.Column("staged_size", sa.BigInteger, nullable=False),
+    sa.Column("creation_time", UTCDateTime, nullable=False),
+    sa.Column("start_time", UTCDateTime, nullable=True),
+    sa.Column("end_time", UTCDateTime, nullable=True),
+    sa.Column("modification_time", UTCDateTime, nullable=False),
+    sa.Column("check_time", UTCDateTime, nullable=True),
+    sa.Column("source_tape", sa.String(64), nullable=True),
+    sa.Column("parameters", sa.Text, nullable=False),
+    sa.Column("last_staged_time", UTCDateTime, nullable=True),
+    # Reuse looks up a dataset's reusable request; the agent its queued and staging ones.
+    sa.Index("ix_data_carousel_requests_dataset", "dataset", "status"),
+    sa.Index("ix_data_carousel_requests_status", "status", "request_id"),
+)
+
+data_carousel_relations = sa.Table(
+    "data_carousel_relations",
+    metadata,
+    sa.Column("request_id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("task_id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Index("ix_data_carousel_relations_task", "task_id"),
+)
+
+# The tape simulator's replication rules (logic/tape_simulator.py): the state an external DDM
+# (Rucio) would keep. Progress is computed from the rule's start and its frozen parameters.
+tape_rules = sa.Table(
+    "tape_rules",
+    metadata,
+    sa.Column("rule_id", sa.String(64), primary_key=True),
+    sa.Column("dataset", sa.String(255), nullable=False),
+    sa.Column("source_rse", sa.String(64), nullable=True),
+    sa.Column("destination_rse", sa.String(64), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("started_at", UTCDateTime, nullable=False),
+    sa.Column("expires_at", UTCDateTime, nullable=False),
+    sa.Column("parameters", sa.Text, nullable=False),
 )

@@ -6,6 +6,10 @@ a ``reload_input`` asked to rescan. Each cycle adds the files the catalog lists 
 the dataset has, with the same selection and splitting as the refiner used, so the generator makes
 jobs for them at once. The input closes (``ready``) once its parent has ended, or after the one
 rescan a reload asked for; only then may the finisher end the task.
+
+A master input staged from tape (logic/carousel.py) is open the same way: each cycle adds the files
+that reached disk, and it closes once the staging request has ended, the files the tape system gave
+up becoming failed rows.
 """
 
 from __future__ import annotations
@@ -19,18 +23,21 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from bamboo.db import feeder as feeder_db
 from bamboo.db import notify
 from bamboo.db import tasks as tasks_db
-from bamboo.logic.catalog import DataManagement
+from bamboo.logic import carousel
+from bamboo.logic.catalog import CatalogFile, DataManagement
 from bamboo.logic.clock import Clock
 from bamboo.logic.errors import InvalidInput
 from bamboo.logic.refiner import MAX_ROWS_PER_TASK, master_file_rows, select_files
 from bamboo.logic.states import TASK_FINAL
-from bamboo.logic.taskparams import refine
+from bamboo.logic.taskparams import DatasetPlan, RefinedTask, refine
 
 log = logging.getLogger(__name__)
 
 BATCH = 50
 # Task statuses in which new inputs are still wanted; in any other (ending or ended) the input closes.
-_FEEDING = frozenset({"ready", "running", "scouting", "scouted", "pending", "throttled", "paused"})
+_FEEDING = frozenset(
+    {"ready", "running", "scouting", "scouted", "pending", "throttled", "paused", "staging", "staged"}
+)
 
 
 async def feed(conn: AsyncConnection, clock: Clock, dm: DataManagement) -> int:
@@ -46,14 +53,23 @@ async def _feed_one(
 ) -> int:
     now = clock.now()
     # Read before listing: a parent that ends after this read still gets one more scan.
-    closing = task["status"] not in _FEEDING or not await parent_active(conn, task)
+    staging = await carousel.input_staging(conn, task["jediTaskID"], dataset["datasetName"])
+    growing = await parent_active(conn, task) or (staging is not None and staging.active)
+    closing = task["status"] not in _FEEDING or not growing
     refined = refine(orjson.loads(task["task_params"]))
     plan = next(p for p in refined.datasets if p.is_master and p.name == dataset["datasetName"])
     listing = await dm.list_files(conn, dataset["datasetName"]) or []
     known, next_event = await feeder_db.known_files(conn, dataset["datasetID"])
     wanted = task["status"] in _FEEDING
-    new_files = [f for f in select_files(listing, plan, refined.n_files) if wanted and f.lfn not in known]
+    selected = [f for f in select_files(listing, plan, refined.n_files) if wanted and f.lfn not in known]
+    given_up = [f for f in selected if staging is not None and f.lfn in staging.given_up]
+    # Files of a staged input are used once on disk; other inputs are read as listed.
+    new_files = [f for f in selected if f not in given_up and (staging is None or f.on_disk)]
     added = 0
+    if given_up:
+        added += await _add_given_up(conn, clock, task, refined, plan, dataset, given_up, next_event)
+        # The failed rows took event numbers: the new rows continue after them.
+        _, next_event = await feeder_db.known_files(conn, dataset["datasetID"])
     if new_files:
         try:
             rows = master_file_rows(
@@ -86,7 +102,7 @@ async def _feed_one(
             )
             await notify.announce(conn, "generator")
             log.info("task %s: %d new input rows from %s", task["jediTaskID"], len(rows), plan.name)
-            added = len(rows)
+            added += len(rows)
     values: dict[str, Any] = {"modificationTime": now}
     if closing:
         values["status"] = "ready"
@@ -94,6 +110,39 @@ async def _feed_one(
         log.info("task %s: input %s closed", task["jediTaskID"], plan.name)
     await tasks_db.update_dataset(conn, dataset["datasetID"], **values)
     return added + (1 if closing else 0)
+
+
+async def _add_given_up(
+    conn: AsyncConnection,
+    clock: Clock,
+    task: dict[str, Any],
+    refined: RefinedTask,
+    plan: DatasetPlan,
+    dataset: dict[str, Any],
+    files: list[CatalogFile],
+    next_event: int,
+) -> int:
+    """Rows for files the tape system gave up, already failed, so the task counts them as lost."""
+    now = clock.now()
+    rows = master_file_rows(
+        task, refined, plan, dataset["datasetID"], files, plan.type, now, next_event or refined.first_event
+    )
+    for row in rows:
+        row["status"] = "failed"
+    await tasks_db.add_files(conn, rows)
+    events = sum(row["nEvents"] or 0 for row in rows)
+    await tasks_db.bump_dataset(
+        conn,
+        dataset["datasetID"],
+        now,
+        nFiles=len(rows),
+        nFilesToBeUsed=len(rows),
+        nFilesFailed=len(rows),
+        nEvents=events,
+        nEventsToBeUsed=events,
+    )
+    log.warning("task %s: %d input files given up by the tape system", task["jediTaskID"], len(rows))
+    return len(rows)
 
 
 async def parent_active(conn: AsyncConnection, task: dict[str, Any]) -> bool:

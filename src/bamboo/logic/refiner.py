@@ -4,7 +4,8 @@ A task arrives ``registered``. Refining parses its parameters, checks its parent
 datasets (input, pseudo input, outputs, log), looks its input up in the data catalog and inserts one
 row per input file or event chunk; the task is then ``ready`` for the job generator
 (domain.md §2.2, registered -> defined -> ready in one transaction). A task whose parent is still
-running waits in ``pending`` and is looked at again every cycle.
+running waits in ``pending`` and is looked at again every cycle. A task whose master input is on
+tape waits in ``staging`` for the data carousel (logic/carousel.py), its input open.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bamboo.db import feeder as feeder_db
 from bamboo.db import tasks as tasks_db
-from bamboo.logic import build_jobs, job_rows, merge_jobs, secondary, task_status
+from bamboo.logic import build_jobs, carousel, job_rows, merge_jobs, secondary, task_status
 from bamboo.logic.catalog import CatalogFile, DataManagement, scope_of
 from bamboo.logic.clock import Clock
 from bamboo.logic.errors import InvalidInput
@@ -94,7 +95,7 @@ async def _refine_one(conn: AsyncConnection, clock: Clock, dm: DataManagement, t
         # Its own savepoint: a refusal leaves no half-made datasets behind (a waiting task is
         # refined again on the next cycle).
         async with conn.begin_nested():
-            await _create_datasets(conn, clock, dm, task, refined, growing=growing)
+            staging = await _create_datasets(conn, clock, dm, task, params, refined, growing=growing)
     except InputNotThereYet as exc:
         return await _wait(conn, clock, task, exc.message)
     except InvalidInput as exc:
@@ -104,9 +105,10 @@ async def _refine_one(conn: AsyncConnection, clock: Clock, dm: DataManagement, t
         conn,
         clock,
         task,
-        "ready",
-        oldStatus=None,
-        errorDialog=None,
+        "staging" if staging else "ready",
+        # A staging task keeps where it came from (domain.md §9.3).
+        oldStatus=task["status"] if staging else None,
+        errorDialog=staging,
         job_params_template=refined.job_params_template,
         splitRule=_split_rule_text(refined),
         **_event_service_columns(refined),
@@ -150,13 +152,18 @@ async def _create_datasets(
     clock: Clock,
     dm: DataManagement,
     task: dict[str, Any],
+    params: dict[str, Any],
     refined: RefinedTask,
     *,
     growing: bool,
-) -> None:
+) -> str | None:
     """Insert the task's datasets and the rows of its master input, all or nothing.
 
-    A ``growing`` master input (its parent still produces it) is left open for the feeder.
+    A ``growing`` master input (its parent still produces it) is left open for the feeder, as is
+    one being staged from tape (only its files on disk get rows now).
+
+    Returns:
+        Why the task must wait in ``staging``, or None when its input is on disk.
 
     Raises:
         InputNotThereYet: ``growing`` and the input has no usable file yet.
@@ -166,6 +173,7 @@ async def _create_datasets(
     task_id = task["jediTaskID"]
     master_id: int | None = None
     master_rows: list[dict[str, Any]] = []
+    staging: str | None = None
     secondary_rows: dict[int, list[dict[str, Any]]] = {}
     for plan in refined.datasets:
         is_input = plan.type in ("input", "pseudo_input")
@@ -192,7 +200,9 @@ async def _create_datasets(
         )
         if is_input and plan.is_master:
             master_id = dataset_id
-            master_rows = await _master_rows(conn, dm, task, refined, plan, dataset_id, now, growing)
+            master_rows, staging = await _master_rows(
+                conn, clock, dm, task, params, refined, plan, dataset_id, now, growing
+            )
         elif plan.type == "input":
             secondary_rows[dataset_id] = await _secondary_rows(conn, dm, task, refined, plan, dataset_id, now)
         elif is_input:
@@ -209,7 +219,7 @@ async def _create_datasets(
         values: dict[str, Any] = {"status": "ready", "modificationTime": now}
         if dataset["datasetID"] == master_id:
             values.update(
-                status=feeder_db.OPEN if growing else "ready",
+                status=feeder_db.OPEN if growing or staging else "ready",
                 nFiles=len(master_rows),
                 nFilesToBeUsed=len(master_rows),
                 nEvents=n_events,
@@ -221,18 +231,23 @@ async def _create_datasets(
                 nFiles=len(rows), nFilesToBeUsed=len(rows), nEvents=sum(r["nEvents"] or 0 for r in rows)
             )
         await tasks_db.update_dataset(conn, dataset["datasetID"], **values)
+    return staging
 
 
 async def _master_rows(
     conn: AsyncConnection,
+    clock: Clock,
     dm: DataManagement,
     task: dict[str, Any],
+    params: dict[str, Any],
     refined: RefinedTask,
     plan: DatasetPlan,
     dataset_id: int,
     now: Any,
     growing: bool,
-) -> list[dict[str, Any]]:
+) -> tuple[list[dict[str, Any]], str | None]:
+    """The rows of the master input and, when it is being staged, why the task waits."""
+    staging = None
     if refined.no_input:
         files = [CatalogFile(lfn=PSEUDO_LFN, n_events=refined.n_events)]
         row_type = "pseudo_input"
@@ -250,7 +265,13 @@ async def _master_rows(
                 f"input dataset {plan.name} has more than {MAX_ROWS_PER_TASK} files; use nFiles"
             )
         row_type = plan.type
-    return master_file_rows(task, refined, plan, dataset_id, files, row_type, now, refined.first_event)
+        if listing is not None and not growing and carousel.eligible(params, refined):
+            request = await carousel.request_for_task(conn, clock, dm, task, plan.name, listing)
+            if request is not None and request["status"] in carousel.REQUEST_ACTIVE:
+                staging = f"staging input {plan.name} from tape (request {request['request_id']})"
+                files = [f for f in files if f.on_disk]
+    rows = master_file_rows(task, refined, plan, dataset_id, files, row_type, now, refined.first_event)
+    return rows, staging
 
 
 def master_file_rows(

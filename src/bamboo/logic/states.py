@@ -124,6 +124,34 @@ def worker_status(current: str | None, reported: str, *, final_is_recent: bool) 
     return reported
 
 
+# --- data carousel requests (api-v1.md §3.8, domain.md §9.3) -------------------------------------
+REQUEST_ACTIVE = frozenset({"queued", "staging"})
+REQUEST_FINAL = frozenset({"done", "cancelled", "retired"})
+# A task over the same dataset joins such a request instead of making a new one.
+REQUEST_REUSABLE = frozenset({"queued", "staging", "done"})
+REQUEST_STATUSES = REQUEST_ACTIVE | REQUEST_FINAL
+# The one table of request transitions: queued -> staging (a DDM rule submitted) -> done (every file
+# staged or given up); an active request is cancelled when no task needs it or when it is resubmitted
+# elsewhere; a done request nobody uses is retired (no longer reused).
+REQUEST_TRANSITIONS: dict[str, frozenset[str]] = {
+    "queued": frozenset({"staging", "cancelled"}),
+    "staging": frozenset({"done", "cancelled"}),
+    "done": frozenset({"retired"}),
+    "cancelled": frozenset(),
+    "retired": frozenset(),
+}
+
+
+class RequestTransitionError(ValueError):
+    """A staging request status change the transition table does not allow."""
+
+
+def check_request_transition(current: str, new: str) -> None:
+    """Raise :class:`RequestTransitionError` unless a request may go from ``current`` to ``new``."""
+    if new not in REQUEST_TRANSITIONS.get(current, frozenset()):
+        raise RequestTransitionError(f"staging request status {current} -> {new} is not allowed")
+
+
 # --- tasks ----------------------------------------------------------------------------------------
 TASK_FINAL = frozenset({"done", "finished", "failed", "aborted", "broken"})
 # Tasks whose jobs run, finished by the finisher once their inputs are processed.
@@ -154,7 +182,17 @@ TASK_TRANSITIONS: dict[str, frozenset[str]] = {
     "assigning": frozenset({"ready", "pending", "tobroken"}),
     "ready": frozenset({"scouting", "running", "pending", "prepared", "exhausted", "tobroken"}),
     "pending": frozenset(
-        {"registered", "defined", "ready", "scouting", "running", "exhausted", "tobroken", "prepared"}
+        {
+            "registered",
+            "defined",
+            "ready",
+            "scouting",
+            "running",
+            "exhausted",
+            "tobroken",
+            "prepared",
+            "staging",
+        }
     ),
     # -> ready: a reassignment killed the scouts, which start again.
     "scouting": frozenset({"scouted", "running", "pending", "tobroken", "exhausted", "prepared", "ready"}),
@@ -163,8 +201,10 @@ TASK_TRANSITIONS: dict[str, frozenset[str]] = {
     "throttled": frozenset({"running", "scouting", "ready", "prepared"}),
     "topreprocess": frozenset({"preprocessing", "tobroken"}),
     "preprocessing": frozenset({"registered", "tobroken", "pending"}),
-    "staging": frozenset({"staged"}),
-    "staged": frozenset({"defined", "registered"}),
+    # The carousel (logic/carousel.py) resumes a staging task once its request has a DDM rule; the
+    # datasets were made at refinement, so a staged task goes on to ready (files come as staged).
+    "staging": frozenset({"staged", "tobroken"}),
+    "staged": frozenset({"defined", "registered", "ready"}),
     "exhausted": frozenset({"ready", "running", "scouting", "finishing", "toretry", "toincexec"}),
     "prepared": frozenset({"done", "finished", "failed"}),
     "finishing": frozenset({"passed"}),

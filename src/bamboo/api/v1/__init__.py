@@ -22,6 +22,7 @@ MODULES = (
     "workflow",
     "idds",
     "creds",
+    "data_carousel",
 )
 
 
