@@ -9,7 +9,7 @@ from bamboo.api.registry import Registry
 registry = Registry()
 
 # URL module names, as clients call them (``creds`` is upstream's credential_management).
-MODULES = ("system", "metaconfig", "task", "job", "pilot", "harvester", "event")
+MODULES = ("system", "metaconfig", "task", "job", "pilot", "harvester", "event", "statistics")
 
 
 def load() -> Registry:
