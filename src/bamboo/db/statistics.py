@@ -36,7 +36,27 @@ async def job_counts(
     modified_after: datetime | None = None,
     labels: Sequence[str] | None = None,
 ) -> list[tuple[Any, ...]]:
-    """Jobs counted by ``keys`` and jobStatus: rows ``(*key values, jobStatus, count)``.
+    """Jobs counted by ``keys`` and jobStatus: rows ``(*key values, jobStatus, count)``; the
+    arguments are those of :func:`count_query`."""
+    query = count_query(
+        keys,
+        active_statuses=active_statuses,
+        final_statuses=final_statuses,
+        modified_after=modified_after,
+        labels=labels,
+    )
+    return [tuple(row) for row in await conn.execute(query)]
+
+
+def count_query(
+    keys: Sequence[str],
+    *,
+    active_statuses: Sequence[str],
+    final_statuses: Sequence[str] = (),
+    modified_after: datetime | None = None,
+    labels: Sequence[str] | None = None,
+) -> sa.Select[Any]:
+    """The statement counting jobs by ``keys`` and jobStatus.
 
     Counted: active-table jobs in ``active_statuses``; with ``modified_after``, also the jobs in
     ``final_statuses`` modified after it, in either table. ``labels`` restricts to those
@@ -63,5 +83,4 @@ async def job_counts(
         parts.append(_part(jobs_archive, keys, window))
     counted = sa.union_all(*parts).subquery("counted") if len(parts) > 1 else parts[0].subquery("counted")
     groups = [counted.c[key] for key in keys] + [counted.c.jobStatus]
-    query = sa.select(*groups, sa.func.count().label("n")).group_by(*groups)
-    return [tuple(row) for row in await conn.execute(with_values_inline(query))]
+    return with_values_inline(sa.select(*groups, sa.func.count().label("n")).group_by(*groups))
