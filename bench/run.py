@@ -12,7 +12,9 @@ The measurements, in order, each against the same server:
    (measured right after 3);
 6. the full job cycle: pilots take jobs, report them running and finished, and the server's agents
    finalise them, while the agents still generate the rest of the same task;
-7. how fast the agents turn one large task (100,000 jobs by default) into activated jobs.
+7. how fast the agents turn one large task (100,000 jobs by default) into activated jobs;
+8. with ``--statistics N``: every ``statistics/*`` endpoint on one connection beside N archived
+   jobs (written straight into the database) and 10,000 active ones.
 
 Every rate is also given as a ratio to the is_alive rate of the same run, which takes out much of
 what the machine contributes; the CPU columns show what the client and the server each used.
