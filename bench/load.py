@@ -29,7 +29,7 @@ import httpx
 import orjson
 import uvloop
 
-Operation = Literal["is_alive", "acquire", "heartbeat", "cycle", "update_workers", "events"]
+Operation = Literal["is_alive", "acquire", "heartbeat", "cycle", "update_workers", "events", "statistics"]
 NO_JOBS = "No jobs in PanDA"
 # harvester/update_workers loads send this many workers per call.
 WORKERS_PER_CALL = 100
@@ -57,6 +57,8 @@ class LoadSpec:
     """Which client process this is (each reports as a Harvester instance of its own)."""
     jobset_id: int = 0
     """The jobset the consumers of an event load belong to."""
+    path: str = ""
+    """What a statistics load GETs: the endpoint's path and query string."""
 
 
 @dataclass
@@ -130,6 +132,8 @@ def _operation(spec: LoadSpec, result: LoadResult) -> Callable[[httpx.AsyncClien
         return _worker_updates(spec)
     if spec.operation == "events":
         return _event_ranges(spec)
+    if spec.operation == "statistics":
+        return _statistics(spec)
 
     # Connections take the jobs in turn, so two heartbeats for one job are in flight together only
     # when there are fewer jobs than connections.
@@ -174,6 +178,18 @@ def _event_ranges(spec: LoadSpec) -> Callable[[httpx.AsyncClient], Awaitable[int
         return len(ranges)
 
     return take
+
+
+def _statistics(spec: LoadSpec) -> Callable[[httpx.AsyncClient], Awaitable[int]]:
+    """One public ``statistics/*`` GET; an answer without counts means the jobs were not seen."""
+
+    async def read(client: httpx.AsyncClient) -> int:
+        body = _envelope(await client.get(spec.path))
+        if body.get("success") is not True or not body.get("data"):
+            raise _BadAnswer(str(body)[:200])
+        return 0
+
+    return read
 
 
 def _job_cycle(spec: LoadSpec, result: LoadResult) -> Callable[[httpx.AsyncClient], Awaitable[int]]:

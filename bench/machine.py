@@ -95,6 +95,12 @@ def _process_table() -> dict[int, tuple[int, int]]:
     return table
 
 
+def processes_cpu_seconds(pids: list[int]) -> dict[int, float]:
+    """CPU seconds used so far by each of these processes that is still alive."""
+    table = _process_table() if _PROC.is_dir() else {}
+    return {pid: table[pid][1] / _TICKS_PER_SECOND for pid in pids if pid in table}
+
+
 def tree_cpu_seconds(root: int) -> float | None:
     """CPU seconds used so far by a process and all its live descendants."""
     if not _PROC.is_dir():

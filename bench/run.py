@@ -12,7 +12,9 @@ The measurements, in order, each against the same server:
    (measured right after 3);
 6. the full job cycle: pilots take jobs, report them running and finished, and the server's agents
    finalise them, while the agents still generate the rest of the same task;
-7. how fast the agents turn one large task (100,000 jobs by default) into activated jobs.
+7. how fast the agents turn one large task (100,000 jobs by default) into activated jobs;
+8. with ``--statistics N``: every ``statistics/*`` endpoint on one connection beside N archived
+   jobs (written straight into the database) and 10,000 active ones.
 
 Every rate is also given as a ratio to the is_alive rate of the same run, which takes out much of
 what the machine contributes; the CPU columns show what the client and the server each used.
@@ -113,6 +115,35 @@ FULL_CYCLE_JOBS_PER_PILOT = 10
 FULL_CYCLE_GENERATED_JOBS = 4_000
 FULL_CYCLE_POLL_SECONDS = 0.1
 FULL_CYCLE_TIMEOUT_SECONDS = 600.0
+# The statistics rows: this many active jobs (and --statistics archived ones) at queues of their
+# own, with ids far above any the server gives; every statistics endpoint then read on one
+# connection, its latency compared with the aim.
+STATISTICS_ID_BASE = 3 * 10**12
+STATISTICS_ACTIVE_ID_BASE = STATISTICS_ID_BASE + 10**10
+STATISTICS_ACTIVE_JOBS = 10_000
+# Archived jobs in the 12 h window: the newest fiftieth (as with 90 days of retention and a busy
+# last half day), the others spread over the 89 days before.
+STATISTICS_WINDOW_SHARE = 50
+STATISTICS_AIM_MS = 50.0
+STATISTICS_SHARES = {
+    "default": "Bench Other",
+    "shares": [
+        {"name": "Bench Production", "value": 60, "prodsourcelabel": "managed"},
+        {"name": "Bench Analysis", "value": 35, "prodsourcelabel": "user|panda"},
+        {"name": "Bench Other", "value": 5},
+    ],
+}
+STATISTICS_READS = (
+    "job_stats_by_cloud",
+    "job_stats_by_cloud?type=analysis",
+    "production_job_stats_by_cloud_and_processing_type",
+    "active_job_stats_by_site",
+    "active_job_detailed_stats_by_site",
+    "job_stats_by_site_and_resource_type",
+    "job_stats_by_site_share_and_resource_type",
+    # A week's window: about eight times the archived rows of the default one.
+    "job_stats_by_site_and_resource_type?time_window=10080",
+)
 
 
 @dataclass(frozen=True)
@@ -126,6 +157,7 @@ class Options:
     quick: bool
     large_task_jobs: int
     archive_jobs: int = 0
+    statistics_jobs: int = 0
 
 
 @dataclass
@@ -234,6 +266,7 @@ class Bench:
         job_ids: Sequence[int] = (),
         concurrency: int | None = None,
         jobset_id: int = 0,
+        path: str = "",
     ) -> tuple[Row, LoadResult]:
         """Run one load from all client processes at once and measure the CPU it cost."""
         concurrency = concurrency or self.options.concurrency
@@ -241,8 +274,8 @@ class Bench:
         clients = min(self.options.clients, concurrency, len(job_ids) or concurrency)
         connections = [concurrency // clients + (i < concurrency % clients) for i in range(clients)]
         budgets = [max(1, max_requests * n // concurrency) for n in connections]
-        # is_alive is public and goes without a token: the bare stack, no authentication.
-        headers = {} if operation == "is_alive" else self.production_headers
+        # is_alive and the statistics are public and go without a token: no authentication.
+        headers = {} if operation in ("is_alive", "statistics") else self.production_headers
         start_at = time.time() + START_DELAY_SECONDS
         specs = [
             LoadSpec(
@@ -258,6 +291,7 @@ class Bench:
                 job_ids=tuple(job_ids[i::clients]),
                 client_index=i,
                 jobset_id=jobset_id,
+                path=path,
             )
             for i in range(clients)
         ]
@@ -724,6 +758,64 @@ class Bench:
             notes=[f"{elapsed:.1f} s ({size / elapsed:,.0f} jobs/s) straight into the database"],
         )
 
+    async def measure_statistics(self) -> list[Row]:
+        """Every statistics endpoint on one connection, beside ``--statistics`` archived jobs.
+
+        The jobs are written straight into the database (and the share tree loaded) first; each
+        read must count them. The aim is a p95 latency under 50 ms with 1,000,000 archived jobs.
+        """
+        size = self.options.statistics_jobs
+        self.say(f"statistics: writing {size:,} archived and {STATISTICS_ACTIVE_JOBS:,} active jobs")
+        start = time.perf_counter()
+        with tempfile.NamedTemporaryFile("wb", suffix=".json") as tree:
+            tree.write(orjson.dumps(STATISTICS_SHARES))
+            tree.flush()
+            self.server.admin("share", "load", tree.name)
+        await _fill_statistics(self.server, size)
+        elapsed = time.perf_counter() - start
+        rows = [
+            Row(
+                name=f"fill {size:,} archived + {STATISTICS_ACTIVE_JOBS:,} active jobs",
+                jobs=size + STATISTICS_ACTIVE_JOBS,
+                elapsed=elapsed,
+                notes=[
+                    f"{elapsed:.1f} s straight into the database; {size // STATISTICS_WINDOW_SHARE:,} "
+                    "archived in the 12 h window, the rest 1 to 90 days old"
+                ],
+            )
+        ]
+        duration = self.options.duration
+        for read in STATISTICS_READS:
+            self.say(f"statistics/{read} on 1 connection for {duration:g} s")
+            database_before = await _database_cpu(self.server)
+            row, _ = await self.load(
+                f"statistics/{read}",
+                "statistics",
+                duration=duration,
+                max_requests=int(duration * REQUESTS_PER_SECOND_BUDGET),
+                concurrency=1,
+                path=f"/api/v1/statistics/{read}",
+            )
+            database_after = await _database_cpu(self.server)
+            row.aim = f"p95 < {STATISTICS_AIM_MS:g} ms"
+            row.aim_met = (
+                None
+                if row.latency_p95_ms is None
+                else (row.latency_p95_ms < STATISTICS_AIM_MS and not row.errors)
+            )
+            row.notes.append(f"1 connection, {size:,} archived jobs")
+            # On a busy machine the latency mostly waits for a CPU; the CPU time a request costs
+            # is what it would take on an idle one (one request at a time).
+            server_ms = _server_ms_per_request(row)
+            if server_ms is not None:
+                cost = f"CPU per request: server {server_ms:.1f} ms"
+                if database_after and row.requests:
+                    spent = sum(cpu - database_before.get(pid, 0.0) for pid, cpu in database_after.items())
+                    cost += f" + PostgreSQL {spent / row.requests * 1000:.1f} ms"
+                row.notes.append(cost)
+            rows.append(row)
+        return rows
+
     async def run(self) -> list[Row]:
         rows = await self.measure_is_alive()
         alive = rows[0]
@@ -741,6 +833,9 @@ class Bench:
             rows += await self.measure_full_cycle(client)
             if self.options.large_task_jobs:
                 rows.append(await self.measure_large_task(client))
+            if self.options.statistics_jobs:
+                # Last: its jobs stay in the active table, at queues no other row uses.
+                rows += await self.measure_statistics()
         targets = aims(self.options.database, self.options.large_task_jobs)
         for row in rows:
             if row.ops_per_s is not None and alive.ops_per_s:
@@ -1110,6 +1205,14 @@ def parse_options(argv: Sequence[str] | None) -> Options:
         help=f"archived jobs beside the active ones (default {ARCHIVE_JOBS:,}, quick {QUICK_ARCHIVE_JOBS:,}, "
         "0 none)",
     )
+    parser.add_argument(
+        "--statistics",
+        type=int,
+        default=0,
+        metavar="JOBS",
+        help=f"archived jobs beside {STATISTICS_ACTIVE_JOBS:,} active ones for the statistics rows "
+        "(default 0: rows left out; the aim is stated for 1,000,000)",
+    )
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 s loads, small job pools")
     args = parser.parse_args(argv)
     if args.workers < 1 or args.concurrency < 1 or args.clients < 1 or args.submissions < 1:
@@ -1118,6 +1221,8 @@ def parse_options(argv: Sequence[str] | None) -> Options:
         parser.error("--large-task must not be negative")
     if args.archive is not None and not 0 <= args.archive <= 100_000_000:
         parser.error("--archive must be between 0 and 100,000,000")
+    if not 0 <= args.statistics <= 100_000_000:
+        parser.error("--statistics must be between 0 and 100,000,000")
     if not 0 < args.duration <= 600:
         parser.error("--duration must be more than 0 and at most 600 seconds")
     quick = args.quick
@@ -1137,6 +1242,7 @@ def parse_options(argv: Sequence[str] | None) -> Options:
         quick=quick,
         large_task_jobs=large_task,
         archive_jobs=archive_jobs,
+        statistics_jobs=args.statistics,
     )
 
 
@@ -1208,3 +1314,109 @@ def main(argv: Sequence[str] | None = None) -> None:
     path = RESULTS_DIR / f"{started.strftime('%Y%m%dT%H%M%SZ')}.json"
     path.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
     console.print(f"results written to {path}")
+
+
+# The statistics rows' jobs (i = 0, 1, ... in PandaID order, as the archiver writes them: the
+# newest last): 200 queues in 10 clouds, four resource types, five processing types, labels
+# managed 12/20, user 6/20, panda and ptest 1/20 each, the share matching the label, and final
+# statuses finished 7/10, failed, cancelled and closed 1/10 each. $4 is the number of jobs older
+# than the window; ages are in seconds before $3.
+_STATISTICS_COLUMNS = """("PandaID", "jediTaskID", "jobStatus", "prodSourceLabel", "computingSite", "cloud",
+    "resource_type", "processingType", "gshare", "modificationTime")"""
+_STATISTICS_VALUES = """
+    $1 + i, ($1 + i) / 1000, {status},
+    CASE WHEN i % 20 < 12 THEN 'managed' WHEN i % 20 < 18 THEN 'user' WHEN i % 20 = 18 THEN 'panda'
+        ELSE 'ptest' END,
+    'BENCH_STATS_' || (i % 200), 'CLOUD' || (i % 200 / 20),
+    CASE i / 7 % 4 WHEN 0 THEN 'SCORE' WHEN 1 THEN 'MCORE' WHEN 2 THEN 'SCORE_HIMEM' ELSE 'MCORE_HIMEM' END,
+    CASE i / 3 % 5 WHEN 0 THEN 'simul' WHEN 1 THEN 'evgen' WHEN 2 THEN 'reprocessing' WHEN 3 THEN 'pile'
+        ELSE 'merge' END,
+    CASE WHEN i % 20 < 12 THEN 'Bench Production' WHEN i % 20 < 19 THEN 'Bench Analysis'
+        ELSE 'Bench Other' END,
+    {time}"""
+_ARCHIVED_STATUS = """CASE i % 10 WHEN 0 THEN 'failed' WHEN 1 THEN 'cancelled' WHEN 2 THEN 'closed'
+    ELSE 'finished' END"""
+_ACTIVE_STATUS = """CASE i % 20 WHEN 0 THEN 'finished' WHEN 1 THEN 'failed' WHEN 2 THEN 'merging'
+    WHEN 3 THEN 'assigned' WHEN 4 THEN 'defined' WHEN 5 THEN 'starting' WHEN 6 THEN 'transferring'
+    WHEN 7 THEN 'sent' ELSE CASE WHEN i % 2 = 0 THEN 'running' ELSE 'activated' END END"""
+# Archived: the first $4 over 89 days before the last day, the rest over the last 11.5 hours.
+_ARCHIVED_AGE = """CASE WHEN i < $4 THEN 86400 + (($4 - i) * 7689600 / $4)
+    ELSE 60 + (($2 - i) * 41400 / ($2 - $4 + 1)) END"""
+# Active jobs: changed in the last ten minutes (no watchdog touches them during the reads).
+_ACTIVE_AGE = "i % 600"
+_PG_STATISTICS = """INSERT INTO {table} {columns}
+SELECT {values} FROM generate_series(0, $2::bigint - 1) AS i"""
+_SQLITE_STATISTICS = """WITH RECURSIVE s(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM s WHERE i < ?2 - 1)
+INSERT INTO {table} {columns}
+SELECT {values} FROM s"""
+
+
+def _statistics_statement(postgresql: bool, archived: bool) -> str:
+    age = _ARCHIVED_AGE if archived else _ACTIVE_AGE
+    if postgresql:
+        time_of = f"$3::timestamptz - make_interval(secs => {age})"
+        template = _PG_STATISTICS
+    else:
+        # The text form the server's driver writes and compares.
+        time_of = f"strftime('%Y-%m-%d %H:%M:%f', $3, '-' || ({age}) || ' seconds')"
+        template = _SQLITE_STATISTICS
+    values = _STATISTICS_VALUES.format(status=_ARCHIVED_STATUS if archived else _ACTIVE_STATUS, time=time_of)
+    statement = template.format(
+        table="jobs_archive" if archived else "jobs", columns=_STATISTICS_COLUMNS, values=values
+    )
+    if not postgresql:
+        for number in range(4, 0, -1):
+            statement = statement.replace(f"${number}", f"?{number}")
+    return statement
+
+
+async def _database_cpu(server: Server) -> dict[int, float]:
+    """CPU seconds used so far by each PostgreSQL backend serving the benchmark's database (the
+    server is on this machine); empty on SQLite, whose work is in the server's own process."""
+    if not server.database_url:
+        return {}
+    connection = await asyncpg.connect(server.database_url.replace("postgresql+asyncpg", "postgresql"))
+    try:
+        rows = await connection.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    finally:
+        await connection.close()
+    return machine.processes_cpu_seconds([row["pid"] for row in rows])
+
+
+async def _fill_statistics(server: Server, size: int) -> None:
+    """Write the statistics rows' archived and active jobs (set-based statements)."""
+    at = datetime.now(UTC)
+    older = size - size // STATISTICS_WINDOW_SHARE
+    if server.database_url:
+        connection = await asyncpg.connect(server.database_url.replace("postgresql+asyncpg", "postgresql"))
+        try:
+            await connection.execute(
+                _statistics_statement(True, archived=True), STATISTICS_ID_BASE, size, at, older
+            )
+            await connection.execute(
+                _statistics_statement(True, archived=False),
+                STATISTICS_ACTIVE_ID_BASE,
+                STATISTICS_ACTIVE_JOBS,
+                at,
+            )
+            # As autovacuum would leave an insert-only table: statistics and the visibility map.
+            await connection.execute("VACUUM ANALYZE jobs_archive, jobs")
+        finally:
+            await connection.close()
+        return
+    stamp = at.strftime("%Y-%m-%d %H:%M:%S.%f")
+    database = sqlite3.connect(server.home / "bamboo.db", timeout=60)
+    try:
+        with database:
+            database.execute(
+                _statistics_statement(False, archived=True), (STATISTICS_ID_BASE, size, stamp, older)
+            )
+            database.execute(
+                _statistics_statement(False, archived=False),
+                (STATISTICS_ACTIVE_ID_BASE, STATISTICS_ACTIVE_JOBS, stamp),
+            )
+        database.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        database.close()

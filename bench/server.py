@@ -26,7 +26,7 @@ ADMIN_SECONDS = 120
 STOP_SECONDS = 60
 _LISTENING = re.compile(rb"listening on http://127\.0\.0\.1:(\d+) and https://127\.0\.0\.1:(\d+)")
 # Commands that act on the database and so must be told which one.
-_DATABASE_COMMANDS = ("db", "queue", "user")
+_DATABASE_COMMANDS = ("db", "queue", "user", "share")
 
 
 class BenchError(Exception):

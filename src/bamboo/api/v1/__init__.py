@@ -23,6 +23,7 @@ MODULES = (
     "idds",
     "creds",
     "data_carousel",
+    "statistics",
 )
 
 
