@@ -1,5 +1,5 @@
 """The statistics' window of the archive is read through ``ix_jobs_archive_time`` (migration
-0009_statistics), from the index alone, with the window's start in the SQL text: the cost of a
+0015_statistics), from the index alone, with the window's start in the SQL text: the cost of a
 statistics call must not grow with the archive (bench/README, "Statistics beside 1,000,000
 archived jobs")."""
 

@@ -1,6 +1,6 @@
 """Lost-file recovery and event-picking requests (file_server), worked through by agents.
 
-Revision ID: 0009_requests
+Revision ID: 0009
 Revises: 0008
 Create Date: 2026-12-07
 """
@@ -12,7 +12,7 @@ from alembic import op
 
 from bamboo.db.types import UTCDateTime
 
-revision = "0009_requests"
+revision = "0009"
 down_revision = "0008"
 branch_labels = None
 depends_on = None

@@ -1,7 +1,7 @@
 """Workflows and the tasks their steps created.
 
-Revision ID: 0009_workflows
-Revises: 0009_async
+Revision ID: 0011
+Revises: 0010
 Create Date: 2026-12-07
 """
 
@@ -12,8 +12,8 @@ from alembic import op
 
 from bamboo.db.types import UTCDateTime
 
-revision = "0009_workflows"
-down_revision = "0009_async"
+revision = "0011"
+down_revision = "0010"
 branch_labels = None
 depends_on = None
 

@@ -1,7 +1,7 @@
 """The registry of uploaded cache files (file_server).
 
-Revision ID: 0009_files
-Revises: 0009_creds
+Revision ID: 0013
+Revises: 0012
 Create Date: 2026-12-07
 """
 
@@ -12,8 +12,8 @@ from alembic import op
 
 from bamboo.db.types import UTCDateTime
 
-revision = "0009_files"
-down_revision = "0009_creds"
+revision = "0013"
+down_revision = "0012"
 branch_labels = None
 depends_on = None
 

@@ -1,8 +1,8 @@
 """Data carousel: staging requests and their tasks, tape residency in the catalog, and the tape
 simulator's rules.
 
-Revision ID: 0009_carousel
-Revises: 0009_files
+Revision ID: 0014
+Revises: 0013
 Create Date: 2026-12-07
 """
 
@@ -13,8 +13,8 @@ from alembic import op
 
 from bamboo.db.types import UTCDateTime
 
-revision = "0009_carousel"
-down_revision = "0009_files"
+revision = "0014"
+down_revision = "0013"
 branch_labels = None
 depends_on = None
 

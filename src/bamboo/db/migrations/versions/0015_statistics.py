@@ -7,8 +7,8 @@ time alone SQLite looked up every job of the window in the table, which took mos
 20,000 jobs beside a million archived ones. The retention sweep still reads the index by its
 first column.
 
-Revision ID: 0009_statistics
-Revises: 0009_carousel
+Revision ID: 0015
+Revises: 0014
 Create Date: 2026-12-07
 """
 
@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from alembic import op
 
-revision = "0009_statistics"
-down_revision = "0009_carousel"
+revision = "0015"
+down_revision = "0014"
 branch_labels = None
 depends_on = None
 

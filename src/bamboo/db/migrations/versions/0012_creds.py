@@ -1,7 +1,7 @@
 """Credentials: users' allow-list letters, sealed user secrets, cached proxies and tokens.
 
-Revision ID: 0009_creds
-Revises: 0009_workflows
+Revision ID: 0012
+Revises: 0011
 Create Date: 2026-12-07
 """
 
@@ -12,8 +12,8 @@ from alembic import op
 
 from bamboo.db.types import UTCDateTime
 
-revision = "0009_creds"
-down_revision = "0009_workflows"
+revision = "0012"
+down_revision = "0011"
 branch_labels = None
 depends_on = None
 

@@ -1,7 +1,7 @@
 """The machines table (live processes and their heartbeats) and the async_process requests.
 
-Revision ID: 0009_async
-Revises: 0009_requests
+Revision ID: 0010
+Revises: 0009
 Create Date: 2026-12-07
 """
 
@@ -12,8 +12,8 @@ from alembic import op
 
 from bamboo.db.types import UTCDateTime
 
-revision = "0009_async"
-down_revision = "0009_requests"
+revision = "0010"
+down_revision = "0009"
 branch_labels = None
 depends_on = None
 
