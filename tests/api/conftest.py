@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import shutil
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -49,8 +51,40 @@ class ApiServer:
         return {self.state.settings.proxy_cert_header: quote(pem.read_text())}
 
 
+# Settings that change what prepare_home makes: a test setting one of them gets a home of its own.
+_HOME_SHAPING_SETTINGS = {
+    "server_hostnames",
+    "https_port",
+    "token_issuer_url",
+    "secrets_key",
+    "secrets_key_file",
+}
+
+
+@pytest.fixture(scope="session")
+def home_template(tmp_path_factory: pytest.TempPathFactory) -> Home:
+    """A home made once (local CA, server certificate, token key, secrets keyring).
+
+    Each API test gets a copy: making a home generates RSA keys and loading one validates them,
+    a quarter of a second per test that nothing in a test depends on.
+    """
+    return prepare_home(Settings(home=tmp_path_factory.mktemp("home-template") / "home"))
+
+
+def _copy_home(template: Home, path: Path) -> Home:
+    shutil.copytree(template.path, path)
+    return dataclasses.replace(
+        template,
+        path=path,
+        server_cert=path / template.server_cert.relative_to(template.path),
+        server_key=path / template.server_key.relative_to(template.path),
+    )
+
+
 @pytest.fixture
-async def api_factory(db: Database, tmp_path: Path) -> AsyncIterator[Callable[..., ApiServer]]:
+async def api_factory(
+    db: Database, tmp_path: Path, home_template: Home
+) -> AsyncIterator[Callable[..., ApiServer]]:
     def make(**settings: Any) -> ApiServer:
         values = {
             "home": tmp_path / "home",
@@ -59,7 +93,10 @@ async def api_factory(db: Database, tmp_path: Path) -> AsyncIterator[Callable[..
             **settings,
         }
         config = Settings(**values)
-        home = prepare_home(config)
+        if _HOME_SHAPING_SETTINGS.isdisjoint(settings) and not config.home.exists():
+            home = _copy_home(home_template, config.home.resolve())
+        else:
+            home = prepare_home(config)
         state = build_state(config, home, db, SystemClock())
         return ApiServer(state=state, home=home, app=create_app(state), tmp=tmp_path)
 
