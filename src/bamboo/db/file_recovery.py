@@ -84,18 +84,7 @@ async def master_rows_of_jobs(
     processed it), with their dataset's name."""
     if not panda_ids:
         return []
-    query = (
-        sa.select(task_files, task_datasets.c.datasetName)
-        .join(task_datasets, task_datasets.c.datasetID == task_files.c.datasetID)
-        .where(
-            task_files.c.jediTaskID == task_id,
-            task_files.c.PandaID.in_(list(panda_ids)),
-            task_datasets.c.masterID.is_(None),
-            task_datasets.c.type.in_(MASTER_TYPES),
-        )
-        .order_by(task_files.c.fileID)
-    )
-    return [dict(row) for row in (await conn.execute(query)).mappings()]
+    return await _master_rows(conn, task_id, task_files.c.PandaID.in_(list(panda_ids)))
 
 
 async def master_rows_by_name(
@@ -104,12 +93,18 @@ async def master_rows_by_name(
     """The task's master input rows reading any of the named files, with their dataset's name."""
     if not lfns:
         return []
+    return await _master_rows(conn, task_id, task_files.c.lfn.in_(list(lfns)))
+
+
+async def _master_rows(
+    conn: AsyncConnection, task_id: int, which: sa.ColumnElement[bool]
+) -> list[dict[str, Any]]:
     query = (
         sa.select(task_files, task_datasets.c.datasetName)
         .join(task_datasets, task_datasets.c.datasetID == task_files.c.datasetID)
         .where(
             task_files.c.jediTaskID == task_id,
-            task_files.c.lfn.in_(list(lfns)),
+            which,
             task_datasets.c.masterID.is_(None),
             task_datasets.c.type.in_(MASTER_TYPES),
         )
