@@ -526,4 +526,5 @@ async def dispatch_legacy(request: Request) -> Response:
         endpoint,
         read_params=partial(_read_legacy_params, method, wire),
         render=partial(_render, method, wire, request),
+        check_http_method=False,
     )
