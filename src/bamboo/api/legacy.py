@@ -343,6 +343,8 @@ METHODS: dict[str, LegacyMethod] = {
             "viaTopic": "via_topic",
         },
         ignored=frozenset({"cpu", "AtlasRelease", "countryGroup", "workingGroup", "allowOtherCountry"}),
+        # The pilot measures memory (and may measure disk) in MB with decimals.
+        convert=_convert(memory=_rounded, disk_space=_rounded),
     ),
     "updateJob": LegacyMethod(
         twin=("pilot", "update_job"),
