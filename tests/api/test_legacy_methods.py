@@ -207,7 +207,8 @@ async def test_get_user_secrets_as_the_pilot_reads_them(api: ApiServer) -> None:
 async def test_event_ranges_as_the_pilot_event_service_asks(es) -> None:
     api, jobset = es
     consumer = jobset.consumers[0]
-    asked = {"pandaID": consumer, "jobsetID": jobset.jobset_id, "jediTaskID": TASK, "nRanges": 2}
+    # As the pilot's event-service communicator asks (pandacommunicator.get_events).
+    asked = {"pandaID": consumer, "jobsetID": jobset.jobset_id, "taskID": TASK, "nRanges": 2}
     got = read_as_pilot(await curl_form(api, "getEventRanges", asked, robot(api)))
     assert got["StatusCode"] == 0
     ranges = json.loads(got["eventRanges"])

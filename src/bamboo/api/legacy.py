@@ -395,6 +395,8 @@ METHODS: dict[str, LegacyMethod] = {
         renames={
             "pandaID": "job_id",
             "jobsetID": "jobset_id",
+            # The pilot's event service sends taskID; older clients jediTaskID.
+            "taskID": "task_id",
             "jediTaskID": "task_id",
             "nRanges": "n_ranges",
             "segmentID": "segment_id",
