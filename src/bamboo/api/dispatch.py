@@ -1,4 +1,5 @@
-"""The request pipeline of every ``/api/v1/<module>/<function>`` call (api-v1.md §1.3-1.5).
+"""The request pipeline of every ``/api/v1/<module>/<function>`` call (api-v1.md §1.3-1.5), and of
+the legacy ``/server/panda/<method>`` calls, which run their v1 twin through it (``api/legacy.py``).
 
 Order, as upstream: route lookup (403), credentials (403), ban list (403), body parsing (400),
 then the endpoint's checks in the decorator order (secure, production, method, arguments, types),
