@@ -12,6 +12,7 @@ from functools import cached_property
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -449,6 +450,13 @@ class Settings(BaseSettings):
         "(FOUND:<host>:<name>); panda-client then fetches and uploads there. Default: the host name the "
         "uploading client used to reach this server.",
     )
+    public_url: str | None = Field(
+        None,
+        description="Base URL (http(s)://host[:port][/path]) at which pilots and workers reach this server. "
+        "User analysis tasks that name no transformation (prun's) run <public_url>/trf/user/runGen-00-00-02 "
+        "(and buildGen-00-00-01 for their build). Default: the task's sourceURL, the server the client "
+        "uploaded the sandbox to.",
+    )
     file_cache_max_age_days: float = Field(
         7.0,
         gt=0,
@@ -533,6 +541,16 @@ class Settings(BaseSettings):
             if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", item):
                 raise ValueError(f"invalid RSE name {item!r}: 1-64 letters, digits, '_' or '-'")
         return value
+
+    @field_validator("public_url")
+    @classmethod
+    def _valid_public_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+            raise ValueError(f"public_url {value!r} must be http(s)://host[:port][/path]")
+        return value.rstrip("/")
 
     @field_validator("trusted_proxies")
     @classmethod
