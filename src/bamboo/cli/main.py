@@ -19,6 +19,7 @@ from bamboo.cli import (
     shares,
     tasks,
     users,
+    worker,
 )
 from bamboo.cli.options import DatabaseOption, HomeOption, fail, settings_for
 
@@ -40,6 +41,7 @@ app.add_typer(nodes.app, name="node")
 app.add_typer(harvester.app, name="harvester")
 app.add_typer(secrets.app, name="secrets")
 app.command("events")(events.show)
+app.command("worker")(worker.worker)
 
 
 @app.command()
