@@ -473,6 +473,17 @@ class Settings(BaseSettings):
         "upload` copies files in, the built-in worker stages job inputs from it and outputs and log "
         "tarballs to it, `bamboo data get` copies them out. Default: storage inside the home.",
     )
+    local_worker: bool = Field(
+        False,
+        description="`bamboo serve` also runs a built-in worker (`bamboo worker`) as a child process "
+        "for local_worker_queue, talking HTTPS to this server; it stops with the server.",
+    )
+    local_worker_queue: str = Field(
+        "LOCAL", min_length=1, max_length=128, description="The queue whose jobs the local worker runs."
+    )
+    local_worker_slots: int = Field(
+        1, ge=1, le=64, description="Jobs the local worker runs at the same time."
+    )
     worker_heartbeat_seconds: float = Field(
         60.0,
         gt=0,

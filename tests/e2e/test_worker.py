@@ -91,9 +91,13 @@ def shell_task(
     }
 
 
-def test_a_task_runs_on_uploaded_data_and_its_outputs_come_back(
-    deployment: Deployment, tmp_path: Path, worker_log: Path
+@pytest.mark.parametrize(
+    "server_env", [{"BAMBOO_LOCAL_WORKER": "true", "BAMBOO_LOCAL_WORKER_QUEUE": QUEUE, **WORKER_ENV}]
+)
+def test_the_local_worker_runs_a_task_on_uploaded_data_and_its_outputs_come_back(
+    deployment: Deployment, tmp_path: Path
 ) -> None:
+    """`bamboo serve --local-worker` (here by its setting) runs the jobs with a `bamboo worker` child."""
     server = deployment.server
     sources = tmp_path / "sources"
     sources.mkdir()
@@ -121,11 +125,7 @@ def test_a_task_runs_on_uploaded_data_and_its_outputs_come_back(
         nFilesPerJob=2,
     )
     task_id = deployment.submit(params)
-    worker = start_worker(server, tmp_path / "work", worker_log)
-    try:
-        deployment.wait_task(task_id, "done")
-    finally:
-        assert stop(worker) == 0, worker_log.read_text()
+    deployment.wait_task(task_id, "done")
     fetched = tmp_path / "fetched"
     assert "2 of 2 files" in server.admin("data", "get", f"{name}_out/", "--to", str(fetched))
     contents = sorted(path.read_text() for path in fetched.iterdir())
@@ -137,7 +137,7 @@ def test_a_task_runs_on_uploaded_data_and_its_outputs_come_back(
     with tarfile.open(tarballs[0]) as archive:
         names = {Path(member).name for member in archive.getnames()}
     assert {"payload.stdout", "payload.stderr", "worker.log"} <= names
-    assert not list((tmp_path / "work").iterdir()), "sandboxes are removed"
+    assert not list((server.home / "work").iterdir()), "sandboxes are removed"
 
 
 def test_a_job_of_a_killed_worker_is_retried_and_the_task_ends_done(

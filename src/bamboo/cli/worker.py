@@ -10,22 +10,12 @@ from typing import Annotated
 import typer
 
 from bamboo.cli.options import HomeOption, fail, settings_for
+from bamboo.worker.client import local_server_url
 from bamboo.worker.loop import MAX_SLOTS, WorkerOptions, run_worker
-
-DEFAULT_QUEUE = "LOCAL"
-
-
-def local_url(host: str, https_port: int) -> str:
-    """The HTTPS URL of a server listening on ``host``: a wildcard address is reached on loopback."""
-    if host in ("0.0.0.0", "", "localhost"):  # noqa: S104 - read to reach the server, not to bind
-        host = "127.0.0.1"
-    elif host == "::":
-        host = "::1"
-    return f"https://[{host}]:{https_port}" if ":" in host else f"https://{host}:{https_port}"
 
 
 def worker(
-    queue: Annotated[str, typer.Option("--queue", help="The PanDA queue whose jobs to run.")] = DEFAULT_QUEUE,
+    queue: Annotated[str, typer.Option("--queue", help="The PanDA queue whose jobs to run.")] = "LOCAL",
     slots: Annotated[
         int, typer.Option("--slots", min=1, max=MAX_SLOTS, help="Jobs run at the same time.")
     ] = 1,
@@ -56,7 +46,7 @@ def worker(
         raise fail(f"no server home at {settings.home}: start `bamboo serve` there first (or give --home)")
     options = WorkerOptions(
         queue=queue,
-        url=url or local_url(settings.host, settings.https_port),
+        url=url or local_server_url(settings.host, settings.https_port),
         slots=slots,
         work_dir=(work_dir or settings.home / "work").resolve(),
         node=node or socket.gethostname(),

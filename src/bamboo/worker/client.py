@@ -29,6 +29,16 @@ MAX_TRANSFORMATION_BYTES = 16 * 1024 * 1024
 WORKER_USER = "Bamboo Worker"
 
 
+def local_server_url(host: str, https_port: int) -> str:
+    """The HTTPS URL of a server on this machine listening on ``host``: a wildcard address is
+    reached on loopback (which the server's certificate names)."""
+    if host in ("0.0.0.0", "", "localhost"):  # noqa: S104 - read to reach the server, not to bind
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    return f"https://[{host}]:{https_port}" if ":" in host else f"https://{host}:{https_port}"
+
+
 class ServerError(Exception):
     """The server could not be reached or did not answer as the contract says."""
 
