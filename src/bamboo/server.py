@@ -16,6 +16,7 @@ import os
 import signal
 import socket
 import ssl
+import subprocess
 import sys
 import threading
 import time
@@ -40,6 +41,7 @@ from bamboo.home import Home, prepare_home
 from bamboo.logic import machines, retry_rules
 from bamboo.logic.catalog import LocalCatalog
 from bamboo.logic.clock import SystemClock
+from bamboo.worker.client import local_server_url
 
 log = logging.getLogger("bamboo.server")
 
@@ -173,15 +175,56 @@ def serve(settings: Settings) -> None:
         f"{settings.workers} worker{'s' if settings.workers > 1 else ''})",
         flush=True,
     )
-    if settings.workers == 1:
-        uvloop.run(_serve_process(settings, home, listeners, with_agents=settings.agents))
-        return
-    children = [
-        lambda: uvloop.run(_serve_process(settings, home, listeners, with_agents=False))
-    ] * settings.workers
-    if settings.agents:
-        children.append(lambda: uvloop.run(run_agents(settings)))
-    _supervise(children)
+    worker = _start_local_worker(settings, https_port) if settings.local_worker else None
+    try:
+        if settings.workers == 1:
+            uvloop.run(_serve_process(settings, home, listeners, with_agents=settings.agents))
+            return
+        children = [
+            lambda: uvloop.run(_serve_process(settings, home, listeners, with_agents=False))
+        ] * settings.workers
+        if settings.agents:
+            children.append(lambda: uvloop.run(run_agents(settings)))
+        _supervise(children)
+    finally:
+        if worker is not None:
+            _stop_local_worker(worker)
+
+
+def _start_local_worker(settings: Settings, https_port: int) -> subprocess.Popen[bytes]:
+    """`bamboo worker` for the local worker queue, as a child process talking HTTPS to this server.
+
+    It gets this process's id and stops by itself when this process is gone, however it ended.
+    """
+    command = [
+        sys.executable,
+        "-m",
+        "bamboo.cli",
+        "worker",
+        "--queue",
+        settings.local_worker_queue,
+        "--slots",
+        str(settings.local_worker_slots),
+        "--url",
+        local_server_url(settings.host, https_port),
+        "--home",
+        str(settings.home.resolve()),
+        "--parent-pid",
+        str(os.getpid()),
+    ]
+    log.info("starting the local worker for queue %s", settings.local_worker_queue)
+    return subprocess.Popen(command)  # noqa: S603 - our own command line
+
+
+def _stop_local_worker(worker: subprocess.Popen[bytes]) -> None:
+    """SIGTERM: the worker kills its payloads and reports their jobs failed before it exits."""
+    if worker.poll() is None:
+        worker.terminate()
+    try:
+        worker.wait(timeout=GRACEFUL_SHUTDOWN_SECONDS)
+    except subprocess.TimeoutExpired:
+        worker.kill()
+        worker.wait()
 
 
 async def _check_database(settings: Settings) -> None:
