@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import ssl
 import subprocess
 import tarfile
@@ -274,8 +275,25 @@ def tls_server(tmp_path_factory: pytest.TempPathFactory) -> tuple[ssl.SSLContext
     return context, home / "ca.pem"
 
 
+def trust_by_file(ca_file: Path, _: Path) -> dict[str, str]:
+    return {"SSL_CERT_FILE": str(ca_file)}
+
+
+def trust_by_grid_directory(ca_file: Path, tmp_path: Path) -> dict[str, str]:
+    """An IGTF-style CA directory (hash links made by ``openssl rehash``), as pilots have."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("no openssl command to make the CA directory's hash links")
+    directory = tmp_path / "certificates"
+    directory.mkdir()
+    shutil.copy(ca_file, directory / "bamboo-ca.pem")
+    subprocess.run([openssl, "rehash", str(directory)], check=True, capture_output=True)
+    return {"SSL_CERT_FILE": os.devnull, "X509_CERT_DIR": str(directory)}
+
+
+@pytest.mark.parametrize("trust", [trust_by_file, trust_by_grid_directory])
 def test_sandbox_over_https_is_verified_against_the_trusted_cas(
-    cache_root: Path, work: Path, tls_server: tuple[ssl.SSLContext, Path]
+    cache_root: Path, work: Path, tmp_path: Path, tls_server: tuple[ssl.SSLContext, Path], trust
 ) -> None:
     context, ca_file = tls_server
     tarball(cache_root / "cache" / SANDBOX, {"x.sh": "echo secure > out.txt\n"})
@@ -283,7 +301,7 @@ def test_sandbox_over_https_is_verified_against_the_trusted_cas(
     pars = f'-j "" -r . -a {SANDBOX} -o "{outputs}" {exec_string("sh x.sh")}'
     with file_cache(cache_root, tls=context) as url:
         untrusted = run_trf(trf.RUN_GEN, f"--sourceURL {url} {pars}", work, env={"SSL_CERT_FILE": os.devnull})
-        trusted = run_trf(trf.RUN_GEN, f"--sourceURL {url} {pars}", work, env={"SSL_CERT_FILE": str(ca_file)})
+        trusted = run_trf(trf.RUN_GEN, f"--sourceURL {url} {pars}", work, env=trust(ca_file, tmp_path))
     assert untrusted.returncode == 65
     assert "CERTIFICATE_VERIFY_FAILED" in untrusted.stdout
     assert trusted.returncode == 0, trusted.stdout + trusted.stderr
