@@ -361,6 +361,8 @@ class JobRun:
             fields["pilot_error_diag"] = failure.diag
             self._log(f"failed: {failure.code} {failure.diag}")
         else:
+            # As the pilot: a finished job reports error code 0 rather than none.
+            fields["pilot_error_code"] = 0
             self._log("finished")
         fields["pilot_log"] = await self._blocking(
             _read_end, self.sandbox / WORKER_LOG_NAME, REPORTED_LOG_CHARS
