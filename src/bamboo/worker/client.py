@@ -62,13 +62,22 @@ class TokenSource:
 class PilotClient:
     """acquire_jobs and update_job as a pilot sends them (clients.md §4.4)."""
 
-    def __init__(self, base_url: str, tokens: TokenSource, origin: str, verify: ssl.SSLContext) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        tokens: TokenSource,
+        origin: str,
+        verify: ssl.SSLContext | bool,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        """``transport``: another way to the server than the network (tests: the app in process)."""
         self._tokens = tokens
         self._http = httpx.AsyncClient(
             base_url=base_url.rstrip("/"),
             headers={"Origin": origin, "Accept": "application/json", "User-Agent": "bamboo-worker"},
             verify=verify,
             timeout=REQUEST_TIMEOUT_SECONDS,
+            transport=transport,
         )
 
     async def close(self) -> None:

@@ -70,9 +70,13 @@ class JobLog:
         self.path = path
 
     def info(self, message: str) -> None:
-        with self.path.open("a") as handle:
-            handle.write(f"{datetime.now(UTC).strftime(_TIME_FORMAT)} {message}\n")
         log.info("job %s: %s", self.panda_id, message)
+        try:
+            with self.path.open("a") as handle:
+                handle.write(f"{datetime.now(UTC).strftime(_TIME_FORMAT)} {message}\n")
+        except OSError as exc:
+            # A full disk must not stop the job from being reported.
+            log.warning("job %s: log line not kept in the sandbox: %s", self.panda_id, exc)
 
 
 def _stamp(moment: float) -> str:
@@ -160,7 +164,7 @@ class JobRun:
         if failure is None:
             failure = await self._stage_out_outputs()
         log_file = await self._stage_out_log()
-        if failure is None and log_file is None:
+        if failure is None and log_file is None and _split(self.job, "logFile"):
             failure = Failure(report.LOG_CREATION_FAILED, "the log tarball could not be made or stored")
         await self._final_report(failure, log_file)
         await self._blocking(shutil.rmtree, self.sandbox, True)
@@ -361,6 +365,8 @@ class JobRun:
             fields["pilot_error_diag"] = failure.diag
             self._log(f"failed: {failure.code} {failure.diag}")
         else:
+            # As the pilot: a finished job reports error code 0 rather than none.
+            fields["pilot_error_code"] = 0
             self._log("finished")
         fields["pilot_log"] = await self._blocking(
             _read_end, self.sandbox / WORKER_LOG_NAME, REPORTED_LOG_CHARS

@@ -54,7 +54,9 @@ def _client(settings: Settings, url: str) -> PilotClient:
             user=WORKER_USER, vo=vo, role="production", lifetime=lifetime
         )
     )
-    verify = ssl.create_default_context(cafile=str(home.ca_file))
+    # The system's CAs as well as the home's: a transformation may come from a public web server.
+    verify = ssl.create_default_context()
+    verify.load_verify_locations(cafile=str(home.ca_file))
     return PilotClient(url, tokens, f"{vo}.production", verify)
 
 
