@@ -137,3 +137,36 @@ async def test_no_default_without_a_server_url_or_for_production_tasks(world) ->
         # Refined (so the defaults were considered), yet still naming no transformation.
         assert await task_status(api, task_id) == "running"
         assert "transPath" not in await task_parameters(api, task_id)
+
+
+async def test_prun_sequence_numbers_count_from_the_offset(world) -> None:
+    """prun's ``--exec "gen.py %RNDM:10"``: ``${SEQNUMBER}`` over the pseudo dataset seq_number."""
+    api, runner = await world()
+    params = {
+        **NO_INPUT_TASK,
+        "taskName": "user.testuser.trf.v7/",
+        "nEvents": 3,
+        "nEventsPerJob": 1,
+        "jobParameters": [
+            {"type": "constant", "value": '-p "', "padding": False},
+            {"type": "constant", "value": "python3%20gen.py%20", "padding": False},
+            {
+                "type": "template",
+                "value": "${SEQNUMBER}",
+                "param_type": "pseudo_input",
+                "dataset": "seq_number",
+                "offset": 10,
+                "padding": False,
+            },
+            {"type": "constant", "value": '"'},
+        ],
+    }
+    task_id = await submit(api, params)
+    await runner.drain()
+    jobs = await acquire(api, n_jobs=10)
+    assert sorted(job["jobPars"] for job in jobs) == [f'-p "python3%20gen.py%20{n}"' for n in (11, 12, 13)]
+    await run_job(api, jobs[0], final="failed")
+    await runner.drain()
+    (retry,) = await acquire(api, n_jobs=10)
+    assert retry["jobPars"] == '-p "python3%20gen.py%2014"'
+    assert await task_status(api, task_id) == "running"

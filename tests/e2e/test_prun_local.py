@@ -153,16 +153,18 @@ def test_prun_over_an_uploaded_dataset_builds_runs_and_returns_the_outputs(
     }
 
 
-def test_prun_without_input_runs_n_jobs(deployment: Deployment, worker: Path, tmp_path: Path) -> None:
+def test_prun_without_input_runs_n_jobs_with_sequence_numbers(
+    deployment: Deployment, worker: Path, tmp_path: Path
+) -> None:
     code = tmp_path / "code"
     code.mkdir()
-    (code / "greet.sh").write_text('echo "hello from job $PandaID"\n')
+    (code / "greet.sh").write_text('echo "hello from job $PandaID with number $1"\n')
 
     task_id = prun(
         deployment,
         code,
         "--exec",
-        "sh greet.sh > hello.txt",
+        "sh greet.sh %RNDM:10 > hello.txt",
         "--outDS",
         "user.testuser.hello.v1/",
         "--outputs",
@@ -177,4 +179,7 @@ def test_prun_without_input_runs_n_jobs(deployment: Deployment, worker: Path, tm
     assert status == 0 and len(job_ids) == 2
     outputs = fetched(deployment, "user.testuser.hello.v1_hello.txt/", tmp_path / "out")
     assert sorted(outputs) == [f"user.testuser.{task_id}._00000{serial}.hello.txt" for serial in (1, 2)]
-    assert sorted(outputs.values()) == sorted(f"hello from job {job_id}\n" for job_id in job_ids)
+    said = [re.fullmatch(r"hello from job (\d+) with number (\d+)\n", text) for text in outputs.values()]
+    assert all(said), outputs
+    assert sorted(int(match.group(1)) for match in said) == sorted(job_ids)
+    assert sorted(int(match.group(2)) for match in said) == [11, 12]

@@ -25,7 +25,7 @@ from bamboo.logic.clock import Clock
 from bamboo.logic.errors import InvalidInput
 from bamboo.logic.splitting import FileInfo, cut_events
 from bamboo.logic.states import TASK_FINAL
-from bamboo.logic.taskparams import DatasetPlan, RefinedTask, refine
+from bamboo.logic.taskparams import SEQUENCE_STREAM, DatasetPlan, RefinedTask, refine
 
 log = logging.getLogger(__name__)
 
@@ -219,8 +219,9 @@ async def _create_datasets(
             )
         elif plan.type == "input":
             secondary_rows[dataset_id] = await _secondary_rows(conn, dm, task, refined, plan, dataset_id, now)
-        elif is_input:
-            # Sequence-number pseudo inputs have no generator yet; their placeholders stay unresolved.
+        elif is_input and plan.stream != SEQUENCE_STREAM:
+            # Sequence numbers come from the dataset's serial counter (logic/generator.py); other
+            # secondary pseudo inputs have no rows, and their placeholders stay unresolved.
             log.warning("task %s: secondary pseudo input %s is not used by jobs", task_id, plan.name)
     if master_id is None:
         raise InvalidInput("the task has no master input")
