@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import tarfile
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
@@ -38,7 +39,12 @@ def pilot_client(api: ApiServer) -> PilotClient:
 
 
 async def run_one(
-    world: tuple[ApiServer, AgentRunner], tmp_path: Path, command: str, heartbeat: float = 60, **job: Any
+    world: tuple[ApiServer, AgentRunner],
+    tmp_path: Path,
+    command: str,
+    heartbeat: float = 60,
+    stopping: asyncio.Event | None = None,
+    **job: Any,
 ) -> tuple[dict[str, Any], DataStorage, dict[str, Any]]:
     """Submit a one-job task whose payload is ``command``, run it with the worker, finalise it.
 
@@ -67,7 +73,7 @@ async def run_one(
                 work_dir=tmp_path / "work",
                 identity=WorkerIdentity(QUEUE, "wn01", "bamboo-worker-test", heartbeat),
                 executor=executor,
-                stopping=asyncio.Event(),
+                stopping=stopping or asyncio.Event(),
             )
             await asyncio.wait_for(run.run(), 60)
         finally:
@@ -117,20 +123,40 @@ async def test_the_server_command_stops_the_payload(world, tmp_path: Path, comma
     with the pilot's "killed by panda server"."""
     api, _ = world
 
-    async def order_when_running() -> None:
-        while True:
-            async with api.state.db.transaction() as conn:
-                running = await jobs_db.with_status(conn, "running", 1)
-                if running:
-                    await jobs_db.update(conn, running[0]["PandaID"], commandToPilot=command)
-                    return
-            await asyncio.sleep(0.05)
+    async def order(panda_id: int) -> None:
+        async with api.state.db.transaction() as conn:
+            await jobs_db.update(conn, panda_id, commandToPilot=command)
 
-    ordering = asyncio.create_task(order_when_running())
+    ordering = asyncio.create_task(when_running(api, order))
     _, _, row = await run_one(world, tmp_path, "sleep 60", heartbeat=0.2)
     await ordering
     assert (row["jobStatus"], row["pilotErrorCode"]) == ("failed", report.PANDA_KILL)
     assert command in row["pilotErrorDiag"]
+
+
+async def test_a_stopped_worker_kills_the_payload_and_reports_the_job_failed(world, tmp_path: Path) -> None:
+    api, _ = world
+    stopping = asyncio.Event()
+
+    async def stop(_panda_id: int) -> None:
+        stopping.set()
+
+    stopper = asyncio.create_task(when_running(api, stop))
+    _, _, row = await run_one(world, tmp_path, "sleep 60", stopping=stopping)
+    await stopper
+    assert (row["jobStatus"], row["pilotErrorCode"]) == ("failed", report.KILLED_BY_SIGTERM)
+    assert row["pilotErrorDiag"] == "the worker was stopped (SIGTERM)"
+
+
+async def when_running(api: ApiServer, action: Callable[[int], Awaitable[None]]) -> None:
+    """Call ``action`` with the PandaID of the first job reported running."""
+    while True:
+        async with api.state.db.transaction(write=False) as conn:
+            running = await jobs_db.with_status(conn, "running", 1)
+        if running:
+            await action(running[0]["PandaID"])
+            return
+        await asyncio.sleep(0.05)
 
 
 def test_tokens_are_renewed_when_half_their_life_is_over(monkeypatch: pytest.MonkeyPatch) -> None:

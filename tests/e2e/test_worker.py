@@ -8,6 +8,7 @@ heartbeat watchdog, which fails it, and a retry on another worker ends the task 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import tarfile
@@ -138,6 +139,23 @@ def test_the_local_worker_runs_a_task_on_uploaded_data_and_its_outputs_come_back
         names = {Path(member).name for member in archive.getnames()}
     assert {"payload.stdout", "payload.stderr", "worker.log"} <= names
     assert not list((server.home / "work").iterdir()), "sandboxes are removed"
+    # Stopping the server stops its worker first, which kills its payload and still reports the job.
+    deployment.submit(
+        shell_task(
+            f"{name}.sleep",
+            "sleep",
+            [{"type": "constant", "value": "61"}],
+            noInput=True,
+            nEvents=1,
+            nEventsPerJob=1,
+        )
+    )
+    wait_for("the payload to run", lambda: "".join(server.output), lambda text: "running 'sleep 61'" in text)
+    assert server.stop() == 0
+    output = "".join(server.output)
+    stopped = re.search(r"job (\d+): failed: 1201 the worker was stopped", output)
+    assert stopped, output
+    assert f"job {stopped.group(1)} reported failed" in output, output
 
 
 def test_a_job_of_a_killed_worker_is_retried_and_the_task_ends_done(
