@@ -426,12 +426,20 @@ def start_panda_client(
 
 
 @pytest.fixture
-def deployment(tmp_path: Path, backend_url: str | None, transport: str) -> Iterator[Deployment]:
+def server_env() -> dict[str, str]:
+    """Settings the deployment's server starts with (tests override it, e.g. short watchdog timeouts)."""
+    return {}
+
+
+@pytest.fixture
+def deployment(
+    tmp_path: Path, backend_url: str | None, transport: str, server_env: dict[str, str]
+) -> Iterator[Deployment]:
     home = tmp_path / "home"
     if backend_url:
         bamboo("db", "upgrade", "--home", str(home), "--database-url", backend_url)
     with ExitStack() as cleanup:
-        server = start_server(home, backend_url)
+        server = start_server(home, backend_url, env=server_env)
         cleanup.callback(server.stop)
         server.admin("queue", "add", QUEUE, "--type", "unified")
         user_token = server.admin("token", "issue", "--user", "Test User").strip()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -13,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from bamboo import __version__
+from bamboo import __version__, trf
 from bamboo.api import v1
 from bamboo.api.dispatch import dispatch
 from bamboo.api.envelope import JSON_MEDIA_TYPE, encode_json, plain_error
@@ -147,6 +148,35 @@ async def _serve_cache_file(request: Request) -> Response:
     return StreamingResponse(body(), status_code=status, headers=headers, media_type=media_type)
 
 
+# The scripts change only with a new release: caches may keep them for an hour without asking again.
+_TRF_CACHE_CONTROL = "public, max-age=3600"
+
+
+def _transformation_route() -> Route:
+    """``/trf/user/<name>``: the transformations user jobs download (bamboo/trf), to anyone, as
+    upstream's web server serves its directory of scripts."""
+    served = {
+        name: (body, f'"{hashlib.sha256(body).hexdigest()[:32]}"') for name, body in trf.scripts().items()
+    }
+
+    async def transformation(request: Request) -> Response:
+        found = served.get(request.path_params["name"])
+        if found is None:
+            return plain_error(404, "no such transformation")
+        body, etag = found
+        headers = {"ETag": etag, "Cache-Control": _TRF_CACHE_CONTROL, "X-Content-Type-Options": "nosniff"}
+        candidates = request.headers.get("if-none-match")
+        if candidates is not None and etag in {
+            tag.strip().removeprefix("W/") for tag in candidates.split(",")
+        }:
+            return Response(status_code=304, headers=headers)
+        content = b"" if request.method == "HEAD" else body
+        headers["Content-Length"] = str(len(body))
+        return Response(content, headers=headers, media_type="text/x-python; charset=utf-8")
+
+    return Route(trf.URL_PATH + "/{name}", transformation, methods=["GET", "HEAD"])
+
+
 def _plain_error_with(status_code: int, text: str, headers: dict[str, str]) -> Response:
     response = plain_error(status_code, text)
     response.headers.update(headers)
@@ -195,6 +225,7 @@ def create_app(state: ServerState) -> FastAPI:
             Route("/auth/{name}", auth_config, methods=["GET"]),
             # Generic over the store's names: a later area (schedconfig/<queue>.all.json) is served too.
             Route("/cache/{name:path}", _serve_cache_file, methods=["GET", "HEAD"]),
+            _transformation_route(),
             Route("/.well-known/openid-configuration", discovery, methods=["GET"]),
             Route("/.well-known/jwks.json", jwks, methods=["GET"]),
         ],
