@@ -18,6 +18,7 @@ from bamboo.api import v1
 from bamboo.api.dispatch import dispatch
 from bamboo.api.envelope import JSON_MEDIA_TYPE, encode_json, plain_error
 from bamboo.api.openapi import docs_page, openapi_document
+from bamboo.api.schedconfig import serve_schedconfig
 from bamboo.api.state import ServerState
 from bamboo.logic import files
 from bamboo.storage import UnsafeName, check_name, file_store
@@ -189,7 +190,7 @@ def create_app(state: ServerState) -> FastAPI:
             Route("/openapi.json", openapi, methods=["GET"]),
             Route("/docs", docs, methods=["GET"]),
             Route("/auth/{name}", auth_config, methods=["GET"]),
-            # Generic over the store's names: a later area (schedconfig/<queue>.all.json) is served too.
+            Route("/cache/schedconfig/{name}", serve_schedconfig, methods=["GET"]),
             Route("/cache/{name:path}", _serve_cache_file, methods=["GET", "HEAD"]),
             Route("/.well-known/openid-configuration", discovery, methods=["GET"]),
             Route("/.well-known/jwks.json", jwks, methods=["GET"]),
