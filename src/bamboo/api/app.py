@@ -17,6 +17,7 @@ from bamboo import __version__
 from bamboo.api import v1
 from bamboo.api.dispatch import dispatch
 from bamboo.api.envelope import JSON_MEDIA_TYPE, encode_json, plain_error
+from bamboo.api.legacy import check_twins, dispatch_legacy
 from bamboo.api.openapi import docs_page, openapi_document
 from bamboo.api.schedconfig import serve_schedconfig
 from bamboo.api.state import ServerState
@@ -156,6 +157,7 @@ def _plain_error_with(status_code: int, text: str, headers: dict[str, str]) -> R
 def create_app(state: ServerState) -> FastAPI:
     """Build the application around already started services."""
     registry = v1.load()
+    check_twins(registry)
     openapi_body = encode_json(openapi_document(registry))
     docs_body = docs_page(registry)
 
@@ -167,7 +169,8 @@ def create_app(state: ServerState) -> FastAPI:
 
     async def auth_config(request: Request) -> Response:
         match = _AUTH_CONFIG_NAME.match(request.path_params["name"])
-        config = state.auth_configs.get(match.group(1)) if match else None
+        # "<vo>:<role>" is the other spelling of "<vo>.<role>" (clients.md §6.2).
+        config = state.auth_configs.get(match.group(1).replace(":", ".")) if match else None
         if config is None:
             return plain_error(404, "no such auth config")
         return Response(encode_json(config), media_type=JSON_MEDIA_TYPE)
@@ -187,6 +190,7 @@ def create_app(state: ServerState) -> FastAPI:
         exception_handlers={HTTPException: _plain_http_error},
         routes=[
             Route("/api/{rest:path}", dispatch, methods=["GET", "HEAD", "POST", "PUT"]),
+            Route("/server/panda/{method}", dispatch_legacy, methods=["GET", "HEAD", "POST", "PUT"]),
             Route("/openapi.json", openapi, methods=["GET"]),
             Route("/docs", docs, methods=["GET"]),
             Route("/auth/{name}", auth_config, methods=["GET"]),
