@@ -71,8 +71,8 @@ def get_job_params(**extra: Any) -> dict[str, Any]:
         "prodSourceLabel": "user",
         "diskSpace": 150000,
         "workingGroup": "",
-        "cpu": 2400,
-        "mem": 4000,
+        "cpu": 2400.0,
+        "mem": 15866.7,
         "node": "wn01.example.org",
         **extra,
     }

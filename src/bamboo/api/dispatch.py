@@ -1,4 +1,5 @@
-"""The request pipeline of every ``/api/v1/<module>/<function>`` call (api-v1.md §1.3-1.5).
+"""The request pipeline of every ``/api/v1/<module>/<function>`` call (api-v1.md §1.3-1.5), and of
+the legacy ``/server/panda/<method>`` calls, which run their v1 twin through it (``api/legacy.py``).
 
 Order, as upstream: route lookup (403), credentials (403), ban list (403), body parsing (400),
 then the endpoint's checks in the decorator order (secure, production, method, arguments, types),
@@ -96,13 +97,19 @@ Renderer = Callable[..., Response]
 
 
 async def run_pipeline(
-    request: Request, endpoint: Endpoint, *, read_params: ParamReader, render: Renderer
+    request: Request,
+    endpoint: Endpoint,
+    *,
+    read_params: ParamReader,
+    render: Renderer,
+    check_http_method: bool = True,
 ) -> Response:
     """Run the endpoint's checks and handler in upstream's order; never raises.
 
     ``read_params`` turns the request into the endpoint's parameters (the v1 decoding, or the
     legacy API's, which renames wire names first); ``render`` turns the handler's reply, or a
-    refusal as a failed reply, into the HTTP answer. Credentials, bans, body limits, access
+    refusal as a failed reply, into the HTTP answer; the legacy API, whose methods took GET and
+    POST alike, skips the endpoint's HTTP method check. Credentials, bans, body limits, access
     levels, argument checks and the transaction are the same for every caller of the pipeline.
     """
     state: ServerState = request.app.state.bamboo
@@ -113,7 +120,7 @@ async def run_pipeline(
         spooled: list[IO[bytes]] = []
         try:
             params, textual = await read_params(request, endpoint, state.settings, spooled)
-            rejection = _check_access(endpoint, request.method, identity, state)
+            rejection = _check_access(endpoint, request.method, identity, state, check_http_method)
             if rejection is None:
                 call_args = bind_parameters(endpoint, params, textual=textual)
                 return await _run(endpoint, Call(request, state, identity), call_args, render)
@@ -140,7 +147,11 @@ async def run_pipeline(
 
 
 def _check_access(
-    endpoint: Endpoint, method: str, identity: Identity | None, state: ServerState
+    endpoint: Endpoint,
+    method: str,
+    identity: Identity | None,
+    state: ServerState,
+    check_http_method: bool = True,
 ) -> str | None:
     if endpoint.access is not Access.PUBLIC and (identity is None or identity.is_limited_proxy):
         return SECURE_REQUIRED
@@ -149,7 +160,7 @@ def _check_access(
         state.settings.production_dns,
     ):
         return PRODUCTION_REQUIRED
-    if endpoint.method is not None and _effective_method(method) != endpoint.method:
+    if check_http_method and endpoint.method is not None and _effective_method(method) != endpoint.method:
         return f"expecting {endpoint.method}, received {method}"
     return None
 

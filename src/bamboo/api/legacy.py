@@ -343,6 +343,8 @@ METHODS: dict[str, LegacyMethod] = {
             "viaTopic": "via_topic",
         },
         ignored=frozenset({"cpu", "AtlasRelease", "countryGroup", "workingGroup", "allowOtherCountry"}),
+        # The pilot measures memory (and may measure disk) in MB with decimals.
+        convert=_convert(memory=_rounded, disk_space=_rounded),
     ),
     "updateJob": LegacyMethod(
         twin=("pilot", "update_job"),
@@ -393,6 +395,8 @@ METHODS: dict[str, LegacyMethod] = {
         renames={
             "pandaID": "job_id",
             "jobsetID": "jobset_id",
+            # The pilot's event service sends taskID; older clients jediTaskID.
+            "taskID": "task_id",
             "jediTaskID": "task_id",
             "nRanges": "n_ranges",
             "segmentID": "segment_id",
@@ -526,4 +530,5 @@ async def dispatch_legacy(request: Request) -> Response:
         endpoint,
         read_params=partial(_read_legacy_params, method, wire),
         render=partial(_render, method, wire, request),
+        check_http_method=False,
     )
