@@ -27,6 +27,7 @@ from typing import Any
 import httpx
 import pytest
 
+from bamboo.auth.local_issuer import LocalIssuer
 from bamboo.logic.catalog import scope_of
 from bamboo.storage.layout import deterministic_path
 from tests.e2e.conftest import RunningServer, wait_for
@@ -86,11 +87,16 @@ def pilot_launcher() -> Path:
     return launcher
 
 
+def token_issuer(server: RunningServer) -> LocalIssuer:
+    """The server's token issuer in this process: tokens without a CLI start-up each."""
+    issuer_url = httpx.get(f"{server.http}/.well-known/openid-configuration", timeout=10).json()["issuer"]
+    return LocalIssuer.load_or_create(server.home, issuer_url)
+
+
 class User:
     """The v1 calls a user makes, with a user token over HTTPS."""
 
-    def __init__(self, server: RunningServer) -> None:
-        token = server.admin("token", "issue", "--user", "Test User").strip()
+    def __init__(self, server: RunningServer, token: str) -> None:
         self.http = httpx.Client(
             base_url=f"{server.https}/api/v1",
             # No idle connection left open: the server waits for those when it stops.
@@ -169,11 +175,14 @@ WITH_INPUT = _task(
 )
 
 
-def run_pilot(server: RunningServer, launcher: Path, work: Path) -> subprocess.CompletedProcess[str]:
-    """The pilot as a user on this machine starts it (docs/architecture.md), for two jobs at most."""
+def run_pilot(
+    server: RunningServer, launcher: Path, work: Path, token_text: str
+) -> subprocess.CompletedProcess[str]:
+    """The pilot as a user on this machine starts it (docs/architecture.md), until it finds no job."""
     work.mkdir()
+    # As `bamboo token issue --out` writes it: no newline, which would end up in curl's command line.
     token = work / "pilot-token"
-    server.admin("token", "issue", "--user", "Pilot Robot", "--role", "production", "--out", str(token))
+    token.write_text(token_text)
     transformations = work / "transformations"
     transformations.mkdir()
     (transformations / PAYLOAD).write_text(PAYLOAD_SCRIPT)
@@ -226,13 +235,15 @@ def test_real_pilot_runs_a_job_without_and_a_job_with_input(
     stored_input.parent.mkdir(parents=True)
     stored_input.write_bytes(INPUT_TEXT)
     server.admin("data", "register", INPUT_DATASET, "--file", f"{INPUT_LFN}:{len(INPUT_TEXT)}")
-    user = User(server)
+    issuer = token_issuer(server)
+    user = User(server, issuer.issue_token(user="Test User"))
     no_input_task, input_task = user.submit(NO_INPUT), user.submit(WITH_INPUT)
     (no_input_job,) = user.activated_jobs(no_input_task)
     (input_job,) = user.activated_jobs(input_task)
 
     started = time.monotonic()
-    pilot = run_pilot(server, pilot_launcher, tmp_path / "pilot")
+    pilot_token = issuer.issue_token(user="Pilot Robot", role="production")
+    pilot = run_pilot(server, pilot_launcher, tmp_path / "pilot", pilot_token)
     elapsed = time.monotonic() - started
     pilot_log = "\n".join(p.read_text() for p in (tmp_path / "pilot").rglob("pilotlog.txt"))
     print(f"pilot ran {elapsed:.1f} s, exit code {pilot.returncode}")
