@@ -20,6 +20,7 @@ from bamboo.api.dispatch import dispatch
 from bamboo.api.envelope import JSON_MEDIA_TYPE, encode_json, plain_error
 from bamboo.api.legacy import check_twins, dispatch_legacy
 from bamboo.api.openapi import docs_page, openapi_document
+from bamboo.api.schedconfig import serve_schedconfig
 from bamboo.api.state import ServerState
 from bamboo.logic import files
 from bamboo.storage import UnsafeName, check_name, file_store
@@ -223,7 +224,7 @@ def create_app(state: ServerState) -> FastAPI:
             Route("/openapi.json", openapi, methods=["GET"]),
             Route("/docs", docs, methods=["GET"]),
             Route("/auth/{name}", auth_config, methods=["GET"]),
-            # Generic over the store's names: a later area (schedconfig/<queue>.all.json) is served too.
+            Route("/cache/schedconfig/{name}", serve_schedconfig, methods=["GET"]),
             Route("/cache/{name:path}", _serve_cache_file, methods=["GET", "HEAD"]),
             _transformation_route(),
             Route("/.well-known/openid-configuration", discovery, methods=["GET"]),
