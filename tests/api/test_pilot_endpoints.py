@@ -229,12 +229,6 @@ async def test_worker_job_relation(world) -> None:
     }
 
 
-async def test_no_proxy_key_while_no_proxy_is_stored(world) -> None:
-    api, _ = await two_jobs(world)
-    (job,) = (await take(api, get_proxy_key="True"))["data"]["jobs"]
-    assert "credname" not in job and "myproxy" not in job
-
-
 async def test_acquire_answers_for_nothing_wrong_callers_and_bad_parameters(world) -> None:
     api, _ = world
     assert await take(api) == NO_JOBS
