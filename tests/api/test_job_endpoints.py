@@ -204,6 +204,8 @@ async def test_metadata_for_analysis_jobs(world) -> None:
 async def test_owner_kills_queued_and_running_jobs(world) -> None:
     api, _, _, job_ids = await task_jobs(world)
     (dispatched,) = await acquire(api)
+    assert await heartbeat(api, dispatched) == {"StatusCode": 0, "command": "NULL"}
+    assert (await row(api, dispatched["PandaID"]))["jobStatus"] == "running"
     body = await call(api, "kill", job_ids=[*job_ids, UNKNOWN])
     assert body == {"success": True, "message": "", "data": [True, True, False]}
     for panda_id in job_ids:
