@@ -427,6 +427,15 @@ class Settings(BaseSettings):
         description="Compact user name whose secrets every dispatched job carries as pilotSecrets (also "
         "in pilot/update_job answers). Unset: no pilotSecrets.",
     )
+    public_https_url: str | None = Field(
+        None,
+        description="This server's HTTPS base URL as pilots reach it (behind a TLS-terminating proxy: the "
+        "proxy's), e.g. https://bamboo.example.org:25443. Sent as myproxy with the proxy keys of "
+        "pilot/acquire_jobs (get_proxy_key): pilots fetch the owner's proxy from there with "
+        "creds/get_proxy. Default: the scheme, host and port the calling pilot used.",
+        pattern=r"^https://[^\s/?#]+(/[^\s?#]*)?$",
+        max_length=512,
+    )
     key_pair_dir: Path | None = Field(
         None,
         description="Directory of key files served by creds/get_key_pair, one file per key named by the "
