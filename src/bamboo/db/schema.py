@@ -750,6 +750,9 @@ job_stats_totals = sa.Table(
     sa.Column("gshare", sa.String(32), nullable=True),
     sa.Column("jobStatus", sa.String(15), nullable=False),
     sa.Column("n", sa.BigInteger, nullable=False),
+    # SQLite stores the rows in key order, so a window's rows are read as one range, without a
+    # lookup per row from the key's index into the table.
+    sqlite_with_rowid=False,
 )
 job_stats_windows = sa.Table(
     "job_stats_windows",

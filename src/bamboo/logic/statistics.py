@@ -247,6 +247,8 @@ class SummaryPolicy:
     Attributes:
         settle: a final job enters the totals once its modification time is this old.
         rebuild: the totals are recounted from the job tables this often.
+        period: a refresh sooner than this after the last one leaves the totals as they are (the
+            tests' ``drain`` runs every agent many times a second).
         retention: how long the archive keeps jobs (None: forever); a window reaching that far
             is not kept, as jobs deleted from the archive could not be taken out of its totals.
     """
@@ -254,6 +256,7 @@ class SummaryPolicy:
     settle: timedelta = timedelta(seconds=60)
     rebuild: timedelta = timedelta(hours=1)
     retention: timedelta | None = timedelta(days=90)
+    period: timedelta = timedelta(seconds=5)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SummaryPolicy:
@@ -262,6 +265,7 @@ class SummaryPolicy:
             settle=timedelta(seconds=settings.statistics_settle_seconds),
             rebuild=timedelta(minutes=settings.statistics_rebuild_minutes),
             retention=timedelta(days=retention_days) if retention_days else None,
+            period=timedelta(seconds=settings.statistics_refresh_period_seconds),
         )
 
     def windows(self) -> tuple[int, ...]:
@@ -283,8 +287,8 @@ async def refresh(conn: AsyncConnection, clock: Clock, policy: SummaryPolicy) ->
     the jobs that entered or left a window, not the window's size. A job's move to the archive
     changes none of this (it keeps its modification time, and both tables are read). The totals are
     recounted instead every ``policy.rebuild``, when the windows kept change, or when the clock
-    jumped past a window's upto. On PostgreSQL one process refreshes at a time (an advisory lock;
-    the others skip their turn).
+    jumped past a window's upto. A refresh within ``policy.period`` of the last one does nothing.
+    On PostgreSQL one process refreshes at a time (an advisory lock; the others skip their turn).
     """
     if not await statistics_db.lock_refresh(conn):
         return
@@ -295,21 +299,17 @@ async def refresh(conn: AsyncConnection, clock: Clock, policy: SummaryPolicy) ->
     if set(kept) != set(wanted) or any(_needs_rebuild(window, now, policy) for window in kept.values()):
         await _rebuild(conn, now, upto, wanted)
         return
+    if all(upto - window["upto"] < policy.period for window in kept.values()):
+        return
     ranges: dict[int, tuple[datetime, datetime]] = {}
     # Each slice of modification times (after, upto], and the windows it adds to (+1) or takes from.
     changes: dict[tuple[datetime, datetime], list[tuple[int, int]]] = {}
+    # The clock moved forwards since the last refresh (by a period at least): every window moves.
     for length, window in kept.items():
-        since, last_upto = now - timedelta(minutes=length), window["upto"]
-        new_upto = max(last_upto, upto)
-        if since > window["since"]:
-            changes.setdefault((window["since"], since), []).append((length, -1))
-        elif since < window["since"]:
-            changes.setdefault((since, window["since"]), []).append((length, 1))
-        if new_upto > last_upto:
-            changes.setdefault((last_upto, new_upto), []).append((length, 1))
-        ranges[length] = (since, new_upto)
-    if ranges == {length: (window["since"], window["upto"]) for length, window in kept.items()}:
-        return
+        since = now - timedelta(minutes=length)
+        changes.setdefault((window["since"], since), []).append((length, -1))
+        changes.setdefault((window["upto"], upto), []).append((length, 1))
+        ranges[length] = (since, upto)
     counted = await statistics_db.final_slices(conn, FINAL_STATUSES, list(changes))
     deltas: dict[tuple[int, tuple[Any, ...]], int] = {}
     for bounds, rows in counted.items():

@@ -49,6 +49,7 @@ def upgrade() -> None:
         sa.Column("gshare", sa.String(32), nullable=True),
         sa.Column("jobStatus", sa.String(15), nullable=False),
         sa.Column("n", sa.BigInteger(), nullable=False),
+        sqlite_with_rowid=False,
     )
     op.create_table(
         "job_stats_windows",
