@@ -332,12 +332,11 @@ def _summary_statement(
 
     totals = job_stats_totals
     parts: list[sa.Select[Any]] = [
-        sa.select(*(totals.c[key] for key in keys), totals.c.jobStatus, sa.func.sum(totals.c.n).label("n"))
-        .where(
+        # Summed with the other parts only: a grouping of its own would sort the rows once more.
+        sa.select(*(totals.c[key] for key in keys), totals.c.jobStatus, totals.c.n).where(
             totals.c.window_minutes == window_minutes,
             *([] if labels is None else [totals.c.prodSourceLabel.in_(list(labels))]),
         )
-        .group_by(*(totals.c[key] for key in keys), totals.c.jobStatus)
     ]
     for table in (jobs, jobs_archive):
         parts += [
