@@ -222,8 +222,11 @@ async def _clean_file_cache(ctx: AgentContext) -> int:
 
 async def _refresh_statistics(ctx: AgentContext) -> int:
     policy = statistics.SummaryPolicy.from_settings(ctx.settings)
-    async with ctx.db.transaction() as conn:
-        await statistics.refresh(conn, ctx.clock, policy)
+    async with ctx.db.transaction(write=False) as conn:
+        due = await statistics.refresh_due(conn, ctx.clock, policy)
+    if due:
+        async with ctx.db.transaction() as conn:
+            await statistics.refresh(conn, ctx.clock, policy)
     # Never "did work": a refresh leaves nothing for an immediate next one.
     return 0
 

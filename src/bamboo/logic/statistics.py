@@ -294,12 +294,11 @@ async def refresh(conn: AsyncConnection, clock: Clock, policy: SummaryPolicy) ->
         return
     now = clock.now()
     upto = now - policy.settle
-    wanted = policy.windows()
     kept = await statistics_db.windows(conn)
-    if set(kept) != set(wanted) or any(_needs_rebuild(window, now, policy) for window in kept.values()):
-        await _rebuild(conn, now, upto, wanted)
+    if _needs_rebuild(kept, now, policy):
+        await _rebuild(conn, now, upto, policy.windows())
         return
-    if all(upto - window["upto"] < policy.period for window in kept.values()):
+    if not _due(kept, now, policy):
         return
     ranges: dict[int, tuple[datetime, datetime]] = {}
     # Each slice of modification times (after, upto], and the windows it adds to (+1) or takes from.
@@ -321,12 +320,29 @@ async def refresh(conn: AsyncConnection, clock: Clock, policy: SummaryPolicy) ->
     await statistics_db.move_windows(conn, ranges)
 
 
-def _needs_rebuild(window: dict[str, Any], now: datetime, policy: SummaryPolicy) -> bool:
-    # A clock moved backwards before the last rebuild, or forwards past the counted range (the
-    # totals would lose jobs they never held), is handled by recounting.
-    rebuilt = window["rebuilt_at"]
-    since = now - timedelta(minutes=window["window_minutes"])
-    return not now - policy.rebuild < rebuilt <= now or since >= window["upto"]
+async def refresh_due(conn: AsyncConnection, clock: Clock, policy: SummaryPolicy) -> bool:
+    """Whether :func:`refresh` would change the totals now: a read, so the agent's many idle steps
+    (every round of the tests' ``drain``) take no write lock."""
+    kept = await statistics_db.windows(conn)
+    now = clock.now()
+    return _needs_rebuild(kept, now, policy) or _due(kept, now, policy)
+
+
+def _due(kept: dict[int, dict[str, Any]], now: datetime, policy: SummaryPolicy) -> bool:
+    return any(now - policy.settle - window["upto"] >= policy.period for window in kept.values())
+
+
+def _needs_rebuild(kept: dict[int, dict[str, Any]], now: datetime, policy: SummaryPolicy) -> bool:
+    """Whether the totals are to be recounted: the kept windows are not the wanted ones, the last
+    recount is ``policy.rebuild`` old, or the clock moved backwards before it or forwards past a
+    window's counted range (the totals would lose jobs they never held)."""
+    if set(kept) != set(policy.windows()):
+        return True
+    for length, window in kept.items():
+        rebuilt = window["rebuilt_at"]
+        if not now - policy.rebuild < rebuilt <= now or now - timedelta(minutes=length) >= window["upto"]:
+            return True
+    return False
 
 
 async def _rebuild(conn: AsyncConnection, now: datetime, upto: datetime, lengths: Sequence[int]) -> None:
