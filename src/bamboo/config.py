@@ -248,6 +248,33 @@ class Settings(BaseSettings):
         description="How often the archiver looks for jobs to archive or delete when it found none "
         "the last time; its delays count in hours and days.",
     )
+    statistics_refresh_period_seconds: float = Field(
+        5.0,
+        gt=0,
+        le=3600,
+        description="How often the statistics agent brings its counts of recent final jobs up to "
+        'date (docs/architecture.md, "Job statistics"). The endpoints stay exact between refreshes '
+        "(they count the final jobs since the last one); a longer period only makes that part "
+        "longer.",
+    )
+    statistics_settle_seconds: float = Field(
+        60.0,
+        ge=0,
+        le=600,
+        description="The statistics agent counts a final job into its totals once its modification "
+        "time is this old; the endpoints count newer ones themselves. It covers the jobs a "
+        "transaction stamps before it commits and the clock difference between Bamboo hosts: a job "
+        "committed later than this after its stamp would be missed until the next rebuild.",
+    )
+    statistics_rebuild_minutes: float = Field(
+        60.0,
+        gt=0,
+        le=10080,
+        description="The statistics agent recounts its totals from the job tables this often, "
+        "instead of adding the jobs that entered and left each window since its last refresh; "
+        "anything the updates missed (rows written directly into the tables with old times) is "
+        "then counted.",
+    )
     pilot_streaming_period_seconds: float = Field(
         300.0,
         gt=0,

@@ -38,6 +38,7 @@ from bamboo.logic import (
     pilot_streaming,
     rebrokerage,
     refiner,
+    statistics,
     task_watchdog,
     workflows,
 )
@@ -219,6 +220,17 @@ async def _clean_file_cache(ctx: AgentContext) -> int:
     return forgotten + await files.remove_files(store, batch, ctx.clock)
 
 
+async def _refresh_statistics(ctx: AgentContext) -> int:
+    policy = statistics.SummaryPolicy.from_settings(ctx.settings)
+    async with ctx.db.transaction(write=False) as conn:
+        due = await statistics.refresh_due(conn, ctx.clock, policy)
+    if due:
+        async with ctx.db.transaction() as conn:
+            await statistics.refresh(conn, ctx.clock, policy)
+    # Never "did work": a refresh leaves nothing for an immediate next one.
+    return 0
+
+
 AGENTS: tuple[Agent, ...] = (
     Agent("refiner", _refine, wakes=("generator", "carousel")),
     Agent("feeder", _feed, wakes=("generator", "finisher")),
@@ -249,6 +261,8 @@ AGENTS: tuple[Agent, ...] = (
     Agent("workflow", _advance_workflows, wakes=("refiner",)),
     # Expires cache files, JEDI logs and HPO checkpoints with their registry rows; wakes nobody.
     Agent("file_cleaner", _clean_file_cache, period_setting="file_cache_clean_period_seconds"),
+    # Keeps the counts of recent final jobs the statistics endpoints read; wakes nobody.
+    Agent("statistics", _refresh_statistics, period_setting="statistics_refresh_period_seconds"),
 )
 
 
