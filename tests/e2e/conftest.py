@@ -30,6 +30,8 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
+from bamboo.config import Settings
+from bamboo.home import prepare_home
 from tests.conftest import create_postgres_database, drop_postgres_database
 from tests.tasks import QUEUE
 
@@ -97,6 +99,13 @@ class RunningServer:
         uses_database = args[0] in ("db", "queue", "user", "data", "task", "secrets")
         extra = ["--database-url", self.database_url] if self.database_url and uses_database else []
         return bamboo(*args, "--home", str(self.home), *extra)
+
+    def token(self, user: str, role: str | None = None) -> str:
+        """A token of the server's embedded issuer, minted in this process the way `bamboo token issue`
+        does: two CLI start-ups per deployment were seconds of every end-to-end test."""
+        settings = Settings(home=self.home)
+        issuer = prepare_home(settings).issuer
+        return issuer.issue_token(user=user, vo=settings.local_token_vos[0], role=role)
 
     def stop(self) -> int:
         if self.process.poll() is None:
@@ -442,10 +451,8 @@ def deployment(
         server = start_server(home, backend_url, env=server_env)
         cleanup.callback(server.stop)
         server.admin("queue", "add", QUEUE, "--type", "unified")
-        user_token = server.admin("token", "issue", "--user", "Test User").strip()
-        robot_token = server.admin(
-            "token", "issue", "--user", "Harvester Robot", "--role", "production"
-        ).strip()
+        user_token = server.token("Test User")
+        robot_token = server.token("Harvester Robot", role="production")
         user = start_panda_client(server, user_token, "bamboo", tmp_path / "user", transport)
         cleanup.callback(user.close)
         operator = start_panda_client(
