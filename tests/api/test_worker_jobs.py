@@ -44,28 +44,27 @@ async def run_one(
     command: str,
     heartbeat: float = 60,
     stopping: asyncio.Event | None = None,
+    transformation: str | None = None,
     **job: Any,
 ) -> tuple[dict[str, Any], DataStorage, dict[str, Any]]:
-    """Submit a one-job task whose payload is ``command``, run it with the worker, finalise it.
+    """Submit a one-job task, give its job the payload ``/bin/sh -c '<command>'`` (or
+    ``<transformation> <command>``) and the other ``job`` columns, run it with the worker, finalise it.
 
     Returns the job as the worker got it, the storage, and the job's row afterwards."""
     api, runner = world
-    await submit(api, {**NO_INPUT_TASK, "nEvents": 1, "nEventsPerJob": 1})
+    task_id = await submit(api, {**NO_INPUT_TASK, "nEvents": 1, "nEventsPerJob": 1})
     await runner.drain()
+    async with api.state.db.transaction() as conn:
+        (panda_id,) = await jobs_db.ids_of_task(conn, task_id)
+        parameters = command if transformation else f"-c '{command}'"
+        await jobs_db.update(
+            conn, panda_id, transformation=transformation or "/bin/sh", jobParameters=parameters, **job
+        )
     client = pilot_client(api)
     storage = DataStorage(tmp_path / "storage")
     with ThreadPoolExecutor(4) as executor:
         try:
             (acquired,) = await client.acquire_jobs(QUEUE, 1, "wn01")
-            async with api.state.db.transaction() as conn:
-                await jobs_db.update(
-                    conn,
-                    acquired["PandaID"],
-                    transformation="/bin/sh",
-                    jobParameters=f"-c '{command}'",
-                    **job,
-                )
-            acquired = {**acquired, "transformation": "/bin/sh", "jobPars": f"-c '{command}'", **job}
             run = JobRun(
                 acquired,
                 client=client,
@@ -169,3 +168,22 @@ def test_tokens_are_renewed_when_half_their_life_is_over(monkeypatch: pytest.Mon
     assert source.token() == "token2"
     clock[0] = 6 * 3600 + 1
     assert source.token() == "token3"
+
+
+async def test_a_url_transformation_is_downloaded_and_run_with_the_job_parameters(
+    world, tmp_path: Path
+) -> None:
+    api, _ = world
+    cache = api.state.settings.effective_cache_dir
+    cache.mkdir(parents=True, exist_ok=True)
+    (cache / "echo-args.sh").write_text('#!/bin/sh\necho "args: $@"\n')
+    url = "https://testserver/cache/echo-args.sh"
+    job, _, row = await run_one(world, tmp_path, "one 'two three'", transformation=url)
+    assert (job["transformation"], job["jobPars"]) == (url, "one 'two three'")
+    assert (row["jobStatus"], row["stdout"]) == ("finished", "args: one two three\n")
+
+
+async def test_a_transformation_that_cannot_be_downloaded_fails_the_job(world, tmp_path: Path) -> None:
+    _, _, row = await run_one(world, tmp_path, "x", transformation="https://testserver/cache/missing.sh")
+    assert (row["jobStatus"], row["pilotErrorCode"]) == ("failed", report.TRANSFORMATION_DOWNLOAD_FAILED)
+    assert "HTTP 404" in row["pilotErrorDiag"]
