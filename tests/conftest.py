@@ -27,6 +27,12 @@ POSTGRES_ADMIN_URL = os.environ.get(
     "BAMBOO_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
 )
 REQUIRE_POSTGRES = os.environ.get("BAMBOO_REQUIRE_POSTGRES") == "1"
+# pytest-xdist's workers inherit COLUMNS=80 and LINES=24, and the CLI's rich consoles, made at
+# import, would keep that width for good; CLI tests set the width they need when they invoke.
+os.environ.pop("COLUMNS", None)
+os.environ.pop("LINES", None)
+# The fault tests' audits reach the terminal summary through this test-report property.
+AUDIT_PROPERTY = "fault audit"
 # Tables whose rows come from migrations and stay between tests.
 SEEDED_TABLES = {"resource_types", "alembic_version", "id_sequences"}
 
@@ -125,3 +131,21 @@ async def db(database_url: str) -> AsyncIterator[Database]:
 @pytest.fixture
 def clock() -> FixedClock:
     return FixedClock()
+
+
+_audit_lines: list[str] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when == "teardown":
+        _audit_lines.extend(line for name, line in report.user_properties if name == AUDIT_PROPERTY)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The audit of every fault-test load of the session, so CI output shows the counts."""
+    if not _audit_lines:
+        return
+    size = "full size (BAMBOO_FAULT_FULL=1)" if os.environ.get("BAMBOO_FAULT_FULL") == "1" else "CI size"
+    terminalreporter.section(f"fault audits, {size}")
+    for line in _audit_lines:
+        terminalreporter.write_line(line)

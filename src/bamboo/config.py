@@ -12,6 +12,7 @@ from functools import cached_property
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -247,6 +248,33 @@ class Settings(BaseSettings):
         description="How often the archiver looks for jobs to archive or delete when it found none "
         "the last time; its delays count in hours and days.",
     )
+    statistics_refresh_period_seconds: float = Field(
+        5.0,
+        gt=0,
+        le=3600,
+        description="How often the statistics agent brings its counts of recent final jobs up to "
+        'date (docs/architecture.md, "Job statistics"). The endpoints stay exact between refreshes '
+        "(they count the final jobs since the last one); a longer period only makes that part "
+        "longer.",
+    )
+    statistics_settle_seconds: float = Field(
+        60.0,
+        ge=0,
+        le=600,
+        description="The statistics agent counts a final job into its totals once its modification "
+        "time is this old; the endpoints count newer ones themselves. It covers the jobs a "
+        "transaction stamps before it commits and the clock difference between Bamboo hosts: a job "
+        "committed later than this after its stamp would be missed until the next rebuild.",
+    )
+    statistics_rebuild_minutes: float = Field(
+        60.0,
+        gt=0,
+        le=10080,
+        description="The statistics agent recounts its totals from the job tables this often, "
+        "instead of adding the jobs that entered and left each window since its last refresh; "
+        "anything the updates missed (rows written directly into the tables with old times) is "
+        "then counted.",
+    )
     pilot_streaming_period_seconds: float = Field(
         300.0,
         gt=0,
@@ -426,6 +454,15 @@ class Settings(BaseSettings):
         description="Compact user name whose secrets every dispatched job carries as pilotSecrets (also "
         "in pilot/update_job answers). Unset: no pilotSecrets.",
     )
+    public_https_url: str | None = Field(
+        None,
+        description="This server's HTTPS base URL as pilots reach it (behind a TLS-terminating proxy: the "
+        "proxy's), e.g. https://bamboo.example.org:25443. Sent as myproxy with the proxy keys of "
+        "pilot/acquire_jobs (get_proxy_key): pilots fetch the owner's proxy from there with "
+        "creds/get_proxy. Default: the scheme, host and port the calling pilot used.",
+        pattern=r"^https://[^\s/?#]+(/[^\s?#]*)?$",
+        max_length=512,
+    )
     key_pair_dir: Path | None = Field(
         None,
         description="Directory of key files served by creds/get_key_pair, one file per key named by the "
@@ -448,6 +485,13 @@ class Settings(BaseSettings):
         description="Host name recorded for uploaded cache files and answered by validate_cache_file "
         "(FOUND:<host>:<name>); panda-client then fetches and uploads there. Default: the host name the "
         "uploading client used to reach this server.",
+    )
+    public_url: str | None = Field(
+        None,
+        description="Base URL (http(s)://host[:port][/path]) at which pilots and workers reach this server. "
+        "User analysis tasks that name no transformation (prun's) run <public_url>/trf/user/runGen-00-00-02 "
+        "(and buildGen-00-00-01 for their build). Default: the task's sourceURL, the server the client "
+        "uploaded the sandbox to.",
     )
     file_cache_max_age_days: float = Field(
         7.0,
@@ -565,6 +609,16 @@ class Settings(BaseSettings):
             if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", item):
                 raise ValueError(f"invalid RSE name {item!r}: 1-64 letters, digits, '_' or '-'")
         return value
+
+    @field_validator("public_url")
+    @classmethod
+    def _valid_public_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+            raise ValueError(f"public_url {value!r} must be http(s)://host[:port][/path]")
+        return value.rstrip("/")
 
     @field_validator("trusted_proxies")
     @classmethod

@@ -22,7 +22,7 @@ PRODUCTION_REQUIRED = {"success": False, "message": "production or pilot role re
 async def call(api: ApiServer, name: str, as_user: str | None = OWNER, role: str | None = None, **params):
     headers = api.token_headers(as_user, role=role) if as_user else None
     async with api.client(headers=headers) as client:
-        if name == "get_metadata_for_analysis_jobs":
+        if name in ("get_metadata_for_analysis_jobs", "get_status"):
             return envelope(await client.get(f"/api/v1/job/{name}", params=params))
         return envelope(await client.post(f"/api/v1/job/{name}", json=params))
 
@@ -53,6 +53,38 @@ async def heartbeat(api: ApiServer, job: dict) -> dict:
         api, [{"job_id": job["PandaID"], "job_status": "running", "attempt_nr": job["attemptNr"]}]
     )
     return replies[0]["data"]
+
+
+# --- get_status, get_description ---------------------------------------------------------------------
+
+
+async def test_status_and_description_answers(world) -> None:
+    api, _, task_id, job_ids = await task_jobs(world)
+    statuses = await call(api, "get_status", job_ids=[*job_ids, UNKNOWN])
+    assert statuses == {
+        "success": True,
+        "message": "",
+        "data": [
+            {"status": "activated", "command": None},
+            {"status": "activated", "command": None},
+            {"status": "unknown", "command": "tobekilled"},
+        ],
+    }
+    described = await call(api, "get_description", job_ids=[UNKNOWN, job_ids[1]])
+    assert described["success"] is True and described["message"] == ""
+    missing, record = described["data"]
+    assert missing is None
+    assert list(record) == [*JOB_FIELDS, "Files"] and record["PandaID"] == job_ids[1]
+    assert record["jediTaskID"] == task_id
+    for name in ("get_status", "get_description"):
+        assert await call(api, name, as_user=None, job_ids=[job_ids[0]]) == SECURE_REQUIRED
+        bad = await call(api, name, job_ids="x")
+        assert bad["success"] is False and "'job_ids'" in bad["message"], bad
+        assert await call(api, name) == {
+            "success": False,
+            "message": "Argument error: missing a required argument: 'job_ids'",
+            "data": None,
+        }
 
 
 # --- get_description_incl_archive ---------------------------------------------------------------------
@@ -172,6 +204,8 @@ async def test_metadata_for_analysis_jobs(world) -> None:
 async def test_owner_kills_queued_and_running_jobs(world) -> None:
     api, _, _, job_ids = await task_jobs(world)
     (dispatched,) = await acquire(api)
+    assert await heartbeat(api, dispatched) == {"StatusCode": 0, "command": "NULL"}
+    assert (await row(api, dispatched["PandaID"]))["jobStatus"] == "running"
     body = await call(api, "kill", job_ids=[*job_ids, UNKNOWN])
     assert body == {"success": True, "message": "", "data": [True, True, False]}
     for panda_id in job_ids:

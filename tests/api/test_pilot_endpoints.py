@@ -126,6 +126,17 @@ async def test_each_job_is_marked_sent_to_the_node(world) -> None:
     assert (job["startTime"], job["stateChangeTime"], job["schedulerID"]) == (T0, T0, "sched")
 
 
+async def test_a_job_in_debug_mode_is_dispatched_with_debug(world) -> None:
+    api, (first, second) = await two_jobs(world)
+    async with api.client(headers=api.token_headers(*ROBOT)) as client:
+        request = {"job_id": first, "mode": True}
+        answer = envelope(await client.post("/api/v1/job/set_debug_mode", json=request))
+    assert answer == {"success": True, "message": "Succeeded", "data": None}
+    dispatched = {job["PandaID"]: job for job in (await take(api, n_jobs=2))["data"]["jobs"]}
+    assert dispatched[first]["debug"] == "True"
+    assert "debug" not in dispatched[second]
+
+
 @pytest.mark.parametrize(
     ("request_label", "computing_element", "given"),
     [
@@ -227,12 +238,6 @@ async def test_worker_job_relation(world) -> None:
         "message": "harvester_id must be at most 50 characters",
         "data": None,
     }
-
-
-async def test_no_proxy_key_while_no_proxy_is_stored(world) -> None:
-    api, _ = await two_jobs(world)
-    (job,) = (await take(api, get_proxy_key="True"))["data"]["jobs"]
-    assert "credname" not in job and "myproxy" not in job
 
 
 async def test_acquire_answers_for_nothing_wrong_callers_and_bad_parameters(world) -> None:

@@ -1,6 +1,7 @@
 """Secrets a pilot receives (domain.md §9.2): a useSecrets task's jobs carry the owner's secrets as
 ``secrets``; with a pilot-secrets owner configured every job carries ``pilotSecrets``, and so do
-update_job answers. Only production callers get them."""
+update_job answers; with get_proxy_key, jobs whose owner has a stored proxy carry credname/myproxy.
+Only production callers get them."""
 
 from __future__ import annotations
 
@@ -108,3 +109,75 @@ async def test_unreadable_secrets(api_factory, broken: str) -> None:
         await conn.execute(sa.text("UPDATE user_secrets SET owner = 'Test User' WHERE owner = 'Pilot Owner'"))
     (job,) = await acquire(api)
     assert job["secrets"] == "{}"
+
+
+# --- proxy keys (get_proxy_key) -------------------------------------------------------------------
+
+JANE_DN = "/DC=org/DC=example/OU=Users/CN=jdoe/CN=Jane Doe"
+ROBOT = ("Harvester Robot", "production")
+
+
+async def proxy_world(api: ApiServer) -> dict[str, str]:
+    """Two activated jobs: Jane's (submitted with an RFC 3820 proxy; her proxy is stored) and
+    another user's (only a production-role proxy stored). Returns each job's prodUserID by owner."""
+    runner = await world(api)
+    jane = api.cert_headers(JANE_DN, proxy=True)
+    async with api.client(headers=jane) as client:
+        body = envelope(
+            await client.post(
+                "/api/v1/task/submit", json={"task_parameters": task("jane", False), "parent_tid": None}
+            )
+        )
+    assert body["success"] is True, body
+    await submit(api, task("other", False))
+    await runner.drain()
+    async with api.state.db.transaction() as conn:
+        owners = dict((await conn.execute(sa.select(jobs.c.prodUserName, jobs.c.prodUserID))).all())
+        keyring = api.state.keyring.keyring()
+        await secrets.store_credential(conn, FixedClock(), keyring, secrets.PROXY, JANE_DN, "", "JANE PEM")
+        other = owners["Test User"]
+        await secrets.store_credential(conn, FixedClock(), keyring, secrets.PROXY, other, "production", "X")
+        await secrets.change_allowances(conn, FixedClock(), ROBOT[0], secrets.ALLOW_PROXY, allow=True)
+    assert owners["Jane Doe"].startswith(JANE_DN + "/CN=")
+    return owners
+
+
+async def acquire_with_key(api: ApiServer, headers: dict[str, str], get_proxy_key: str | None) -> list[dict]:
+    params = {"site_name": "TEST_PQ", "prod_source_label": "user", "n_jobs": 5}
+    if get_proxy_key is not None:
+        params["get_proxy_key"] = get_proxy_key
+    async with api.client(headers=headers) as client:
+        body = envelope(await client.post("/api/v1/pilot/acquire_jobs", json=params))
+    assert body["success"] is True, body
+    return body["data"]["jobs"]
+
+
+@pytest.mark.parametrize("configured", [None, "https://bamboo.example.org:8443/"])
+async def test_proxy_keys_name_where_the_owners_proxy_is_fetched(api_factory, configured) -> None:
+    api = api_factory(public_https_url=configured)
+    owners = await proxy_world(api)
+    robot = api.token_headers(*ROBOT)
+    dispatched = {job["prodUserID"]: job for job in await acquire_with_key(api, robot, "True")}
+    jane, other = dispatched[owners["Jane Doe"]], dispatched[owners["Test User"]]
+    expected_base = "https://bamboo.example.org:8443" if configured else "https://testserver"
+    assert (jane["credname"], jane["myproxy"]) == (JANE_DN, expected_base)
+    # No proxy without role stored for the other owner: no key at all.
+    assert "credname" not in other and "myproxy" not in other
+    # The key is what creds/get_proxy needs to answer the owner's proxy.
+    async with api.client(headers=robot) as client:
+        answer = envelope(await client.get("/api/v1/creds/get_proxy", params={"dn": jane["credname"]}))
+    assert answer == {"success": True, "message": "", "data": {"user_proxy": "JANE PEM"}}
+
+
+@pytest.mark.parametrize(
+    ("caller", "get_proxy_key"),
+    [("robot", None), ("robot", "False"), ("robot", ""), ("owner", "True")],
+)
+async def test_no_proxy_key_unless_asked_by_a_production_caller(api_factory, caller, get_proxy_key) -> None:
+    api = api_factory()
+    await proxy_world(api)
+    headers = api.token_headers(*ROBOT) if caller == "robot" else api.cert_headers(JANE_DN, proxy=True)
+    jobs_taken = await acquire_with_key(api, headers, get_proxy_key)
+    assert jobs_taken
+    for job in jobs_taken:
+        assert "credname" not in job and "myproxy" not in job

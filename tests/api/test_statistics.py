@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -16,11 +17,12 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from bamboo.agents.runner import AgentContext, AgentRunner
 from bamboo.api.app import create_app
 from bamboo.api.state import build_state
 from bamboo.config import Settings
 from bamboo.db.engine import Database
-from bamboo.db.schema import jobs, jobs_archive
+from bamboo.db.schema import job_stats_windows, jobs, jobs_archive
 from bamboo.home import prepare_home
 from bamboo.logic import shares
 from bamboo.logic import statistics as stats
@@ -39,14 +41,35 @@ ALL_ENDPOINTS = (
 _ids = itertools.count(1)
 
 
-@pytest.fixture
-async def world(db: Database, tmp_path: Path) -> AsyncIterator[tuple[ApiServer, FixedClock]]:
-    """The app on a clock the test moves (the window is measured from its now)."""
+@dataclass
+class StatisticsServer(ApiServer):
+    """The app, and in the "summary" variant the statistics agent, run after every write of jobs."""
+
+    runner: AgentRunner | None = None
+
+
+def _world(db: Database, tmp_path: Path, summary: bool) -> tuple[StatisticsServer, FixedClock]:
     clock = FixedClock()
     config = Settings(home=tmp_path / "home", trusted_proxies=["127.0.0.1"], ban_refresh_seconds=0)
     home = prepare_home(config)
     state = build_state(config, home, db, clock)
-    yield ApiServer(state=state, home=home, app=create_app(state), tmp=tmp_path), clock
+    runner = AgentRunner(AgentContext(db, clock, state.dm, settings=config)) if summary else None
+    return StatisticsServer(state=state, home=home, app=create_app(state), tmp=tmp_path, runner=runner), clock
+
+
+@pytest.fixture
+def world(db: Database, tmp_path: Path) -> tuple[StatisticsServer, FixedClock]:
+    """The app on a clock the test moves (the window is measured from its now)."""
+    return _world(db, tmp_path, summary=False)
+
+
+@pytest.fixture(params=["job tables", "summary"])
+def counting(
+    request: pytest.FixtureRequest, db: Database, tmp_path: Path
+) -> tuple[StatisticsServer, FixedClock]:
+    """As ``world``, the counts read from the job tables alone, or from the statistics agent's
+    totals (refreshed after each write of jobs, on the test's clock): the answers are the same."""
+    return _world(db, tmp_path, summary=request.param == "summary")
 
 
 def job(
@@ -73,12 +96,16 @@ def job(
     }
 
 
-async def insert(api: ApiServer, active: list[dict[str, Any]], archived: list[dict[str, Any]] = ()) -> None:
+async def insert(
+    api: StatisticsServer, active: list[dict[str, Any]], archived: list[dict[str, Any]] = ()
+) -> None:
     async with api.state.db.transaction() as conn:
         if active:
             await conn.execute(sa.insert(jobs), active)
         if archived:
             await conn.execute(sa.insert(jobs_archive), list(archived))
+    if api.runner is not None:
+        assert await api.runner.run_once("statistics") == 0
 
 
 async def get(api: ApiServer, name: str, **params: Any) -> dict[str, Any]:
@@ -124,15 +151,16 @@ async def population(api: ApiServer, clock: FixedClock) -> None:
     await insert(api, active, archived)
 
 
-async def test_empty_system_answers_success_with_empty_data(world) -> None:
-    api, _ = world
+async def test_empty_system_answers_success_with_empty_data(counting) -> None:
+    api, _ = counting
+    await insert(api, [])
     for name in ALL_ENDPOINTS:
         assert await get(api, name) == ok({}), name
     assert await get(api, "job_stats_by_cloud", type="analysis") == ok({})
 
 
-async def test_job_stats_by_cloud(world) -> None:
-    api, clock = world
+async def test_job_stats_by_cloud(counting) -> None:
+    api, clock = counting
     await population(api, clock)
     production = await get(api, "job_stats_by_cloud")
     assert production == ok(
@@ -154,8 +182,8 @@ async def test_job_stats_by_cloud_refuses_other_types(world, value: str) -> None
     }
 
 
-async def test_production_job_stats_by_cloud_and_processing_type(world) -> None:
-    api, clock = world
+async def test_production_job_stats_by_cloud_and_processing_type(counting) -> None:
+    api, clock = counting
     await population(api, clock)
     assert await get(api, "production_job_stats_by_cloud_and_processing_type") == ok(
         {
@@ -167,8 +195,8 @@ async def test_production_job_stats_by_cloud_and_processing_type(world) -> None:
     )
 
 
-async def test_active_job_stats_by_site(world) -> None:
-    api, clock = world
+async def test_active_job_stats_by_site(counting) -> None:
+    api, clock = counting
     await population(api, clock)
     assert await get(api, "active_job_stats_by_site") == ok(
         {
@@ -179,8 +207,8 @@ async def test_active_job_stats_by_site(world) -> None:
     )
 
 
-async def test_active_job_detailed_stats_by_site(world) -> None:
-    api, clock = world
+async def test_active_job_detailed_stats_by_site(counting) -> None:
+    api, clock = counting
     await population(api, clock)
     zero = {"assigned": 0, "activated": 0, "running": 0}
     assert await get(api, "active_job_detailed_stats_by_site") == ok(
@@ -198,8 +226,8 @@ async def test_active_job_detailed_stats_by_site(world) -> None:
 WINDOW_ZERO = {"assigned": 0, "activated": 0, "running": 0, "finished": 0, "failed": 0}
 
 
-async def test_job_stats_by_site_and_resource_type(world) -> None:
-    api, clock = world
+async def test_job_stats_by_site_and_resource_type(counting) -> None:
+    api, clock = counting
     await population(api, clock)
     twelve_hours = ok(
         {
@@ -239,9 +267,9 @@ async def test_job_stats_by_site_and_resource_type(world) -> None:
     assert (await get(api, "job_stats_by_site_and_resource_type", time_window=10080))["success"] is True
 
 
-async def test_the_window_reads_the_archive(world) -> None:
+async def test_the_window_reads_the_archive(counting) -> None:
     """Final jobs in the window count whichever table holds them; older ones in neither."""
-    api, clock = world
+    api, clock = counting
     now = clock.now()
     await insert(
         api,
@@ -320,8 +348,8 @@ def test_share_labels() -> None:
     assert stats.share_labels(None) == {}
 
 
-async def test_job_stats_by_site_share_and_resource_type(world) -> None:
-    api, clock = world
+async def test_job_stats_by_site_share_and_resource_type(counting) -> None:
+    api, clock = counting
     now = clock.now()
     async with api.state.db.transaction() as conn:
         await shares.load(conn, SHARE_TREE)
@@ -362,17 +390,17 @@ async def test_job_stats_by_site_share_and_resource_type(world) -> None:
     assert day["data"]["SITE_A"]["user"]["SCORE"]["failed"] == 1
 
 
-async def test_no_share_tree_means_unknown_labels(world) -> None:
-    api, clock = world
+async def test_no_share_tree_means_unknown_labels(counting) -> None:
+    api, clock = counting
     await insert(api, [job("running", share="Production", modified=clock.now())])
     assert (await get(api, "job_stats_by_site_share_and_resource_type"))["data"] == {
         "SITE_A": {"unknown": {"SCORE": {**WINDOW_ZERO, "running": 1}}}
     }
 
 
-async def test_missing_attributes_are_grouped_as_null(world) -> None:
+async def test_missing_attributes_are_grouped_as_null(counting) -> None:
     """A job without cloud, site or resource type counts under null, as upstream's JSON shows it."""
-    api, clock = world
+    api, clock = counting
     await insert(api, [job("running", cloud=None, site=None, resource_type=None, modified=clock.now())])
     assert (await get(api, "job_stats_by_cloud"))["data"] == {"null": {"running": 1}}
     assert (await get(api, "active_job_stats_by_site"))["data"] == {
@@ -441,12 +469,14 @@ def flatten(data: dict[str, Any], depth: int) -> Counter:
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(population=st.lists(generated_job, max_size=40))
-async def test_aggregates_match_a_plain_count(world, population: list[dict[str, Any]]) -> None:
-    api, clock = world
+async def test_aggregates_match_a_plain_count(counting, population: list[dict[str, Any]]) -> None:
+    api, clock = counting
     now = clock.now()
     async with api.state.db.transaction() as conn:
         await conn.execute(sa.delete(jobs))
         await conn.execute(sa.delete(jobs_archive))
+        # Jobs deleted behind the agent's back: its totals go too, so it counts afresh.
+        await conn.execute(sa.delete(job_stats_windows))
     rows = [
         (
             item,

@@ -7,13 +7,13 @@ never stopped or reconfigured).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import create_postgres_database, drop_postgres_database
-from tests.fault.harness import AUDITS, FULL, Deployment
+from tests.conftest import AUDIT_PROPERTY, create_postgres_database, drop_postgres_database
+from tests.fault.harness import AUDITS, Deployment
 
 MakeDeployment = Callable[..., Awaitable[Deployment]]
 
@@ -46,11 +46,11 @@ async def make_deployment(tmp_path: Path) -> AsyncIterator[MakeDeployment]:
             await drop_postgres_database(deployment.database_url)
 
 
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    """The audit of every load of the session, so CI output shows the counts."""
-    if not AUDITS:
-        return
-    size = "full size (BAMBOO_FAULT_FULL=1)" if FULL else "CI size"
-    terminalreporter.section(f"fault audits, {size}")
-    for result in AUDITS:
-        terminalreporter.write_line(result.line())
+@pytest.fixture(autouse=True)
+def _audits_in_the_report(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Each audit a test made travels in its report, so the summary has it under pytest-xdist too
+    (the tests run in worker processes; the summary is written by the controlling one)."""
+    made_before = len(AUDITS)
+    yield
+    for result in AUDITS[made_before:]:
+        request.node.user_properties.append((AUDIT_PROPERTY, result.line()))

@@ -575,7 +575,17 @@ class Audit:
         )
 
 
-AUDITS: list[Audit | EsAudit] = []
+@dataclass(frozen=True)
+class Summary:
+    """The one-line result of a fault test that is not a job audit (the database outage probes)."""
+
+    text: str
+
+    def line(self) -> str:
+        return self.text
+
+
+AUDITS: list[Audit | EsAudit | Summary] = []
 """Every audit of the session, printed in the terminal summary (see conftest.py)."""
 
 

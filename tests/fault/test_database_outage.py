@@ -38,6 +38,7 @@ import pytest
 
 from tests.conftest import REQUIRE_POSTGRES
 from tests.e2e.conftest import RunningServer, bamboo, start_server
+from tests.fault.harness import AUDITS, Summary
 from tests.fault.pg_cluster import PostgresCluster, postgres_bindir, private_cluster
 from tests.tasks import NO_INPUT_TASK, QUEUE
 
@@ -377,6 +378,13 @@ async def _outage_under_load(outage_site: OutageSite, mode: str) -> None:
         finished = sorted(set(tally.finished))
         statuses = await job_statuses(pilots, finished)
         lost = [job for job, status in zip(finished, statuses, strict=True) if status in ("sent", "running")]
+        dispatched = len(set(tally.acquired))
+        AUDITS.append(
+            Summary(
+                f"PostgreSQL stopped for {OUTAGE_SECONDS:g} s ({mode}) under load: dispatched {dispatched}, "
+                f"duplicates {len(tally.acquired) - dispatched}, lost updates {len(lost)} ({tally.counts()})"
+            )
+        )
         assert not lost, f"{len(lost)} acknowledged final reports lost, e.g. {lost[:5]}; {tally.counts()}"
         await run_after_outage(pilots, user)
 
@@ -499,7 +507,7 @@ async def _windows(outage_site: OutageSite) -> None:
         f"shutting down: {_kinds(shutting_down)}; down: {_kinds(down)}; starting: {_kinds(starting)}; "
         f"first success {recovery:.2f} s after the promotion"
     )
-    print(summary)
+    AUDITS.append(Summary(f"PostgreSQL shutting-down and starting-up windows: {summary}"))
     probe.check(outage_site, summary)
     for phase in (cut_off, shutting_down, down, starting):
         assert all(answer.unavailable for answer in phase), summary
@@ -538,7 +546,7 @@ async def _crash(outage_site: OutageSite) -> None:
         f"{probe.tally.counts()}; cut off by the crash: {_kinds(cut_off)}; "
         f"first success {back:.2f} s after the kill"
     )
-    print(summary)
+    AUDITS.append(Summary(f"PostgreSQL process killed: {summary}"))
     probe.check(outage_site, summary)
     assert all(answer.unavailable for answer in cut_off), summary
     _met(outage_site, summary, "connection was closed in the middle of operation")

@@ -44,7 +44,8 @@ def settings_for(home: Path | None, database_url: str | None, **overrides: Any) 
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
-    errors.print(f"[red]error:[/red] {message}", highlight=False)
+    # Not folded to the console's width: a path or a dataset name in it must stay copyable.
+    errors.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 

@@ -714,6 +714,55 @@ sa.Index(
     jobs.c.PandaID,
 )
 
+# The statistics endpoints count the non-final jobs on every call (those counts are current). On
+# SQLite that was a row lookup per job for the columns they group by; this index holds them, for
+# the non-final jobs only. SQLite writes an index only when one of its columns changes, so
+# heartbeats (modificationTime) never touch it. PostgreSQL counts them by a sequential scan instead:
+# there every heartbeat already writes a new entry in each index of its job, and this one would add
+# to that (docs/architecture.md, "Job statistics").
+STATISTICS_FINAL_STATUSES = ("cancelled", "closed", "failed", "finished")
+sa.Index(
+    "ix_jobs_statistics",
+    jobs.c.jobStatus,
+    jobs.c.computingSite,
+    jobs.c.resource_type,
+    jobs.c.prodSourceLabel,
+    jobs.c.cloud,
+    jobs.c.processingType,
+    jobs.c.gshare,
+    sqlite_where=jobs.c.jobStatus.not_in(STATISTICS_FINAL_STATUSES),
+).ddl_if(dialect="sqlite")
+
+# The final jobs of both job tables counted per statistics window and group: for each window, the
+# jobs whose modificationTime is in the (since, upto] its job_stats_windows row names. Kept by the
+# statistics agent (logic/statistics.py); the endpoints add the jobs outside that range.
+# group_key encodes the group's columns, null included, so a group has one row to add to.
+job_stats_totals = sa.Table(
+    "job_stats_totals",
+    metadata,
+    sa.Column("window_minutes", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("group_key", sa.Text, primary_key=True),
+    sa.Column("computingSite", sa.String(128), nullable=True),
+    sa.Column("cloud", sa.String(50), nullable=True),
+    sa.Column("prodSourceLabel", sa.String(20), nullable=True),
+    sa.Column("resource_type", sa.String(56), nullable=True),
+    sa.Column("processingType", sa.String(64), nullable=True),
+    sa.Column("gshare", sa.String(32), nullable=True),
+    sa.Column("jobStatus", sa.String(15), nullable=False),
+    sa.Column("n", sa.BigInteger, nullable=False),
+    # SQLite stores the rows in key order, so a window's rows are read as one range, without a
+    # lookup per row from the key's index into the table.
+    sqlite_with_rowid=False,
+)
+job_stats_windows = sa.Table(
+    "job_stats_windows",
+    metadata,
+    sa.Column("window_minutes", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("since", UTCDateTime, nullable=False),
+    sa.Column("upto", UTCDateTime, nullable=False),
+    sa.Column("rebuilt_at", UTCDateTime, nullable=False),
+)
+
 # Live Bamboo processes (each `bamboo serve` worker, each `bamboo agents`): a row per process,
 # renewed by its heartbeat; async_process requests go to the processes whose heartbeat is fresh.
 machines = sa.Table(

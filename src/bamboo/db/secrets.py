@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Collection
 from datetime import datetime
 from typing import Any
 
@@ -72,6 +73,20 @@ async def credential_row(conn: AsyncConnection, kind: str, subject: str, role: s
     query = sa.select(cached_credentials).where(_credential_match(kind, subject, role))
     row = (await conn.execute(query)).mappings().first()
     return dict(row) if row is not None else None
+
+
+async def subjects_with_credential(
+    conn: AsyncConnection, kind: str, subjects: Collection[str], role: str
+) -> set[str]:
+    """Which of ``subjects`` have a stored credential of ``kind`` for ``role``, in one query."""
+    if not subjects:
+        return set()
+    query = sa.select(cached_credentials.c.subject).where(
+        cached_credentials.c.kind == kind,
+        cached_credentials.c.role == role,
+        cached_credentials.c.subject.in_(sorted(subjects)),
+    )
+    return set((await conn.execute(query)).scalars())
 
 
 async def put_credential(

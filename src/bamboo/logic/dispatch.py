@@ -156,7 +156,7 @@ async def acquire(
 
     Jobs of the most under-used global share go first, then by priority (domain.md §5.3, §6.4).
     With ``secrets_to_send`` (production callers), the dicts carry ``secrets`` and
-    ``pilotSecrets`` (domain.md §9.2).
+    ``pilotSecrets`` (domain.md §9.2), and ``credname``/``myproxy`` when proxy keys were asked for.
     """
     worker = None
     if request.harvester_id and request.worker_id is not None:
@@ -219,16 +219,22 @@ async def acquire(
         )
         for description, extra in zip(described, extras, strict=True):
             description.update(extra)
+        if secrets_to_send.proxy_keys_from is not None:
+            keys = await secrets.proxy_keys_for_jobs(conn, claimed, secrets_to_send.proxy_keys_from)
+            for description, key in zip(described, keys, strict=True):
+                description.update(key)
     return described
 
 
 @dataclass(frozen=True)
 class SecretsToSend:
-    """What a production acquire needs to hand out secrets: the keyring that opens them and the
-    owner of the pilot-level secrets (None: no ``pilotSecrets``)."""
+    """What a production acquire needs to hand out secrets: the keyring that opens them, the
+    owner of the pilot-level secrets (None: no ``pilotSecrets``) and, when the caller asked for
+    proxy keys, the server base their ``myproxy`` names (None: no ``credname``/``myproxy``)."""
 
     keyring: secrets.Keyring
     pilot_owner: str | None
+    proxy_keys_from: str | None = None
 
 
 def _joined(files: Sequence[dict[str, Any]], key: str) -> str:

@@ -250,6 +250,25 @@ async def pilot_secrets_text(conn: AsyncConnection, keyring: Keyring, owner: str
         return "{}"
 
 
+async def proxy_keys_for_jobs(
+    conn: AsyncConnection, jobs: Sequence[Mapping[str, Any]], fetch_from: str
+) -> list[dict[str, str]]:
+    """The proxy key of each dispatched job (``get_proxy_key``, api-v1.md §2.3): ``credname`` (the
+    owner's DN without proxy CNs, the ``dn`` for which ``creds/get_proxy`` answers the owner's
+    proxy) and ``myproxy`` (``fetch_from``, the server base to ask) when the owner
+    (``prodUserID``) has a stored proxy without role; nothing otherwise. One query covers every
+    owner of the batch."""
+    # A task submitted with an RFC 3820 proxy records the proxy's subject (numeric CNs at the end);
+    # proxies are put in under the user's own DN.
+    owners = [
+        bare_dn(job["prodUserID"], keep_digits=False) if job.get("prodUserID") else None for job in jobs
+    ]
+    with_proxy = await secrets_db.subjects_with_credential(
+        conn, PROXY, {owner for owner in owners if owner}, role=""
+    )
+    return [{"credname": owner, "myproxy": fetch_from} if owner in with_proxy else {} for owner in owners]
+
+
 def uses_secrets(job: Mapping[str, Any]) -> bool:
     return USE_SECRETS_TOKEN in (job.get("specialHandling") or "").split(",")
 

@@ -52,8 +52,8 @@ async def acquire_jobs(
     ] = None,
     get_proxy_key: Annotated[
         str | None,
-        "Ask for the job owner's proxy key (production role only); no key is sent while the "
-        "server stores no proxies.",
+        '"True": each job whose owner has a stored proxy carries credname and myproxy, where '
+        "creds/get_proxy answers that proxy (production role only).",
     ] = None,
     task_id: Annotated[int | None, "Only jobs of this task."] = None,
     n_jobs: Annotated[int, f"How many jobs at most (1 to {dispatch.MAX_JOBS_PER_CALL})."] = 1,
@@ -97,7 +97,10 @@ async def acquire_jobs(
         harvester_id=harvester_id if harvester_id is not None else scheduler_id,
         worker_id=worker_id,
     )
-    to_send = _secrets_to_send(call) if production else None
+    to_send = None
+    if production:
+        wants_proxy_keys = (get_proxy_key or "").strip().lower() == "true"
+        to_send = _secrets_to_send(call, _proxy_base(call) if wants_proxy_keys else None)
     jobs = await dispatch.acquire(call.db, call.state.clock, request, call.state.queue_statuses, to_send)
     if not jobs:
         return failure(dispatch.NO_JOBS)
@@ -114,14 +117,24 @@ async def get_job_status(
     return Reply(data=await pilot_logic.job_statuses(call.db, job_ids))
 
 
-def _secrets_to_send(call: Call) -> dispatch.SecretsToSend:
+def _secrets_to_send(call: Call, proxy_keys_from: str | None = None) -> dispatch.SecretsToSend:
     try:
         keyring = call.state.keyring.keyring()
     except KeyringError as exc:
         # Jobs needing secrets must not leave without them: nothing is claimed.
         log.error("secrets keyring unusable, no job handed out: %s", exc)
         raise SecretsUnavailable("secrets are unavailable on this server") from exc
-    return dispatch.SecretsToSend(keyring, call.state.settings.pilot_secrets_owner)
+    return dispatch.SecretsToSend(keyring, call.state.settings.pilot_secrets_owner, proxy_keys_from)
+
+
+def _proxy_base(call: Call) -> str:
+    """Where a pilot fetches its jobs' owner proxies: the configured public HTTPS base, else the
+    base this pilot reached (it came with the credentials that creds/get_proxy needs there)."""
+    configured = call.state.settings.public_https_url
+    if configured:
+        return configured.rstrip("/")
+    url = call.request.url
+    return f"{url.scheme}://{url.netloc}"
 
 
 async def _apply_update(call: Call, job_id: int, job_status: str, report: dict[str, Any]) -> Reply:
