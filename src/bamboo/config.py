@@ -513,9 +513,10 @@ class Settings(BaseSettings):
     )
     storage_dir: Path | None = Field(
         None,
-        description="Bamboo's local storage of dataset files, laid out as <scope>/<lfn>: `bamboo data "
-        "upload` copies files in, the built-in worker stages job inputs from it and outputs and log "
-        "tarballs to it, `bamboo data get` copies them out. Default: storage inside the home.",
+        description="Bamboo's local storage of dataset files, at Rucio's deterministic paths "
+        "(<scope parts>/<md5[0:2]>/<md5[2:4]>/<lfn>): `bamboo data upload` copies files in, the built-in "
+        "worker and the PanDA pilot's mv copy tool stage job inputs from it and outputs and log tarballs "
+        "to it, `bamboo data get` copies them out. Default: storage inside the home.",
     )
     local_worker: bool = Field(
         False,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import tarfile
+import zlib
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -17,13 +18,14 @@ import pytest
 from bamboo.agents.runner import AgentRunner
 from bamboo.db import jobs as jobs_db
 from bamboo.logic import catalog
+from bamboo.logic.clock import SystemClock
 from bamboo.storage.datasets import DataStorage, adler32_of
 from bamboo.worker import report
 from bamboo.worker.client import WORKER_USER, PilotClient, TokenSource
 from bamboo.worker.job import JobRun, WorkerIdentity
 from tests.api.conftest import ApiServer
 from tests.api.test_task_flow import submit, world
-from tests.tasks import NO_INPUT_TASK, QUEUE
+from tests.tasks import NO_INPUT_TASK, QUEUE, input_task
 
 __all__ = ["world"]
 
@@ -44,28 +46,28 @@ async def run_one(
     command: str,
     heartbeat: float = 60,
     stopping: asyncio.Event | None = None,
+    transformation: str | None = None,
+    task: dict[str, Any] | None = None,
     **job: Any,
 ) -> tuple[dict[str, Any], DataStorage, dict[str, Any]]:
-    """Submit a one-job task whose payload is ``command``, run it with the worker, finalise it.
+    """Submit a one-job task, give its job the payload ``/bin/sh -c '<command>'`` (or
+    ``<transformation> <command>``) and the other ``job`` columns, run it with the worker, finalise it.
 
     Returns the job as the worker got it, the storage, and the job's row afterwards."""
     api, runner = world
-    await submit(api, {**NO_INPUT_TASK, "nEvents": 1, "nEventsPerJob": 1})
+    task_id = await submit(api, task or {**NO_INPUT_TASK, "nEvents": 1, "nEventsPerJob": 1})
     await runner.drain()
+    async with api.state.db.transaction() as conn:
+        (panda_id,) = await jobs_db.ids_of_task(conn, task_id)
+        parameters = command if transformation else f"-c '{command}'"
+        await jobs_db.update(
+            conn, panda_id, transformation=transformation or "/bin/sh", jobParameters=parameters, **job
+        )
     client = pilot_client(api)
     storage = DataStorage(tmp_path / "storage")
     with ThreadPoolExecutor(4) as executor:
         try:
             (acquired,) = await client.acquire_jobs(QUEUE, 1, "wn01")
-            async with api.state.db.transaction() as conn:
-                await jobs_db.update(
-                    conn,
-                    acquired["PandaID"],
-                    transformation="/bin/sh",
-                    jobParameters=f"-c '{command}'",
-                    **job,
-                )
-            acquired = {**acquired, "transformation": "/bin/sh", "jobPars": f"-c '{command}'", **job}
             run = JobRun(
                 acquired,
                 client=client,
@@ -169,3 +171,71 @@ def test_tokens_are_renewed_when_half_their_life_is_over(monkeypatch: pytest.Mon
     assert source.token() == "token2"
     clock[0] = 6 * 3600 + 1
     assert source.token() == "token3"
+
+
+async def test_a_url_transformation_is_downloaded_and_run_with_the_job_parameters(
+    world, tmp_path: Path
+) -> None:
+    api, _ = world
+    cache = api.state.settings.effective_cache_dir
+    cache.mkdir(parents=True, exist_ok=True)
+    (cache / "echo-args.sh").write_text('#!/bin/sh\necho "args: $@"\n')
+    url = "https://testserver/cache/echo-args.sh"
+    job, _, row = await run_one(world, tmp_path, "one 'two three'", transformation=url)
+    assert (job["transformation"], job["jobPars"]) == (url, "one 'two three'")
+    assert (row["jobStatus"], row["stdout"]) == ("finished", "args: one two three\n")
+
+
+async def test_a_transformation_that_cannot_be_downloaded_fails_the_job(world, tmp_path: Path) -> None:
+    _, _, row = await run_one(world, tmp_path, "x", transformation="https://testserver/cache/missing.sh")
+    assert (row["jobStatus"], row["pilotErrorCode"]) == ("failed", report.TRANSFORMATION_DOWNLOAD_FAILED)
+    assert "HTTP 404" in row["pilotErrorDiag"]
+
+
+INPUTS = "user.testuser.worker.inputs"
+
+
+async def stored_inputs(api: ApiServer, tmp_path: Path, stored: dict[str, bytes]) -> None:
+    """Register a.txt and b.txt (content a and b) and store ``stored`` under their names."""
+    files = []
+    for name, content in (("a.txt", b"a"), ("b.txt", b"b")):
+        files.append(
+            catalog.CatalogFile(lfn=name, guid=name, fsize=1, checksum=f"ad:{zlib.adler32(content):08x}")
+        )
+    async with api.state.db.transaction() as conn:
+        await catalog.LocalCatalog().register_files(conn, SystemClock(), INPUTS, files)
+    storage = DataStorage(tmp_path / "storage")
+    for name, content in stored.items():
+        source = tmp_path / name
+        source.write_bytes(content)
+        storage.put(source, "user.testuser", name)
+
+
+@pytest.mark.parametrize(
+    ("stored", "code", "diag"),
+    [
+        ({"a.txt": b"a"}, report.MISSING_INPUT_FILE, "user.testuser:b.txt is not in the local storage"),
+        ({"a.txt": b"a", "b.txt": b"c"}, report.INPUT_CHECKSUM_MISMATCH, "b.txt: adler32 differs"),
+        ({"a.txt": b"a", "b.txt": b"bb"}, report.STAGE_IN_FAILED, "b.txt: size differs"),
+    ],
+)
+async def test_inputs_are_staged_in_only_as_the_catalog_describes_them(
+    world, tmp_path: Path, stored: dict[str, bytes], code: int, diag: str
+) -> None:
+    api, _ = world
+    await stored_inputs(api, tmp_path, stored)
+    task = input_task(INPUTS, "user.testuser.worker.staging", n_files_per_job=2)
+    _, _, row = await run_one(world, tmp_path, "true", task=task)
+    assert (row["jobStatus"], row["pilotErrorCode"]) == ("failed", code)
+    assert diag in row["pilotErrorDiag"]
+
+
+async def test_an_output_the_payload_did_not_write_fails_the_job(world, tmp_path: Path) -> None:
+    api, _ = world
+    await stored_inputs(api, tmp_path, {"a.txt": b"a", "b.txt": b"b"})
+    task = input_task(INPUTS, "user.testuser.worker.outputs", n_files_per_job=2)
+    job, _, row = await run_one(world, tmp_path, "cat a.txt b.txt", task=task)
+    assert (row["jobStatus"], row["pilotErrorCode"]) == ("failed", report.MISSING_OUTPUT_FILE)
+    (output,) = [lfn for lfn in job["outFiles"].split(",") if lfn != job["logFile"]]
+    assert row["pilotErrorDiag"] == f"output {output} was not produced"
+    assert row["stdout"] == "ab"

@@ -1,5 +1,6 @@
-"""`bamboo data upload` and `bamboo data get`: real files in and out of the local storage, with the
-catalog's size, Adler-32 and GUID, on both databases."""
+"""`bamboo data upload` and `bamboo data get`: real files in and out of the local storage (at Rucio's
+deterministic paths, where the PanDA pilot looks too), with the catalog's size, Adler-32 and GUID,
+on both databases."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typer.testing import CliRunner
 from bamboo.cli.main import app
 from bamboo.db.engine import Database
 from bamboo.logic.catalog import CatalogFile, LocalCatalog
+from bamboo.storage.layout import deterministic_path
 
 runner = CliRunner()
 DATASET = "user.jdoe.files.v1"
@@ -61,7 +63,8 @@ def test_uploaded_files_are_stored_by_scope_and_registered_with_real_checksums(
     assert (a.lfn, a.scope, a.fsize, a.checksum) == ("a.txt", "user.jdoe", 6, f"ad:{checksum:08x}")
     assert (b.lfn, b.fsize) == ("b.txt", 4000)
     assert uuid.UUID(a.guid) != uuid.UUID(b.guid)
-    assert (tmp_path / "home" / "storage" / "user.jdoe" / "a.txt").read_bytes() == b"alpha\n"
+    stored = tmp_path / "home" / "storage" / deterministic_path("user.jdoe", "a.txt")
+    assert stored.read_bytes() == b"alpha\n"
     assert "0 files uploaded" in cli("data", "upload", DATASET, *files)
     assert listed(database_url) == [a, b]
     out = tmp_path / "out"
@@ -84,7 +87,7 @@ def test_a_name_taken_by_other_content_is_refused(cli, tmp_path: Path) -> None:
 def test_get_names_files_missing_or_changed_in_storage(cli, tmp_path: Path) -> None:
     cli("data", "upload", DATASET, *sources(tmp_path, **{"a.txt": b"one", "b.txt": b"two"}))
     cli("data", "register", DATASET, "--file", "c.txt:3")
-    (tmp_path / "home" / "storage" / "user.jdoe" / "b.txt").write_bytes(b"owt")
+    (tmp_path / "home" / "storage" / deterministic_path("user.jdoe", "b.txt")).write_bytes(b"owt")
     output = cli("data", "get", DATASET, "--to", str(tmp_path / "out"), ok=False)
     assert f"1 of 3 files of {DATASET} copied" in output
     assert "b.txt: stored copy does not match the catalog checksum" in output

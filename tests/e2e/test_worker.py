@@ -133,7 +133,7 @@ def test_the_local_worker_runs_a_task_on_uploaded_data_and_its_outputs_come_back
     assert contents == ["line 0\nline 1\n", "line 2\nline 3\n"]
     # The log tarballs lie in the storage under the log dataset's scope (their registration is
     # checked by tests/api/test_worker_jobs.py).
-    tarballs = sorted((server.home / "storage" / "user.testuser").glob(f"{name}.log.*.log.tgz"))
+    tarballs = sorted((server.home / "storage" / "user" / "testuser").glob(f"*/*/{name}.log.*.log.tgz"))
     assert len(tarballs) == 2
     with tarfile.open(tarballs[0]) as archive:
         names = {Path(member).name for member in archive.getnames()}

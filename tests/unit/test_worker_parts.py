@@ -103,9 +103,10 @@ def test_exit_statuses_are_reported_as_the_pilot_reports_payload_failures() -> N
     assert report.payload_failure(137) == report.Failure(1305, "payload killed by SIGKILL")
 
 
-def test_storage_paths_are_scope_then_file_and_stay_inside(tmp_path: Path) -> None:
+def test_storage_paths_are_rucio_deterministic_paths_and_stay_inside(tmp_path: Path) -> None:
     storage = DataStorage(tmp_path)
-    assert storage.path("user.jdoe", "a.root") == tmp_path / "user.jdoe" / "a.root"
+    # md5("user.jdoe:a.root") starts with f600.
+    assert storage.path("user.jdoe", "a.root") == tmp_path / "user" / "jdoe" / "f6" / "00" / "a.root"
     for scope, lfn in [("..", "a"), ("user.jdoe", "../../etc/passwd"), ("user.jdoe", ".hidden"), ("", "a")]:
         with pytest.raises(UnsafeName):
             storage.path(scope, lfn)

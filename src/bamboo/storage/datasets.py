@@ -1,13 +1,14 @@
 """Bamboo's local storage element: the bytes of dataset files on this machine.
 
-Layout: ``<storage_dir>/<scope>/<lfn>`` (``storage_dir`` defaults to ``<home>/storage``). A file's
-identity in the catalog is its scope and LFN, as a Rucio DID, and one file may belong to several
-datasets (an input dataset and a container of it, the outputs of a job and their container), so
-its path names the scope and the file, not a dataset. `bamboo data upload` writes here and
-registers the files, the built-in worker (``bamboo.worker``) stages inputs from here and outputs
-and log tarballs to here, and `bamboo data get` copies a dataset's files out by the catalog's
-list. Both path parts are checked as single safe file names (:func:`bamboo.storage.check_segment`),
-so a scope or LFN cannot leave the directory.
+Layout: Rucio's deterministic path under ``storage_dir`` (default ``<home>/storage``),
+``<scope, one directory per '.'-part>/<md5(scope:lfn)[0:2]>/<[2:4]>/<lfn>``
+(:func:`bamboo.storage.layout.deterministic_path`). A file's identity in the catalog is its scope
+and LFN, as a Rucio DID, and one file may belong to several datasets (an input dataset and a
+container of it, the outputs of a job and their container), so its path names no dataset; and it
+is the path the real PanDA pilot's ``mv`` copy tool reads and writes, so the pilot, the built-in
+worker (``bamboo.worker``), `bamboo data upload` and `bamboo data get` all find the same bytes.
+Every part of the path is checked as a single safe file name, so a scope or LFN cannot leave the
+directory.
 
 A write is all-or-nothing: the bytes go to a temporary file in the target's directory, are
 synced, then renamed over the target, so a reader never sees a partial file.
@@ -21,7 +22,7 @@ import uuid
 import zlib
 from pathlib import Path
 
-from bamboo.storage.base import check_segment
+from bamboo.storage.layout import deterministic_path
 
 _CHUNK = 1024 * 1024
 
@@ -38,7 +39,7 @@ class DataStorage:
         Raises:
             bamboo.storage.UnsafeName: the scope or the LFN is not a safe file name.
         """
-        return self.root / check_segment(scope) / check_segment(lfn)
+        return self.root / deterministic_path(scope, lfn)
 
     def put(self, source: Path, scope: str, lfn: str) -> Path:
         """Copy ``source`` in as ``scope:lfn`` (replacing an older copy); returns the stored path."""

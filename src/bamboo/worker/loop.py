@@ -96,6 +96,8 @@ async def run_worker(settings: Settings, options: WorkerOptions) -> None:
     )
     try:
         while not stopping.is_set():
+            # Cleared before asking: a job ending while the request is on its way wakes the wait.
+            slot_freed.clear()
             free = options.slots - len(running)
             got = 0
             if free > 0:
@@ -121,7 +123,6 @@ async def run_worker(settings: Settings, options: WorkerOptions) -> None:
                     task.add_done_callback(ended)
             if got and got == free:
                 continue
-            slot_freed.clear()
             await _first(stopping.wait(), slot_freed.wait(), seconds=settings.worker_poll_seconds)
         log.info("stopping: %d running jobs are killed and reported failed", len(running))
         if running:
