@@ -21,7 +21,7 @@ import time
 import uuid
 import zlib
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -144,17 +144,28 @@ def start_server(
     return RunningServer(process, home, database_url, http_port, https_port, output, reader)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def backend_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
-    """None for the embedded default; a fresh, empty PostgreSQL database otherwise."""
-    if request.param == "sqlite":
+BACKENDS = ["sqlite", "postgresql"]
+
+
+@contextmanager
+def database_for(backend: str) -> Iterator[str | None]:
+    """None for the embedded default; a fresh, empty PostgreSQL database (dropped after) otherwise."""
+    if backend == "sqlite":
         yield None
         return
     url = asyncio.run(create_postgres_database())
     if url is None:
         pytest.skip("PostgreSQL not reachable (set BAMBOO_REQUIRE_POSTGRES=1 to fail)")
-    yield url
-    asyncio.run(drop_postgres_database(url))
+    try:
+        yield url
+    finally:
+        asyncio.run(drop_postgres_database(url))
+
+
+@pytest.fixture(params=BACKENDS)
+def backend_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
+    with database_for(request.param) as url:
+        yield url
 
 
 @pytest.fixture
@@ -425,9 +436,10 @@ def start_panda_client(
     return PandaClient(env, home / "panda-client.log")
 
 
-@pytest.fixture
-def deployment(tmp_path: Path, backend_url: str | None, transport: str) -> Iterator[Deployment]:
-    home = tmp_path / "home"
+@contextmanager
+def deployed(tmp: Path, backend_url: str | None, transport: str) -> Iterator[Deployment]:
+    """A server on a new home under ``tmp`` with the queue, both panda-clients and Harvester."""
+    home = tmp / "home"
     if backend_url:
         bamboo("db", "upgrade", "--home", str(home), "--database-url", backend_url)
     with ExitStack() as cleanup:
@@ -438,12 +450,16 @@ def deployment(tmp_path: Path, backend_url: str | None, transport: str) -> Itera
         robot_token = server.admin(
             "token", "issue", "--user", "Harvester Robot", "--role", "production"
         ).strip()
-        user = start_panda_client(server, user_token, "bamboo", tmp_path / "user", transport)
+        user = start_panda_client(server, user_token, "bamboo", tmp / "user", transport)
         cleanup.callback(user.close)
-        operator = start_panda_client(
-            server, robot_token, "bamboo.production", tmp_path / "operator", transport
-        )
+        operator = start_panda_client(server, robot_token, "bamboo.production", tmp / "operator", transport)
         cleanup.callback(operator.close)
         harvester = Harvester(server.https, robot_token, server.ca)
         cleanup.callback(harvester.close)
         yield Deployment(server, user, operator, harvester)
+
+
+@pytest.fixture
+def deployment(tmp_path: Path, backend_url: str | None, transport: str) -> Iterator[Deployment]:
+    with deployed(tmp_path, backend_url, transport) as running:
+        yield running
