@@ -230,9 +230,15 @@ class PandaClient:
                 env=env,
             )
 
-    def __call__(self, function: str, *args: Any, **kwargs: Any) -> Any:
+    def __call__(
+        self, function: str, *args: Any, job_specs: list[dict[str, Any]] | None = None, **kwargs: Any
+    ) -> Any:
+        """The function's result; ``job_specs`` are made JobSpecs and passed first (see the steps)."""
         assert self.process.stdin is not None and self.process.stdout is not None
-        self.process.stdin.write(json.dumps({"call": function, "args": args, "kwargs": kwargs}) + "\n")
+        request: dict[str, Any] = {"call": function, "args": args, "kwargs": kwargs}
+        if job_specs is not None:
+            request["job_specs"] = job_specs
+        self.process.stdin.write(json.dumps(request) + "\n")
         self.process.stdin.flush()
         ready, _, _ = select.select([self.process.stdout], [], [], CALL_SECONDS)
         line = self.process.stdout.readline() if ready else ""
