@@ -443,13 +443,16 @@ def start_panda_client(
 
 
 @contextmanager
-def deployed(tmp: Path, backend_url: str | None, transport: str) -> Iterator[Deployment]:
-    """A server on a new home under ``tmp`` with the queue, both panda-clients and Harvester."""
+def deployed(
+    tmp: Path, backend_url: str | None, transport: str, env: dict[str, str] | None = None
+) -> Iterator[Deployment]:
+    """A server (its settings from ``env`` too) on a new home under ``tmp`` with the queue, both
+    panda-clients and Harvester."""
     home = tmp / "home"
     if backend_url:
         bamboo("db", "upgrade", "--home", str(home), "--database-url", backend_url)
     with ExitStack() as cleanup:
-        server = start_server(home, backend_url)
+        server = start_server(home, backend_url, env=env)
         cleanup.callback(server.stop)
         server.admin("queue", "add", QUEUE, "--type", "unified")
         user_token = server.admin("token", "issue", "--user", "Test User").strip()
