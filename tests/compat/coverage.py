@@ -231,8 +231,14 @@ field names. Generated from `coverage.py` (`python -m tests.compat.coverage > te
 def render() -> str:
     lines = [HEADER]
     for title, calls in CLIENTS.items():
-        covered = sum(1 for call in calls.values() if call.tests and not call.note)
-        lines += [f"## {title}: {covered} of {len(calls)} covered", ""]
+        counts = {
+            "covered": sum(1 for call in calls.values() if call.tests and not call.note),
+            "legacy (not served yet)": sum(1 for call in calls.values() if call.note == LEGACY),
+            "not served": sum(1 for call in calls.values() if call.note == NOT_SERVED),
+            "no call to Bamboo": sum(1 for call in calls.values() if not call.urls),
+        }
+        summary = ", ".join(f"{count} {what}" for what, count in counts.items() if count)
+        lines += [f"## {title}", "", f"{len(calls)} listed: {summary}.", ""]
         lines += ["| Call | Server path | Tests | Note |", "|---|---|---|---|"]
         for name, call in calls.items():
             urls = "<br>".join(f"`/{url}`" for url in call.urls)
