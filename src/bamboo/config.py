@@ -12,6 +12,7 @@ from functools import cached_property
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -449,6 +450,13 @@ class Settings(BaseSettings):
         "(FOUND:<host>:<name>); panda-client then fetches and uploads there. Default: the host name the "
         "uploading client used to reach this server.",
     )
+    public_url: str | None = Field(
+        None,
+        description="Base URL (http(s)://host[:port][/path]) at which pilots and workers reach this server. "
+        "User analysis tasks that name no transformation (prun's) run <public_url>/trf/user/runGen-00-00-02 "
+        "(and buildGen-00-00-01 for their build). Default: the task's sourceURL, the server the client "
+        "uploaded the sandbox to.",
+    )
     file_cache_max_age_days: float = Field(
         7.0,
         gt=0,
@@ -466,6 +474,38 @@ class Settings(BaseSettings):
         gt=0,
         le=86400,
         description="How often the cleaner looks for expired cache files when it found none the last time.",
+    )
+    storage_dir: Path | None = Field(
+        None,
+        description="Bamboo's local storage of dataset files, laid out as <scope>/<lfn>: `bamboo data "
+        "upload` copies files in, the built-in worker stages job inputs from it and outputs and log "
+        "tarballs to it, `bamboo data get` copies them out. Default: storage inside the home.",
+    )
+    local_worker: bool = Field(
+        False,
+        description="`bamboo serve` also runs a built-in worker (`bamboo worker`) as a child process "
+        "for local_worker_queue, talking HTTPS to this server; it stops with the server.",
+    )
+    local_worker_queue: str = Field(
+        "LOCAL", min_length=1, max_length=128, description="The queue whose jobs the local worker runs."
+    )
+    local_worker_slots: int = Field(
+        1, ge=1, le=64, description="Jobs the local worker runs at the same time."
+    )
+    worker_heartbeat_seconds: float = Field(
+        60.0,
+        gt=0,
+        le=3600,
+        description="How often the built-in worker (`bamboo worker`) reports each running job "
+        "(pilot/update_job, status running) and reads the server's command for it (tobekilled, "
+        "softkill). Keep it well below job_heartbeat_timeout_minutes.",
+    )
+    worker_poll_seconds: float = Field(
+        5.0,
+        gt=0,
+        le=3600,
+        description="How long the built-in worker waits before asking for jobs again after the "
+        "server had none for it (a finished job frees its slot and asks at once).",
     )
     log_level: str = Field("info", description="Python logging level name.")
     machine_heartbeat_seconds: float = Field(
@@ -534,6 +574,16 @@ class Settings(BaseSettings):
                 raise ValueError(f"invalid RSE name {item!r}: 1-64 letters, digits, '_' or '-'")
         return value
 
+    @field_validator("public_url")
+    @classmethod
+    def _valid_public_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+            raise ValueError(f"public_url {value!r} must be http(s)://host[:port][/path]")
+        return value.rstrip("/")
+
     @field_validator("trusted_proxies")
     @classmethod
     def _valid_networks(cls, value: list[str]) -> list[str]:
@@ -558,6 +608,10 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite+aiosqlite:///{(self.home / 'bamboo.db').resolve()}"
+
+    @property
+    def effective_storage_dir(self) -> Path:
+        return (self.storage_dir or self.home / "storage").resolve()
 
     @property
     def effective_secrets_key_file(self) -> Path:

@@ -16,6 +16,7 @@ import os
 import signal
 import socket
 import ssl
+import subprocess
 import sys
 import threading
 import time
@@ -40,6 +41,7 @@ from bamboo.home import Home, prepare_home
 from bamboo.logic import machines, retry_rules
 from bamboo.logic.catalog import LocalCatalog
 from bamboo.logic.clock import SystemClock
+from bamboo.worker.client import local_server_url
 
 log = logging.getLogger("bamboo.server")
 
@@ -173,15 +175,62 @@ def serve(settings: Settings) -> None:
         f"{settings.workers} worker{'s' if settings.workers > 1 else ''})",
         flush=True,
     )
-    if settings.workers == 1:
-        uvloop.run(_serve_process(settings, home, listeners, with_agents=settings.agents))
-        return
-    children = [
-        lambda: uvloop.run(_serve_process(settings, home, listeners, with_agents=False))
-    ] * settings.workers
-    if settings.agents:
-        children.append(lambda: uvloop.run(run_agents(settings)))
-    _supervise(children)
+    worker = _start_local_worker(settings, https_port) if settings.local_worker else None
+    # The local worker stops first, while the server still answers its final reports.
+    stop_worker = None if worker is None else lambda: _stop_local_worker(worker)
+    try:
+        if settings.workers == 1:
+            uvloop.run(
+                _serve_process(
+                    settings, home, listeners, with_agents=settings.agents, before_stop=stop_worker
+                )
+            )
+            return
+        children = [
+            lambda: uvloop.run(_serve_process(settings, home, listeners, with_agents=False))
+        ] * settings.workers
+        if settings.agents:
+            children.append(lambda: uvloop.run(run_agents(settings)))
+        _supervise(children, before_stop=stop_worker)
+    finally:
+        if stop_worker is not None:
+            stop_worker()
+
+
+def _start_local_worker(settings: Settings, https_port: int) -> subprocess.Popen[bytes]:
+    """`bamboo worker` for the local worker queue, as a child process talking HTTPS to this server.
+
+    It gets this process's id and stops by itself when this process is gone, however it ended.
+    """
+    command = [
+        sys.executable,
+        "-m",
+        "bamboo.cli",
+        "worker",
+        "--queue",
+        settings.local_worker_queue,
+        "--slots",
+        str(settings.local_worker_slots),
+        "--url",
+        local_server_url(settings.host, https_port),
+        "--home",
+        str(settings.home.resolve()),
+        "--parent-pid",
+        str(os.getpid()),
+    ]
+    log.info("starting the local worker for queue %s", settings.local_worker_queue)
+    return subprocess.Popen(command)  # noqa: S603 - our own command line
+
+
+def _stop_local_worker(worker: subprocess.Popen[bytes]) -> None:
+    """SIGTERM: the worker kills its payloads and reports their jobs failed before it exits."""
+    if worker.poll() is None:
+        worker.terminate()
+    try:
+        worker.wait(timeout=GRACEFUL_SHUTDOWN_SECONDS)
+    except subprocess.TimeoutExpired:
+        worker.kill()
+        worker.wait()
 
 
 async def _check_database(settings: Settings) -> None:
@@ -239,8 +288,14 @@ async def run_agents(settings: Settings) -> None:
 
 
 async def _serve_process(
-    settings: Settings, home: Home, listeners: list[socket.socket], *, with_agents: bool
+    settings: Settings,
+    home: Home,
+    listeners: list[socket.socket],
+    *,
+    with_agents: bool,
+    before_stop: Callable[[], None] | None = None,
 ) -> None:
+    """Serve until SIGTERM/SIGINT; ``before_stop`` (blocking, run in a thread) runs first then."""
     db = Database(settings.effective_database_url, pool_size=settings.db_pool_size)
     state = build_state(settings, home, db, SystemClock())
     machine = machines.this_process(machines.SERVER_SERVICE)
@@ -278,10 +333,20 @@ async def _serve_process(
         servers.append((server, sock))
     loop = asyncio.get_running_loop()
 
-    def stop() -> None:
+    def exit_servers() -> None:
         log.info("shutting down: no new connections, finishing requests in flight")
         for server, _ in servers:
             server.should_exit = True
+
+    stopping: list[asyncio.Future[None]] = []
+
+    def stop() -> None:
+        if before_stop is None or stopping:
+            exit_servers()
+            return
+        # A second signal does not wait for before_stop.
+        stopping.append(loop.run_in_executor(None, before_stop))
+        stopping[0].add_done_callback(lambda _: exit_servers())
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop)
@@ -316,8 +381,9 @@ def _stop_when_orphaned(supervisor: int) -> None:
     threading.Thread(target=watch, name="orphan-watch", daemon=True).start()
 
 
-def _supervise(jobs: list[Callable[[], Any]]) -> None:
-    """Fork one child per job and keep them running until SIGTERM/SIGINT, then stop them all."""
+def _supervise(jobs: list[Callable[[], Any]], before_stop: Callable[[], None] | None = None) -> None:
+    """Fork one child per job and keep them running until SIGTERM/SIGINT, then stop them all
+    (after ``before_stop``, when given)."""
     children: dict[int, int] = {}
     stopping = False
     supervisor = os.getpid()
@@ -341,7 +407,10 @@ def _supervise(jobs: list[Callable[[], Any]]) -> None:
 
     def forward(signum: int, _frame: Any) -> None:
         nonlocal stopping
+        first = not stopping
         stopping = True
+        if first and before_stop is not None:
+            before_stop()
         for pid in list(children):
             try:
                 os.kill(pid, signal.SIGTERM)

@@ -469,6 +469,14 @@ def deployed(
 
 
 @pytest.fixture
-def deployment(tmp_path: Path, backend_url: str | None, transport: str) -> Iterator[Deployment]:
-    with deployed(tmp_path, backend_url, transport) as running:
+def server_env() -> dict[str, str]:
+    """Settings the deployment's server starts with (tests override it, e.g. short watchdog timeouts)."""
+    return {}
+
+
+@pytest.fixture
+def deployment(
+    tmp_path: Path, backend_url: str | None, transport: str, server_env: dict[str, str]
+) -> Iterator[Deployment]:
+    with deployed(tmp_path, backend_url, transport, env=server_env) as running:
         yield running

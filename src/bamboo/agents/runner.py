@@ -92,7 +92,7 @@ class Agent:
 
 async def _refine(ctx: AgentContext) -> int:
     async with ctx.db.transaction() as conn:
-        return await refiner.refine_registered(conn, ctx.clock, ctx.dm)
+        return await refiner.refine_registered(conn, ctx.clock, ctx.dm, public_url=ctx.settings.public_url)
 
 
 async def _generate(ctx: AgentContext) -> int:

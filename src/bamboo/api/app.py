@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -13,11 +14,13 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from bamboo import __version__
+from bamboo import __version__, trf
 from bamboo.api import v1
 from bamboo.api.dispatch import dispatch
 from bamboo.api.envelope import JSON_MEDIA_TYPE, encode_json, plain_error
+from bamboo.api.legacy import check_twins, dispatch_legacy
 from bamboo.api.openapi import docs_page, openapi_document
+from bamboo.api.schedconfig import serve_schedconfig
 from bamboo.api.state import ServerState
 from bamboo.logic import files
 from bamboo.storage import UnsafeName, check_name, file_store
@@ -146,6 +149,35 @@ async def _serve_cache_file(request: Request) -> Response:
     return StreamingResponse(body(), status_code=status, headers=headers, media_type=media_type)
 
 
+# The scripts change only with a new release: caches may keep them for an hour without asking again.
+_TRF_CACHE_CONTROL = "public, max-age=3600"
+
+
+def _transformation_route() -> Route:
+    """``/trf/user/<name>``: the transformations user jobs download (bamboo/trf), to anyone, as
+    upstream's web server serves its directory of scripts."""
+    served = {
+        name: (body, f'"{hashlib.sha256(body).hexdigest()[:32]}"') for name, body in trf.scripts().items()
+    }
+
+    async def transformation(request: Request) -> Response:
+        found = served.get(request.path_params["name"])
+        if found is None:
+            return plain_error(404, "no such transformation")
+        body, etag = found
+        headers = {"ETag": etag, "Cache-Control": _TRF_CACHE_CONTROL, "X-Content-Type-Options": "nosniff"}
+        candidates = request.headers.get("if-none-match")
+        if candidates is not None and etag in {
+            tag.strip().removeprefix("W/") for tag in candidates.split(",")
+        }:
+            return Response(status_code=304, headers=headers)
+        content = b"" if request.method == "HEAD" else body
+        headers["Content-Length"] = str(len(body))
+        return Response(content, headers=headers, media_type="text/x-python; charset=utf-8")
+
+    return Route(trf.URL_PATH + "/{name}", transformation, methods=["GET", "HEAD"])
+
+
 def _plain_error_with(status_code: int, text: str, headers: dict[str, str]) -> Response:
     response = plain_error(status_code, text)
     response.headers.update(headers)
@@ -155,6 +187,7 @@ def _plain_error_with(status_code: int, text: str, headers: dict[str, str]) -> R
 def create_app(state: ServerState) -> FastAPI:
     """Build the application around already started services."""
     registry = v1.load()
+    check_twins(registry)
     openapi_body = encode_json(openapi_document(registry))
     docs_body = docs_page(registry)
 
@@ -166,7 +199,8 @@ def create_app(state: ServerState) -> FastAPI:
 
     async def auth_config(request: Request) -> Response:
         match = _AUTH_CONFIG_NAME.match(request.path_params["name"])
-        config = state.auth_configs.get(match.group(1)) if match else None
+        # "<vo>:<role>" is the other spelling of "<vo>.<role>" (clients.md §6.2).
+        config = state.auth_configs.get(match.group(1).replace(":", ".")) if match else None
         if config is None:
             return plain_error(404, "no such auth config")
         return Response(encode_json(config), media_type=JSON_MEDIA_TYPE)
@@ -186,11 +220,13 @@ def create_app(state: ServerState) -> FastAPI:
         exception_handlers={HTTPException: _plain_http_error},
         routes=[
             Route("/api/{rest:path}", dispatch, methods=["GET", "HEAD", "POST", "PUT"]),
+            Route("/server/panda/{method}", dispatch_legacy, methods=["GET", "HEAD", "POST", "PUT"]),
             Route("/openapi.json", openapi, methods=["GET"]),
             Route("/docs", docs, methods=["GET"]),
             Route("/auth/{name}", auth_config, methods=["GET"]),
-            # Generic over the store's names: a later area (schedconfig/<queue>.all.json) is served too.
+            Route("/cache/schedconfig/{name}", serve_schedconfig, methods=["GET"]),
             Route("/cache/{name:path}", _serve_cache_file, methods=["GET", "HEAD"]),
+            _transformation_route(),
             Route("/.well-known/openid-configuration", discovery, methods=["GET"]),
             Route("/.well-known/jwks.json", jwks, methods=["GET"]),
         ],

@@ -1,4 +1,5 @@
-"""The request pipeline of every ``/api/v1/<module>/<function>`` call (api-v1.md §1.3-1.5).
+"""The request pipeline of every ``/api/v1/<module>/<function>`` call (api-v1.md §1.3-1.5), and of
+the legacy ``/server/panda/<method>`` calls, which run their v1 twin through it (``api/legacy.py``).
 
 Order, as upstream: route lookup (403), credentials (403), ban list (403), body parsing (400),
 then the endpoint's checks in the decorator order (secure, production, method, arguments, types),
@@ -10,6 +11,7 @@ from __future__ import annotations
 import logging
 import uuid
 import zlib
+from collections.abc import Awaitable, Callable
 from typing import IO, Any
 from urllib.parse import parse_qsl
 
@@ -77,22 +79,54 @@ def _route(registry: Registry, path: str) -> tuple[Endpoint | None, str]:
 
 async def dispatch(request: Request) -> Response:
     """Answer one API request; never raises."""
-    state: ServerState = request.app.state.bamboo
     endpoint, name = _route(request.app.state.registry, request.scope["path"])
     if endpoint is None:
         return plain_error(403, f"method {name} is forbidden")
+    return await run_pipeline(request, endpoint, read_params=read_params, render=render_envelope)
+
+
+def render_envelope(
+    reply: Reply | BareText, status_code: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    """The v1 answer: the envelope, or the bare text of the few endpoints that answer one."""
+    if isinstance(reply, BareText):
+        return text_response(reply)
+    return envelope_response(reply, status_code=status_code, headers=headers)
+
+
+ParamReader = Callable[[Request, Endpoint, Settings, list[IO[bytes]]], Awaitable[tuple[dict[str, Any], bool]]]
+Renderer = Callable[..., Response]
+
+
+async def run_pipeline(
+    request: Request,
+    endpoint: Endpoint,
+    *,
+    read_params: ParamReader,
+    render: Renderer,
+    check_http_method: bool = True,
+) -> Response:
+    """Run the endpoint's checks and handler in upstream's order; never raises.
+
+    ``read_params`` turns the request into the endpoint's parameters (the v1 decoding, or the
+    legacy API's, which renames wire names first); ``render`` turns the handler's reply, or a
+    refusal as a failed reply, into the HTTP answer; the legacy API, whose methods took GET and
+    POST alike, skips the endpoint's HTTP method check. Credentials, bans, body limits, access
+    levels, argument checks and the transaction are the same for every caller of the pipeline.
+    """
+    state: ServerState = request.app.state.bamboo
     try:
         identity = await resolve_identity(request, state)
         if identity is not None and identity.user_name in await state.bans.names():
             return plain_error(403, f"{identity.user_name} is banned")
         spooled: list[IO[bytes]] = []
         try:
-            params, textual = await _read_params(request, endpoint, state.settings, spooled)
-            rejection = _check_access(endpoint, request.method, identity, state)
+            params, textual = await read_params(request, endpoint, state.settings, spooled)
+            rejection = _check_access(endpoint, request.method, identity, state, check_http_method)
             if rejection is None:
                 call_args = bind_parameters(endpoint, params, textual=textual)
-                return await _run(endpoint, Call(request, state, identity), call_args)
-            return envelope_response(failure(rejection))
+                return await _run(endpoint, Call(request, state, identity), call_args, render)
+            return render(failure(rejection))
         finally:
             # Uploaded parts live in temporary files: gone once the call is answered.
             for spooled_file in spooled:
@@ -102,20 +136,24 @@ async def dispatch(request: Request) -> Response:
     except BadRequest as exc:
         return plain_error(exc.status_code, exc.text)
     except ParameterError as exc:
-        return envelope_response(failure(str(exc)))
+        return render(failure(str(exc)))
     except UNAVAILABLE_ERRORS as exc:
-        log.error("database unavailable for %s: %s", endpoint.path, exc)
-        return envelope_response(
+        log.error("database unavailable for %s: %s", request.scope["path"], exc)
+        return render(
             failure(DATABASE_UNAVAILABLE), status_code=503, headers={"Retry-After": RETRY_AFTER_SECONDS}
         )
     except Exception:
         request_id = uuid.uuid4().hex[:12]
-        log.exception("unexpected error in %s (request %s)", endpoint.path, request_id)
+        log.exception("unexpected error in %s (request %s)", request.scope["path"], request_id)
         return plain_error(500, f"internal server error (request {request_id})")
 
 
 def _check_access(
-    endpoint: Endpoint, method: str, identity: Identity | None, state: ServerState
+    endpoint: Endpoint,
+    method: str,
+    identity: Identity | None,
+    state: ServerState,
+    check_http_method: bool = True,
 ) -> str | None:
     if endpoint.access is not Access.PUBLIC and (identity is None or identity.is_limited_proxy):
         return SECURE_REQUIRED
@@ -124,7 +162,7 @@ def _check_access(
         state.settings.production_dns,
     ):
         return PRODUCTION_REQUIRED
-    if endpoint.method is not None and _effective_method(method) != endpoint.method:
+    if check_http_method and endpoint.method is not None and _effective_method(method) != endpoint.method:
         return f"expecting {endpoint.method}, received {method}"
     return None
 
@@ -164,7 +202,7 @@ def bind_parameters(endpoint: Endpoint, params: dict[str, Any], *, textual: bool
     return bound
 
 
-async def _run(endpoint: Endpoint, call: Call, args: dict[str, Any]) -> Response:
+async def _run(endpoint: Endpoint, call: Call, args: dict[str, Any], render: Renderer) -> Response:
     try:
         if endpoint.db is DbUse.NONE:
             reply: Reply | BareText = await endpoint.handler(call, **args)
@@ -173,7 +211,7 @@ async def _run(endpoint: Endpoint, call: Call, args: dict[str, Any]) -> Response
             async with call.state.db.transaction(write=writes) as conn:
                 call.conn = conn
                 if endpoint.access is Access.OWNER and not await _owns_task(call, args.get("task_id")):
-                    return envelope_response(failure(NOT_TASK_OWNER))
+                    return render(failure(NOT_TASK_OWNER))
                 reply = await endpoint.handler(call, **args)
                 # An answer nobody will read must not change anything: jobs acquire_jobs claimed
                 # for a pilot that hung up would otherwise stay `sent` until the watchdog fails
@@ -182,15 +220,13 @@ async def _run(endpoint: Endpoint, call: Call, args: dict[str, Any]) -> Response
                 if writes and await call.request.is_disconnected():
                     raise ClientGone
     except BambooError as exc:
-        return envelope_response(failure(exc.message, exc.data))
+        return render(failure(exc.message, exc.data))
     except ClientGone:
         log.info("client hung up before the answer of %s: rolled back", endpoint.path)
         return plain_error(400, "client disconnected before the answer; nothing was changed")
     for action in call.on_commit:
         action()
-    if isinstance(reply, BareText):
-        return text_response(reply)
-    return envelope_response(reply)
+    return render(reply)
 
 
 async def _owns_task(call: Call, task_id: Any) -> bool:
@@ -202,7 +238,7 @@ async def _owns_task(call: Call, task_id: Any) -> bool:
     return await commands.task_owner(call.db, int(task_id)) == call.caller.user_name
 
 
-async def _read_params(
+async def read_params(
     request: Request, endpoint: Endpoint, settings: Settings, spooled: list[IO[bytes]]
 ) -> tuple[dict[str, Any], bool]:
     """The request's parameters, and whether they arrived as text (query or form) to be coerced.
@@ -218,9 +254,9 @@ async def _read_params(
     if endpoint.max_body_bytes is not None and media_type == "multipart/form-data":
         return await _read_upload(request, content_type, endpoint.max_body_bytes, settings, spooled), True
     if media_type == "application/json":
-        body = await _read_body(request, limit)
+        body = await read_body(request, limit)
         if request.headers.get("content-encoding", "").lower() == "gzip":
-            body = _gunzip(body, limit)
+            body = gunzip(body, limit)
         if not body.strip():
             return {}, False
         try:
@@ -319,7 +355,7 @@ def _limited_receive(receive: Receive, limit: int) -> Receive:
     return limited
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+async def read_body(request: Request, limit: int) -> bytes:
     _check_declared_length(request, limit)
     chunks: list[bytes] = []
     size = 0
@@ -334,7 +370,7 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _gunzip(body: bytes, limit: int) -> bytes:
+def gunzip(body: bytes, limit: int) -> bytes:
     # Decompress incrementally so a small gzip bomb cannot expand past the body limit.
     decompressor = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
     try:

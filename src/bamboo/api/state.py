@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 
 from bamboo.api.auth import CertificateCache
+from bamboo.auth.local_issuer import ROLES as LOCAL_ROLES
 from bamboo.auth.local_issuer import LocalIssuer
 from bamboo.auth.oidc import TokenVerifier, load_policies_from_dir
 from bamboo.auth.x509 import TrustStore
@@ -83,6 +84,9 @@ def build_state(settings: Settings, home: Home, db: Database, clock: Clock) -> S
             raise ValueError(f"auth config dir defines VO {local_vo!r}, which the embedded issuer serves")
         policies[local_vo] = home.issuer.policy(local_vo)
         auth_configs[local_vo] = home.issuer.auth_config(local_vo)
+        # panda-client and the pilot fetch the file named after their Origin, e.g. bamboo.production.
+        for role in LOCAL_ROLES:
+            auth_configs[f"{local_vo}.{role}"] = home.issuer.auth_config(local_vo)
     verifier = TokenVerifier(policies, clock=clock.now)
     return ServerState(
         settings=settings,

@@ -19,6 +19,7 @@ from bamboo.cli import (
     shares,
     tasks,
     users,
+    worker,
 )
 from bamboo.cli.options import DatabaseOption, HomeOption, fail, settings_for
 
@@ -40,6 +41,7 @@ app.add_typer(nodes.app, name="node")
 app.add_typer(harvester.app, name="harvester")
 app.add_typer(secrets.app, name="secrets")
 app.command("events")(events.show)
+app.command("worker")(worker.worker)
 
 
 @app.command()
@@ -56,6 +58,21 @@ def serve(
     ca_dir: Annotated[
         list[str] | None, typer.Option("--ca-dir", help="Extra trusted CA directory or file (repeatable).")
     ] = None,
+    local_worker: Annotated[
+        bool | None,
+        typer.Option(
+            "--local-worker/--no-local-worker",
+            help="Also run a built-in worker (`bamboo worker`) for the local worker queue; "
+            "it stops with the server.",
+            show_default=False,
+        ),
+    ] = None,
+    local_worker_queue: Annotated[
+        str | None, typer.Option(help="Queue of the local worker (default LOCAL).")
+    ] = None,
+    local_worker_slots: Annotated[
+        int | None, typer.Option(help="Jobs the local worker runs at once (default 1).")
+    ] = None,
 ) -> None:
     """Run the server: HTTP and HTTPS listeners on the embedded SQLite or the given database."""
     from bamboo.server import ServerStartError
@@ -68,6 +85,9 @@ def serve(
         "workers": workers,
         "agents": False if no_agents else None,
         "ca_dirs": ca_dir or None,
+        "local_worker": local_worker,
+        "local_worker_queue": local_worker_queue,
+        "local_worker_slots": local_worker_slots,
     }
     settings = settings_for(home, database_url, **overrides)
     logging.basicConfig(

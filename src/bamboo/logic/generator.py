@@ -53,7 +53,7 @@ from bamboo.logic.jobparams import JobContext, render
 from bamboo.logic.rebrokerage import RebrokerageLimits
 from bamboo.logic.splitting import Row, SplitRule, group_rows
 from bamboo.logic.states import TASK_MAKING_JOBS
-from bamboo.logic.taskparams import RefinedTask, refine
+from bamboo.logic.taskparams import SEQUENCE_STREAM, RefinedTask, refine
 
 log = logging.getLogger(__name__)
 
@@ -333,6 +333,16 @@ async def _make_run_jobs(
     task_id = task["jediTaskID"]
     outputs = merge_jobs.run_job_outputs(datasets)
     seeds = next((d for d in datasets if d["type"] == "random_seed"), None)
+    numbering = next(
+        (
+            d
+            for d in datasets
+            if d["type"] == "pseudo_input"
+            and d["masterID"] is not None
+            and d["streamName"] == SEQUENCE_STREAM
+        ),
+        None,
+    )
     try:
         jobset = es_generation.jobset_rule(task, refined)
     except InvalidInput as exc:
@@ -390,6 +400,11 @@ async def _make_run_jobs(
     }
     # The jobs of a jobset run the same work, with the same seed.
     first_seed = await tasks_db.reserve_serials(conn, seeds["datasetID"], len(groups)) if seeds else None
+    # Sequence numbers are the dataset's serials (from offset + 1); a retry draws a new one, as it
+    # makes new output files.
+    first_number = (
+        await tasks_db.reserve_serials(conn, numbering["datasetID"], len(groups)) if numbering else None
+    )
     # The previous attempts name the retry chain; a task retried long after they failed finds
     # them archived.
     previous = await archive_db.get_many_incl_archive(
@@ -425,6 +440,7 @@ async def _make_run_jobs(
             attempt,
             panda_id,
             master["type"] == "pseudo_input",
+            None if first_number is None else first_number + slot.group,
         )
         context = build_jobs.with_lib(secondary.with_streams(context, extra), build)
         try:
@@ -556,10 +572,13 @@ def _context(
     attempt: int,
     panda_id: int,
     pseudo: bool,
+    sequence_number: int | None,
 ) -> JobContext:
     streams: dict[str, list[str]] = {}
     if not pseudo:
         streams["IN"] = list(dict.fromkeys(row["lfn"] for row in inputs))
+    if sequence_number is not None:
+        streams[SEQUENCE_STREAM] = [str(sequence_number)]
     for dataset, _, lfn in planned:
         streams[merge_jobs.run_job_stream(dataset)] = [lfn]
     event_split = inputs[0]["startEvent"] is not None

@@ -47,6 +47,10 @@ _HIDDEN_FROM_SITE_SPECS = frozenset(
 DEFAULTS: dict[str, Any] = {"status": "online", "type": "unified", "jobseed": "std", "corecount": 1}
 
 
+def is_valid_name(name: str) -> bool:
+    return bool(_NAME.match(name))
+
+
 def normalise_spec(raw: dict[str, Any]) -> dict[str, Any]:
     """Validate a queue spec and fill the defaults; raise InvalidInput naming the bad attribute."""
     if not isinstance(raw, dict):

@@ -19,13 +19,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bamboo.db import feeder as feeder_db
 from bamboo.db import tasks as tasks_db
-from bamboo.logic import build_jobs, carousel, job_rows, merge_jobs, secondary, task_status
+from bamboo.logic import build_jobs, carousel, job_rows, merge_jobs, secondary, task_status, transformations
 from bamboo.logic.catalog import CatalogFile, DataManagement, scope_of
 from bamboo.logic.clock import Clock
 from bamboo.logic.errors import InvalidInput
 from bamboo.logic.splitting import FileInfo, cut_events
 from bamboo.logic.states import TASK_FINAL
-from bamboo.logic.taskparams import DatasetPlan, RefinedTask, refine
+from bamboo.logic.taskparams import SEQUENCE_STREAM, DatasetPlan, RefinedTask, refine
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +42,13 @@ PSEUDO_LFN = "pseudo_dataset"
 _BAD_PARENT_END = frozenset({"failed", "broken", "aborted"})
 
 
-async def refine_registered(conn: AsyncConnection, clock: Clock, dm: DataManagement) -> int:
+async def refine_registered(
+    conn: AsyncConnection, clock: Clock, dm: DataManagement, *, public_url: str | None = None
+) -> int:
     """Refine a batch of registered tasks (and re-check those waiting for their parent).
+
+    ``public_url`` is the base of the default transformations of analysis tasks that name none
+    (logic/transformations.py); without it, each task's sourceURL.
 
     Returns:
         How many tasks changed status.
@@ -52,7 +57,7 @@ async def refine_registered(conn: AsyncConnection, clock: Clock, dm: DataManagem
     for task in await tasks_db.claim(conn, ["registered"], BATCH, old_statuses=["registered"]):
         try:
             async with conn.begin_nested():
-                refined = await _refine_one(conn, clock, dm, task)
+                refined = await _refine_one(conn, clock, dm, task, public_url)
         except Exception:
             # One task that trips a bug must not stop the others: it breaks, with a pointer to the log.
             log.exception("task %s: refining failed", task["jediTaskID"])
@@ -65,14 +70,23 @@ async def refine_registered(conn: AsyncConnection, clock: Clock, dm: DataManagem
     return changed
 
 
-async def _refine_one(conn: AsyncConnection, clock: Clock, dm: DataManagement, task: dict[str, Any]) -> bool:
+async def _refine_one(
+    conn: AsyncConnection, clock: Clock, dm: DataManagement, task: dict[str, Any], public_url: str | None
+) -> bool:
     task_id = task["jediTaskID"]
     params = orjson.loads(task["task_params"])
     try:
         refined = refine(params)
+        filled = transformations.with_defaults(params, public_url)
     except InvalidInput as exc:
         await task_status.change(conn, clock, task, "tobroken", errorDialog=exc.message[:500])
         return True
+    if filled is not None:
+        # Stored, so the generator's build jobs and get_task_parameters see what the jobs run.
+        params = filled
+        task_params = orjson.dumps(filled).decode()
+        await tasks_db.update(conn, task_id, transPath=filled["transPath"], task_params=task_params)
+        task = {**task, "transPath": filled["transPath"], "task_params": task_params}
     parent_id = task["parent_tid"]
     # With noWaitParent the child runs on its parent's outputs as they appear: its input stays open.
     growing = False
@@ -205,8 +219,9 @@ async def _create_datasets(
             )
         elif plan.type == "input":
             secondary_rows[dataset_id] = await _secondary_rows(conn, dm, task, refined, plan, dataset_id, now)
-        elif is_input:
-            # Sequence-number pseudo inputs have no generator yet; their placeholders stay unresolved.
+        elif is_input and plan.stream != SEQUENCE_STREAM:
+            # Sequence numbers come from the dataset's serial counter (logic/generator.py); other
+            # secondary pseudo inputs have no rows, and their placeholders stay unresolved.
             log.warning("task %s: secondary pseudo input %s is not used by jobs", task_id, plan.name)
     if master_id is None:
         raise InvalidInput("the task has no master input")

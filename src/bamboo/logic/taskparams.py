@@ -43,6 +43,10 @@ PSEUDO_STREAM = "IN"
 #: Dataset and stream name of the random-seed pseudo dataset.
 RANDOM_SEED_STREAM = "RNDMSEED"
 
+#: Stream of the sequence-number pseudo input (prun's ``%RNDM=N`` becomes ``${SEQNUMBER}`` over
+#: the pseudo dataset ``seq_number``, offset N): each job gets the next number, from N + 1 on.
+SEQUENCE_STREAM = "SEQNUMBER"
+
 #: prodSourceLabel of a build job when ``buildSpec`` names none.
 DEFAULT_BUILD_LABEL = "panda"
 
