@@ -269,7 +269,7 @@ async def read_params(
     if not media_type:
         # Upstream's form parser reads a POST body without a content type as a URL-encoded form
         # (panda-client 2.2.0 sends submit_workflow_tmp so).
-        return _form_fields(await _read_body(request, limit)), True
+        return _form_fields(await read_body(request, limit)), True
     _check_declared_length(request, limit)
     # Count the bytes as they arrive: a chunked body has no Content-Length to refuse up front.
     # The per-field limit is checked by name in bind_parameters, so the parser allows any part
