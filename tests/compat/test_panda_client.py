@@ -13,10 +13,8 @@ import zlib
 from datetime import datetime
 from typing import Any
 
-import httpx
 import pytest
 
-from tests.compat.coverage import CLIENTS
 from tests.e2e.conftest import Deployment, wait_for
 from tests.tasks import NO_INPUT_TASK, QUEUE
 
@@ -226,16 +224,6 @@ def test_task_commands_recovery_events_and_workflows(deployment: Deployment) -> 
 UNSERVED = [
     ("get_workflow_details", [1], FAILED),
 ]
-# Every legacy URL a client of coverage.py calls.
-LEGACY = sorted(
-    {
-        url
-        for calls in CLIENTS.values()
-        for call in calls.values()
-        for url in call.urls
-        if url.startswith("server/panda/")
-    }
-)
 
 
 @pytest.mark.parametrize(("function", "args", "answer"), UNSERVED)
@@ -245,8 +233,16 @@ def test_unserved_client_calls_fail_as_panda_client_reads_them(
     assert deployment.user(function, *args) == answer
 
 
-def test_legacy_calls_are_not_served(deployment: Deployment) -> None:
-    with httpx.Client(base_url=deployment.server.http, timeout=30) as client:
-        for url in LEGACY:
-            response = client.post(f"/{url}", data={"x": "1"})
-            assert response.status_code == 404, (url, response.status_code, response.text)
+def test_legacy_calls_as_panda_client_makes_them(deployment: Deployment) -> None:
+    user = deployment.user
+    # Without an iDDS behind it the relay answers the [success, message] pair the client reads.
+    no_idds = [0, [False, "iDDS is not configured"]]
+    assert user("call_idds_command", "get_requests", kwargs={"request_id": 1}) == no_idds
+    assert user("call_idds_user_workflow_command", "get_status", {"request_id": 1}) == no_idds
+    # pchain's gzip JSON request: a check answers the verdict, a submission the refusal.
+    status, (accepted, verdict) = user("send_workflow_request", {"name": "wf"}, check=True)
+    assert (status, accepted, verdict["valid"]) == (0, True, False)
+    assert verdict["error"].startswith("the workflow has no 'steps'")
+    status, (accepted, message) = user("send_workflow_request", {"name": "wf"})
+    assert (status, accepted) == (0, False)
+    assert message.startswith("Cannot upload the workflow request: the workflow has no 'steps'")

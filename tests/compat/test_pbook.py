@@ -126,14 +126,23 @@ def test_debug_needs_the_production_role(deployment: Deployment) -> None:
     assert (status, "debug" in record["specialHandling"].split(",")) == (0, True)
 
 
-# pbook's workflow commands go to the legacy /server/panda/execute_idds_workflow_command and
-# show_native_workflow to workflow/get_workflow_details, which Bamboo does not serve (coverage.py).
+# pbook's iDDS workflow commands go to the legacy execute_idds_workflow_command, which relays to
+# an iDDS Bamboo has none of; show_native_workflow asks workflow/get_workflow_details, which Bamboo
+# does not serve (coverage.py). pbook must say the command failed.
 @pytest.mark.parametrize(
     ("args", "failure"),
     [
         (["show_native_workflow", "1"], "Failed to get workflow_id=1"),
+        (["show_workflow", "1"], "Failed to execute get_status"),
         (["kill_workflow", "1"], "Failed to execute abort"),
+        (["retry_workflow", "1"], "Failed to execute retry"),
+        (["finish_workflow", "1"], "Failed to execute finish"),
+        (["pause_workflow", "1"], "Failed to execute suspend"),
+        (["resume_workflow", "1"], "Failed to execute resume"),
     ],
 )
-def test_unserved_commands_fail_visibly(deployment: Deployment, args: list[str], failure: str) -> None:
-    assert failure in pbook(deployment.user, *args)
+def test_workflow_commands_fail_visibly(deployment: Deployment, args: list[str], failure: str) -> None:
+    output = pbook(deployment.user, *args)
+    assert failure in output, output
+    if args[0] != "show_native_workflow":
+        assert "iDDS is not configured" in output, output
