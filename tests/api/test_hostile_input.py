@@ -354,3 +354,14 @@ async def test_unannotated_task_ids_beyond_64_bits_find_nothing(
     async with api.client(headers=api.token_headers()) as client:
         response = await client.get(f"/api/v1/task/{name}", params={"task_id": task_id})
     assert refused(response) == missing
+
+
+async def test_form_without_content_type_is_bounded(api_factory) -> None:
+    api = api_factory(max_body_bytes=2048)
+    async with api.client(https=False) as client:
+        too_long = await client.post("/api/v1/system/is_alive", content=_chunks(b"x=" + b"a" * 8192))
+        too_many = await client.post("/api/v1/system/is_alive", content=b"&".join([b"k"] * 1001))
+    assert too_long.status_code == 413
+    assert too_long.text == "ERROR : request body larger than 2048 bytes"
+    assert too_many.status_code == 400
+    assert too_many.text == "ERROR : received invalid form data : Max number of fields exceeded"

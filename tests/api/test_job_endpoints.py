@@ -457,6 +457,27 @@ async def test_submit_validation(world) -> None:
     assert count == 1
 
 
+async def test_submit_reads_the_null_markers_of_panda_client(world) -> None:
+    # panda-client's JobSpec and FileSpec serialise every unset attribute as the string "NULL",
+    # which upstream stores as NULL (even where "NULL" would not fit, as in the 2-character units).
+    api, _ = world
+    *spec, files = serialized(
+        prodSourceLabel="user",
+        computingSite="TEST_PQ",
+        transformation="t",
+        files=[{"lfn": "out.root", "type": "output", "dataset": "user.x.out/"}],
+    )
+    marked = [*("NULL" if value is None else value for value in spec)]
+    marked_files = [[*("NULL" if value is None else value for value in file[:-1]), None] for file in files]
+    body = await call(api, "submit", jobs=orjson.dumps([[*marked, marked_files]]).decode())
+    assert body["success"] is True, body
+    ((panda_id, _, _),) = body["data"]
+    stored = await row(api, panda_id)
+    assert (stored["minRamUnit"], stored["homepackage"], stored["cmtConfig"]) == (None, None, None)
+    (file,) = (await call(api, "get_description", job_ids=[panda_id]))["data"][0]["Files"]
+    assert (file["lfn"], file["GUID"], file["scope"]) == ("out.root", None, None)
+
+
 async def test_submitted_job_runs_to_the_end(world) -> None:
     api, runner = world
     job = serialized(prodSourceLabel="user", computingSite="TEST_PQ", transformation="t", jobParameters="")

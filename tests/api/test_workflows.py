@@ -126,6 +126,22 @@ async def test_raw_request_form_post_as_panda_client_sends_it(api: ApiServer) ->
     assert body["success"] is True and body["data"]["workflow_id"] >= 1
 
 
+async def test_raw_request_form_body_without_content_type(api: ApiServer) -> None:
+    # panda-client 2.2.0's submit_workflow_tmp URL-encodes the form but names no content type;
+    # upstream's form parser reads such a POST body as a URL-encoded form.
+    headers = {**api.token_headers(USER), "Accept": "application/json"}
+    async with api.client(headers=headers) as client:
+        response = await client.post(
+            "/api/v1/workflow/submit_workflow_raw_request",
+            content=b"params=%7B%22a%22%3A+1%7D&params=ignored",
+        )
+    assert "content-type" not in response.request.headers
+    body = envelope(response)
+    assert body["success"] is True, body
+    stored = orjson.loads((await workflow_row(api, body["data"]["workflow_id"]))["request"])
+    assert stored["a"] == 1
+
+
 async def test_raw_request_refusals(api: ApiServer) -> None:
     bad_json = await post(api, "workflow/submit_workflow_raw_request", {"params": "{not json"})
     assert bad_json["success"] is False and bad_json["data"] is None

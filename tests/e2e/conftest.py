@@ -21,7 +21,7 @@ import time
 import uuid
 import zlib
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -153,17 +153,28 @@ def start_server(
     return RunningServer(process, home, database_url, http_port, https_port, output, reader)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def backend_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
-    """None for the embedded default; a fresh, empty PostgreSQL database otherwise."""
-    if request.param == "sqlite":
+BACKENDS = ["sqlite", "postgresql"]
+
+
+@contextmanager
+def database_for(backend: str) -> Iterator[str | None]:
+    """None for the embedded default; a fresh, empty PostgreSQL database (dropped after) otherwise."""
+    if backend == "sqlite":
         yield None
         return
     url = asyncio.run(create_postgres_database())
     if url is None:
         pytest.skip("PostgreSQL not reachable (set BAMBOO_REQUIRE_POSTGRES=1 to fail)")
-    yield url
-    asyncio.run(drop_postgres_database(url))
+    try:
+        yield url
+    finally:
+        asyncio.run(drop_postgres_database(url))
+
+
+@pytest.fixture(params=BACKENDS)
+def backend_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
+    with database_for(request.param) as url:
+        yield url
 
 
 @pytest.fixture
@@ -228,9 +239,15 @@ class PandaClient:
                 env=env,
             )
 
-    def __call__(self, function: str, *args: Any, **kwargs: Any) -> Any:
+    def __call__(
+        self, function: str, *args: Any, job_specs: list[dict[str, Any]] | None = None, **kwargs: Any
+    ) -> Any:
+        """The function's result; ``job_specs`` are made JobSpecs and passed first (see the steps)."""
         assert self.process.stdin is not None and self.process.stdout is not None
-        self.process.stdin.write(json.dumps({"call": function, "args": args, "kwargs": kwargs}) + "\n")
+        request: dict[str, Any] = {"call": function, "args": args, "kwargs": kwargs}
+        if job_specs is not None:
+            request["job_specs"] = job_specs
+        self.process.stdin.write(json.dumps(request) + "\n")
         self.process.stdin.flush()
         ready, _, _ = select.select([self.process.stdout], [], [], CALL_SECONDS)
         line = self.process.stdout.readline() if ready else ""
@@ -434,6 +451,30 @@ def start_panda_client(
     return PandaClient(env, home / "panda-client.log")
 
 
+@contextmanager
+def deployed(
+    tmp: Path, backend_url: str | None, transport: str, env: dict[str, str] | None = None
+) -> Iterator[Deployment]:
+    """A server (its settings from ``env`` too) on a new home under ``tmp`` with the queue, both
+    panda-clients and Harvester."""
+    home = tmp / "home"
+    if backend_url:
+        bamboo("db", "upgrade", "--home", str(home), "--database-url", backend_url)
+    with ExitStack() as cleanup:
+        server = start_server(home, backend_url, env=env)
+        cleanup.callback(server.stop)
+        server.admin("queue", "add", QUEUE, "--type", "unified")
+        user_token = server.token("Test User")
+        robot_token = server.token("Harvester Robot", role="production")
+        user = start_panda_client(server, user_token, "bamboo", tmp / "user", transport)
+        cleanup.callback(user.close)
+        operator = start_panda_client(server, robot_token, "bamboo.production", tmp / "operator", transport)
+        cleanup.callback(operator.close)
+        harvester = Harvester(server.https, robot_token, server.ca)
+        cleanup.callback(harvester.close)
+        yield Deployment(server, user, operator, harvester)
+
+
 @pytest.fixture
 def server_env() -> dict[str, str]:
     """Settings the deployment's server starts with (tests override it, e.g. short watchdog timeouts)."""
@@ -444,21 +485,5 @@ def server_env() -> dict[str, str]:
 def deployment(
     tmp_path: Path, backend_url: str | None, transport: str, server_env: dict[str, str]
 ) -> Iterator[Deployment]:
-    home = tmp_path / "home"
-    if backend_url:
-        bamboo("db", "upgrade", "--home", str(home), "--database-url", backend_url)
-    with ExitStack() as cleanup:
-        server = start_server(home, backend_url, env=server_env)
-        cleanup.callback(server.stop)
-        server.admin("queue", "add", QUEUE, "--type", "unified")
-        user_token = server.token("Test User")
-        robot_token = server.token("Harvester Robot", role="production")
-        user = start_panda_client(server, user_token, "bamboo", tmp_path / "user", transport)
-        cleanup.callback(user.close)
-        operator = start_panda_client(
-            server, robot_token, "bamboo.production", tmp_path / "operator", transport
-        )
-        cleanup.callback(operator.close)
-        harvester = Harvester(server.https, robot_token, server.ca)
-        cleanup.callback(harvester.close)
-        yield Deployment(server, user, operator, harvester)
+    with deployed(tmp_path, backend_url, transport, env=server_env) as running:
+        yield running

@@ -1,7 +1,9 @@
 """Run calls of the real panda-client for a test: one JSON request per input line, one JSON reply per line.
 
 A request is ``{"call": "<pandaclient.Client function>", "args": [...], "kwargs": {...}}``; the reply is
-``{"result": <what the function returned>}`` or ``{"error": "<traceback>"}``. panda-client reads its
+``{"result": <what the function returned>}`` or ``{"error": "<traceback>"}``. A request may carry
+``"job_specs": [<job dict>, ...]``: panda-client's own loader turns them into JobSpec objects, passed
+as the first argument (``submitJobs`` takes JobSpecs, which JSON cannot carry). panda-client reads its
 configuration (server URLs, auth mode, token) from the environment when ``pandaclient.Client`` is imported,
 so the test starts one such process per server, with that server's settings in its environment.
 """
@@ -33,13 +35,16 @@ def _plain(value: Any) -> Any:
 
 
 def serve(requests: TextIO, replies: TextIO) -> None:
-    from pandaclient import Client
+    from pandaclient import Client, MiscUtils
 
     for line in requests:
         request = json.loads(line)
         try:
             function = getattr(Client, request["call"])
-            reply = {"result": _plain(function(*request.get("args", []), **request.get("kwargs", {})))}
+            args = request.get("args", [])
+            if "job_specs" in request:
+                args = [MiscUtils.load_jobs(request["job_specs"]), *args]
+            reply = {"result": _plain(function(*args, **request.get("kwargs", {})))}
         except Exception:
             reply = {"error": traceback.format_exc()}
         replies.write(json.dumps(reply) + "\n")

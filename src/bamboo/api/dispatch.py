@@ -50,6 +50,8 @@ NOT_TASK_OWNER = "not the task owner or no production role"
 DATABASE_UNAVAILABLE = "database error in the PanDA server"
 RETRY_AFTER_SECONDS = "5"
 _VERSIONS = ("v1", "latest")  # latest is an alias of v1 (DESIGN §9.6)
+# As many fields as Starlette's form parser takes from a form with a content type.
+_MAX_FORM_FIELDS = 1000
 
 
 class ClientGone(Exception):
@@ -264,6 +266,10 @@ async def read_params(
         if not isinstance(decoded, dict):
             raise BadRequest(400, "received invalid JSON : the body must be a JSON object")
         return decoded, False
+    if not media_type:
+        # Upstream's form parser reads a POST body without a content type as a URL-encoded form
+        # (panda-client 2.2.0 sends submit_workflow_tmp so).
+        return _form_fields(await read_body(request, limit)), True
     _check_declared_length(request, limit)
     # Count the bytes as they arrive: a chunked body has no Content-Length to refuse up front.
     # The per-field limit is checked by name in bind_parameters, so the parser allows any part
@@ -313,6 +319,18 @@ def _query_params(query_string: bytes) -> dict[str, Any]:
         else:
             params[key] = value
     return params
+
+
+def _form_fields(body: bytes) -> dict[str, str]:
+    """A URL-encoded form's fields, the first of repeated ones kept as upstream keeps it."""
+    try:
+        pairs = parse_qsl(body.decode("latin-1"), keep_blank_values=True, max_num_fields=_MAX_FORM_FIELDS)
+    except ValueError as exc:
+        raise BadRequest(400, f"received invalid form data : {exc}") from exc
+    fields: dict[str, str] = {}
+    for key, value in pairs:
+        fields.setdefault(key, value)
+    return fields
 
 
 def _check_declared_length(request: Request, limit: int) -> None:

@@ -394,12 +394,13 @@ _FILE_NAMES = tuple(name for name, _ in FILE_ATTRIBUTES)
 
 
 def _value(where: str, name: str, code: str, raw: Any) -> Any:
-    """One attribute value checked against its column type; InvalidInput names the field."""
-    if raw is None:
+    """One attribute value checked against its column type; InvalidInput names the field.
+
+    The string ``"NULL"`` is panda-client's marker of an unset attribute, stored as NULL as upstream does.
+    """
+    if raw is None or raw == "NULL":
         return None
     if code in ("B", "i", "P"):
-        if raw == "NULL":
-            return None
         if isinstance(raw, bool) or not isinstance(raw, int):
             raise InvalidInput(f"{where}: {name} must be an integer")
         bound = _INT32 if code == "i" else _INT64
@@ -407,16 +408,12 @@ def _value(where: str, name: str, code: str, raw: Any) -> Any:
             raise InvalidInput(f"{where}: {name} is out of range")
         return raw
     if code == "f":
-        if raw == "NULL":
-            return None
         if isinstance(raw, bool) or not isinstance(raw, int | float):
             raise InvalidInput(f"{where}: {name} must be a number")
         if raw != raw or raw in (float("inf"), float("-inf")):
             raise InvalidInput(f"{where}: {name} must be a finite number")
         return float(raw)
     if code == "t":
-        if raw == "NULL":
-            return None
         text = raw.get(_DATETIME_KEY) if isinstance(raw, dict) and len(raw) == 1 else None
         if not isinstance(text, str):
             raise InvalidInput(

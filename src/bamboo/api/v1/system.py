@@ -9,7 +9,6 @@ from bamboo.api.envelope import Reply
 from bamboo.api.environ import request_environment
 from bamboo.api.registry import Access, DbUse, Module
 from bamboo.api.v1 import registry
-from bamboo.auth.dn import bare_dn
 from bamboo.auth.identity import has_production_role, primary_working_group, working_group_production_roles
 
 system = Module(registry, "system")
@@ -56,7 +55,7 @@ async def get_user_attributes(call: Call) -> Reply:
     groups = working_group_production_roles(identity.fqans)
     data = {
         "user_dn_raw": identity.dn,
-        "user_dn_clean": bare_dn(identity.dn, keep_digits=False),
+        "user_dn_clean": identity.user_name,
         "fqans": list(identity.fqans),
         "is_production_user": is_production,
         "production_working_groups": groups,
