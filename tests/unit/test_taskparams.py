@@ -1072,12 +1072,15 @@ def test_pilot_flag_tags(changes: dict[str, Any], tags: tuple[tuple[str, str], .
     assert refine(input_task(IN_ITEM, **changes)).pilot_tags == tags
 
 
+ALT_STAGE_OUT_REFUSED = "task parameter 'altStageOut' must be one of on, off, force"
+
+
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
         ({"putLogToOS": "yes"}, "task parameter 'putLogToOS' must be a boolean, got 'yes'"),
-        ({"altStageOut": "sometimes"}, "task parameter 'altStageOut' must be one of on, off, force, got 'sometimes'"),
-        ({"altStageOut": 1}, "task parameter 'altStageOut' must be one of on, off, force, got 1"),
+        ({"altStageOut": "sometimes"}, f"{ALT_STAGE_OUT_REFUSED}, got 'sometimes'"),
+        ({"altStageOut": 1}, f"{ALT_STAGE_OUT_REFUSED}, got 1"),
     ],
 )
 def test_pilot_flags_are_checked(changes: dict[str, Any], message: str) -> None:
