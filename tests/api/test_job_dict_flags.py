@@ -111,6 +111,29 @@ async def test_a_task_without_flags_sends_none_and_get_job_agrees(api_factory) -
     assert [key for key in FLAG_KEYS if key in legacy] == []
 
 
+async def test_write_to_file_lists_every_input_dataset(api_factory) -> None:
+    api = api_factory()
+    runner = await world(api, use_vp=False)
+    async with api.state.db.transaction() as conn:
+        extra = [CatalogFile(lfn="minbias.1.root", fsize=100, n_events=10)]
+        await api.state.dm.register_files(conn, api.state.clock, "mc:user.testuser.minbias/", extra)
+    params = flagged_task()
+    secondary = {
+        "type": "template",
+        "param_type": "input",
+        "value": "--minbias=${MB/F}",
+        "dataset": "mc:user.testuser.minbias/",
+        "nFilesPerJob": 1,
+    }
+    params["jobParameters"] = [params["jobParameters"][0], secondary, *params["jobParameters"][1:]]
+    await submit(api, params)
+    await runner.drain()
+    (job,) = await acquire(api)
+    assert "--minbias=tmpin_user.testuser.minbias " in job["jobPars"]
+    master_list = f"tmpin_{DATASET}:{','.join(INPUTS)}"
+    assert job["writeToFile"] == f"{master_list}^tmpin_user.testuser.minbias:minbias.1.root"
+
+
 async def test_get_job_sends_the_flags_too(api_factory) -> None:
     api = api_factory()
     runner = await world(api, use_vp=False)
