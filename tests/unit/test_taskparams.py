@@ -1057,3 +1057,32 @@ def test_es_range_options_mean_nothing_without_the_event_service() -> None:
 def test_es_range_options_must_be_booleans(key: str, value: Any) -> None:
     with pytest.raises(InvalidInput, match=f"task parameter '{key}' must be a boolean"):
         validate(input_task(IN_ITEM, eventService=1, nEventsPerWorker=5, **{key: value}))
+
+
+@pytest.mark.parametrize(
+    ("changes", "tags"),
+    [
+        ({}, ()),
+        ({"noLoopingCheck": True, "onSiteMerging": False}, (("LC", "1"),)),
+        ({"hpoWorkflow": True, "altStageOut": "on"}, (("HO", "1"), ("AT", "1"))),
+        ({"altStageOut": "off"}, (("AT", "2"),)),
+    ],
+)
+def test_pilot_flag_tags(changes: dict[str, Any], tags: tuple[tuple[str, str], ...]) -> None:
+    assert refine(input_task(IN_ITEM, **changes)).pilot_tags == tags
+
+
+ALT_STAGE_OUT_REFUSED = "task parameter 'altStageOut' must be one of on, off, force"
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"putLogToOS": "yes"}, "task parameter 'putLogToOS' must be a boolean, got 'yes'"),
+        ({"altStageOut": "sometimes"}, f"{ALT_STAGE_OUT_REFUSED}, got 'sometimes'"),
+        ({"altStageOut": 1}, f"{ALT_STAGE_OUT_REFUSED}, got 1"),
+    ],
+)
+def test_pilot_flags_are_checked(changes: dict[str, Any], message: str) -> None:
+    with pytest.raises(InvalidInput, match=re.escape(message)):
+        validate(input_task(IN_ITEM, **changes))

@@ -27,7 +27,7 @@ from bamboo.db import jobs as jobs_db
 from bamboo.db import queues as queues_db
 from bamboo.db import workers as workers_db
 from bamboo.db.jobs import ClaimStamp, DispatchFilter
-from bamboo.logic import es_generation, es_lifecycle, secrets, shares, target_slots
+from bamboo.logic import es_generation, es_lifecycle, job_rows, jobparams, secrets, shares, target_slots
 from bamboo.logic.clock import Clock
 from bamboo.logic.errors import InvalidInput
 
@@ -320,9 +320,47 @@ def job_dict(job: dict[str, Any], files: Sequence[dict[str, Any]], n_sent: int =
     description.update(_event_service_keys(job))
     if job["container_name"]:
         description["container_name"] = job["container_name"]
-    if job["specialHandling"] and "debug" in job["specialHandling"].split(","):
-        description["debug"] = "True"
+    no_output = [f["lfn"] for f in outputs if f["dispatchDBlockToken"] == job_rows.ALLOW_NO_OUTPUT]
+    if no_output:
+        description["allowNoOutput"] = ",".join(no_output)
+    if job["specialHandling"]:
+        description.update(_flag_keys(job["specialHandling"].split(","), inputs))
     return description
+
+
+# specialHandling tokens (logic/job_rows.py) the pilot is told of as the string "True".
+_TRUE_FLAGS = {
+    "debug": "debug",
+    "po": "putLogToOS",
+    "nc": "noExecStrCnv",
+    "if": "inFilePosEvtNum",
+    "up": "usePrefetcher",
+    "ho": "isHPO",
+    "om": "onSiteMerging",
+    job_rows.USE_VP_TOKEN: "useVP",
+}
+
+
+def _flag_keys(tokens: Sequence[str], inputs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The conditional job-dict keys (api-v1.md §2.3) the job's specialHandling tokens ask for."""
+    keys: dict[str, Any] = {_TRUE_FLAGS[token]: "True" for token in tokens if token in _TRUE_FLAGS}
+    if "lc" in tokens:
+        keys["loopingCheck"] = False
+    for token in tokens:
+        if token.startswith(job_rows.ALT_STAGE_OUT_PREFIX):
+            keys["altStageOut"] = token.removeprefix(job_rows.ALT_STAGE_OUT_PREFIX)
+    if "wf" in tokens and inputs:
+        keys["writeToFile"] = _input_lists(inputs)
+    return keys
+
+
+def _input_lists(inputs: Sequence[dict[str, Any]]) -> str:
+    """writeToFile: per input dataset, the ``tmpin_<dataset>`` name its ``${STREAM/F}`` placeholder
+    became in the job parameters (logic/jobparams.py) and its LFNs: ``name:lfn,lfn^name:lfn``."""
+    lists: dict[str, list[str]] = {}
+    for f in inputs:
+        lists.setdefault(f"tmpin_{jobparams.file_list_name(f['dataset'])}", []).append(f["lfn"])
+    return "^".join(f"{name}:{','.join(lfns)}" for name, lfns in lists.items())
 
 
 def _event_service_keys(job: dict[str, Any]) -> dict[str, str]:

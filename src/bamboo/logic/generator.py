@@ -439,7 +439,7 @@ async def _make_run_jobs(
             seed,
             attempt,
             panda_id,
-            master["type"] == "pseudo_input",
+            master,
             None if first_number is None else first_number + slot.group,
         )
         context = build_jobs.with_lib(secondary.with_streams(context, extra), build)
@@ -571,12 +571,15 @@ def _context(
     seed: int | None,
     attempt: int,
     panda_id: int,
-    pseudo: bool,
+    master: dict[str, Any],
     sequence_number: int | None,
 ) -> JobContext:
     streams: dict[str, list[str]] = {}
-    if not pseudo:
+    datasets: dict[str, str] = {}
+    if master["type"] != "pseudo_input":
         streams["IN"] = list(dict.fromkeys(row["lfn"] for row in inputs))
+        # As the job's input files name it (_input_files): ${IN/F} and writeToFile must agree.
+        datasets["IN"] = master["containerName"] or master["datasetName"]
     if sequence_number is not None:
         streams[SEQUENCE_STREAM] = [str(sequence_number)]
     for dataset, _, lfn in planned:
@@ -585,6 +588,7 @@ def _context(
     total_events = sum(row["nEvents"] or 0 for row in inputs)
     return JobContext(
         streams=streams,
+        stream_datasets=datasets,
         serial=planned[0][1] if planned else None,
         random_seed=seed,
         max_events=(total_events or -1) if event_split else None,

@@ -13,6 +13,8 @@ from typing import Any
 
 from bamboo.logic.catalog import scope_of
 from bamboo.logic.jobparams import output_file_name
+from bamboo.logic.task_admin import parse_split_rule
+from bamboo.logic.taskparams import ALT_STAGE_OUT_MODES, ALT_STAGE_OUT_TAG
 
 _HOME_VERSION = re.compile(r"-(\d+\.)")
 
@@ -23,8 +25,45 @@ USE_SECRETS_TAG = "ST"
 USE_SECRETS_TOKEN = "us"  # noqa: S105 - a specialHandling token, not a secret
 
 
+#: The ``specialHandling`` token (domain.md §4.6) a job carries for each pilot-flag split-rule
+#: tag of its task (taskparams.PILOT_FLAG_TAGS); dispatch turns it into a job-dict key.
+PILOT_FLAG_TOKENS = {
+    "LC": "lc",
+    "WF": "wf",
+    "PO": "po",
+    "NC": "nc",
+    "IF": "if",
+    "UT": "up",
+    "HO": "ho",
+    "OM": "om",
+}
+#: Jobs of a task with altStageOut carry ``ao:<mode>`` (on, off, force).
+ALT_STAGE_OUT_PREFIX = "ao:"
+#: Jobs placed at a queue whose schedconfig has ``use_vp`` (virtual placement) carry this token.
+USE_VP_TOKEN = "vp"  # noqa: S105 - a specialHandling token, not a secret
+#: Output datasets flagged ``an``: their files may be missing at the job's end. A job's output
+#: file carries the flag in its (otherwise unused) dispatchDBlockToken, as PanDA's file specs do.
+ALLOW_NO_OUTPUT = "an"
+
+
 def uses_secrets(task: dict[str, Any]) -> bool:
     return f"{USE_SECRETS_TAG}=1" in (task.get("splitRule") or "").split(",")
+
+
+def special_handling(task: dict[str, Any], queue: dict[str, Any]) -> str | None:
+    """The ``specialHandling`` tokens a new job of ``task`` at ``queue`` starts with."""
+    rules = parse_split_rule(task.get("splitRule"))
+    tokens = [USE_SECRETS_TOKEN] if rules.get(USE_SECRETS_TAG) == "1" else []
+    tokens.extend(token for tag, token in PILOT_FLAG_TOKENS.items() if rules.get(tag) == "1")
+    code = rules.get(ALT_STAGE_OUT_TAG)
+    tokens.extend(ALT_STAGE_OUT_PREFIX + mode for mode, value in ALT_STAGE_OUT_MODES.items() if value == code)
+    if queue.get("use_vp") is True:
+        tokens.append(USE_VP_TOKEN)
+    return ",".join(tokens) or None
+
+
+def allows_no_output(dataset: dict[str, Any]) -> bool:
+    return ALLOW_NO_OUTPUT in (dataset.get("attributes") or "").split(",")
 
 
 def task_job_row(
@@ -96,7 +135,7 @@ def task_job_row(
         "container_name": task["container_name"],
         "job_label": "user" if task["taskType"] == "anal" else "managed",
         "origin_panda_id": origin,
-        "specialHandling": USE_SECRETS_TOKEN if uses_secrets(task) else None,
+        "specialHandling": special_handling(task, queue),
     }
 
 
@@ -156,6 +195,7 @@ def output_files(
             "status": "unknown",
             "destinationDBlock": dataset["datasetName"],
             "destinationDBlockToken": dataset["storageToken"],
+            "dispatchDBlockToken": ALLOW_NO_OUTPUT if allows_no_output(dataset) else None,
             "destinationSE": queue_name,
             "scope": scope_of(dataset["datasetName"]),
             "jediTaskID": task_id,

@@ -256,7 +256,7 @@ def _merge_pairs(merged: str, ctx: JobContext) -> str:
     return " ".join(pairs)
 
 
-def _decorate(values: list[str], decorators: str, body: str, file_list_name: str) -> str:
+def _decorate(values: list[str], decorators: str, body: str, list_name: str) -> str:
     flags: set[str] = set()
     expressions: list[str] = []
     for expression, letter in _DECORATOR.findall(decorators):
@@ -275,7 +275,7 @@ def _decorate(values: list[str], decorators: str, body: str, file_list_name: str
     if "T" in flags:
         text = str(values)
     elif "F" in flags:
-        text = f"tmpin_{file_list_name}"
+        text = f"tmpin_{list_name}"
     elif flags & {"L", "S", "A"}:
         items = [f"'{value}'" for value in values] if "A" in flags else values
         text = (" " if "S" in flags else ",").join(items)
@@ -290,11 +290,14 @@ def _decorate(values: list[str], decorators: str, body: str, file_list_name: str
 
 
 def _file_list_name(stream: str, ctx: JobContext) -> str:
-    # Upstream names the list file after the dataset without scope and trailing slash; the
-    # stream name stands in when the caller gave no dataset.
+    # The stream name stands in when the caller gave no dataset.
     dataset = ctx.stream_datasets.get(stream)
-    if not dataset:
-        return stream
+    return file_list_name(dataset) if dataset else stream
+
+
+def file_list_name(dataset: str) -> str:
+    """The name ``${STREAM/F}`` gives a dataset's LFN list (after ``tmpin_``): as upstream, the
+    dataset without scope and trailing slash. Dispatch ships the lists under it (writeToFile)."""
     return dataset.rstrip("/").rsplit(":", 1)[-1]
 
 

@@ -143,6 +143,7 @@ def _split_rule_text(refined: RefinedTask) -> str | None:
         **refined.split.size_tags(),
         "UB": "1" if refined.build is not None else None,
         job_rows.USE_SECRETS_TAG: "1" if refined.use_secrets else None,
+        **dict(refined.pilot_tags),
     }
     if refined.event_service is not None:
         tokens.update(refined.event_service.split_tags())

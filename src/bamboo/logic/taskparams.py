@@ -92,6 +92,21 @@ _INT_KEYS: dict[str, int | None] = {
     "maxJumboPerSite": 1,
     "nSitesPerJob": 1,
 }
+# Boolean keys that change how the pilot runs the payload, and the split-rule tag each sets
+# (domain.md §1.4); their jobs carry them to the pilot (logic/job_rows.py, logic/dispatch.py).
+PILOT_FLAG_TAGS = {
+    "noLoopingCheck": "LC",
+    "writeInputToFile": "WF",
+    "putLogToOS": "PO",
+    "noExecStrCnv": "NC",
+    "inFilePosEvtNum": "IF",
+    "usePrefetcher": "UT",
+    "hpoWorkflow": "HO",
+    "onSiteMerging": "OM",
+}
+# altStageOut modes and their AT split-rule codes (domain.md §1.4).
+ALT_STAGE_OUT_TAG = "AT"
+ALT_STAGE_OUT_MODES = {"on": "1", "off": "2", "force": "3"}
 _BOOL_KEYS = (
     "noInput",
     "disableAutoRetry",
@@ -100,6 +115,7 @@ _BOOL_KEYS = (
     "allowPartialFinish",
     "decAttOnFailedES",
     "notDiscardEvents",
+    *PILOT_FLAG_TAGS,
 )
 _INT64 = (-(2**63), 2**63 - 1)
 _INT32 = (-(2**31), 2**31 - 1)
@@ -414,6 +430,8 @@ class RefinedTask:
     event_service: EventServiceSpec | None = None
     # useSecrets: the task's jobs carry the owner's secrets to the pilot (split rule ST=1).
     use_secrets: bool = False
+    # Split-rule tags of the pilot flags the task set (PILOT_FLAG_TAGS, altStageOut's AT).
+    pilot_tags: tuple[tuple[str, str], ...] = ()
 
     @property
     def master(self) -> DatasetPlan:
@@ -449,6 +467,12 @@ def validate(params: Mapping[str, Any]) -> None:
             raise InvalidInput(f"task parameter {key!r} must be a boolean, got {_show(params[key])}")
     for key, minimum in _INT_KEYS.items():
         _check_int(f"task parameter {key!r}", params.get(key), minimum)
+    alt_stage_out = params.get("altStageOut")
+    if alt_stage_out is not None and alt_stage_out not in ALT_STAGE_OUT_MODES:
+        raise InvalidInput(
+            f"task parameter 'altStageOut' must be one of {', '.join(ALT_STAGE_OUT_MODES)}, "
+            f"got {_show(alt_stage_out)}"
+        )
     _check_gb_per_job("nGBPerJob", params.get("nGBPerJob"))
     _check_gb_per_job("nGBPerMergeJob", params.get("nGBPerMergeJob"))
     BuildSpec.from_params(params)
@@ -548,7 +572,16 @@ def refine(params: Mapping[str, Any]) -> RefinedTask:
         merge=merge,
         event_service=event_service,
         use_secrets=bool(params.get("useSecrets")),
+        pilot_tags=_pilot_tags(params),
     )
+
+
+def _pilot_tags(params: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    tags = [(tag, "1") for key, tag in PILOT_FLAG_TAGS.items() if params.get(key)]
+    mode = params.get("altStageOut")
+    if mode is not None:
+        tags.append((ALT_STAGE_OUT_TAG, ALT_STAGE_OUT_MODES[mode]))
+    return tuple(tags)
 
 
 class _Builder:
