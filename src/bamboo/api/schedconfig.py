@@ -23,7 +23,7 @@ async def serve_schedconfig(request: Request) -> Response:
     name = request.path_params["name"]
     state = request.app.state.bamboo
     if name == STORAGES_NAME:
-        document = schedconfig.storage_endpoints(schedconfig.storage_dir(state.settings))
+        document = schedconfig.storage_endpoints(state.settings.effective_storage_dir)
         return Response(encode_json(document), media_type=JSON_MEDIA_TYPE, headers=_HEADERS)
     queue = name.removesuffix(QUEUE_SUFFIX)
     if queue == name or not queues.is_valid_name(queue):

@@ -23,7 +23,6 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from bamboo.config import Settings
 from bamboo.db import queues as queues_db
 from bamboo.logic.errors import NotFound
 
@@ -73,11 +72,6 @@ async def queuedata(conn: AsyncConnection, name: str) -> dict[str, Any]:
     if row is None:
         raise NotFound(f"queue {name} not found")
     return pilot_queuedata(row["spec"])
-
-
-def storage_dir(settings: Settings) -> Path:
-    """Bamboo's local storage of dataset files: ``<home>/storage``."""
-    return (settings.home / "storage").resolve()
 
 
 def storage_endpoints(storage_dir: Path) -> dict[str, Any]:
