@@ -26,6 +26,7 @@ def test_vector(vector: dict[str, str]) -> None:
     assert clean_user_id(dn) == vector["compact_user_name"]
     assert bare_dn(dn, keep_proxy=True) == vector["bare_dn_keep_proxy"]
     assert bare_dn(dn) == vector["bare_dn"]
+    assert bare_dn(dn, keep_digits=False) == vector["bare_dn_no_digits"]
 
 
 @pytest.mark.parametrize(

@@ -20,6 +20,7 @@ _TWO_CNS = re.compile(r".*/CN=([^/]+)/CN=([^/]+)")
 _LIMITED_PROXY_INSIDE = re.compile(r".*(limited.*proxy).*")
 _EMAIL_WORD = re.compile(r"\S+@\S+")
 _TRAILING_PROXIES = re.compile(r"(?:/CN=proxy)+$")
+_TRAILING_NUMERIC_CNS = re.compile(r"(?:/CN=[0-9]+)+$")
 
 
 def clean_user_id(dn: str) -> str:
@@ -54,14 +55,18 @@ def clean_user_id(dn: str) -> str:
     return name
 
 
-def bare_dn(dn: str, *, keep_proxy: bool = False) -> str:
+def bare_dn(dn: str, *, keep_proxy: bool = False, keep_digits: bool = True) -> str:
     """Strip proxy markers from a certificate DN.
 
     ``/CN=limited proxy`` always goes. A trailing run of ``/CN=proxy`` is collapsed to one when
-    ``keep_proxy`` (the form PanDA handlers see) or removed otherwise.
+    ``keep_proxy`` (the form PanDA handlers see) or removed otherwise. With ``keep_digits`` false a
+    trailing run of numeric CNs (RFC 3820 proxy serials) is removed as well.
     """
     dn = dn.replace("/CN=limited proxy", "")
-    return _TRAILING_PROXIES.sub("/CN=proxy" if keep_proxy else "", dn)
+    dn = _TRAILING_PROXIES.sub("/CN=proxy" if keep_proxy else "", dn)
+    if not keep_digits:
+        dn = _TRAILING_NUMERIC_CNS.sub("", dn)
+    return dn
 
 
 def is_limited_proxy_dn(dn: str) -> bool:
